@@ -1,0 +1,87 @@
+"""Op implementations per backend, and the op table a spec resolves to.
+
+This package is the only place that imports GPU kernel packages (fla, flash-attn, triton), and it
+imports them lazily, when a `fast` op is first resolved, so CPU installs never need them.
+
+Every op of one name has the same signature on every backend (shapes below); blocks call
+`ops.<name>(...)` and never know which backend they run on.
+
+  attention(q [B,T,Hq,D], k [B,T,Hkv,D], v [B,T,Hkv,D], *, scale: float, causal: bool,
+            ctx: PackingContext) -> [B,T,Hq,D]
+      softmax attention restricted to each document of `ctx` (causal inside it when `causal`).
+  delta_rule(q [B,T,Hk,Dk], k [B,T,Hk,Dk], v [B,T,Hv,Dv], g [B,T,Hv], beta [B,T,Hv], *,
+             ctx: PackingContext) -> [B,T,Hv,Dv]
+      chunked gated delta rule with l2-normalised q/k and q scaled by Dk**-0.5 (in the op, as
+      fla's use_qk_l2norm_in_kernel=True); the state restarts at every document.
+  conv1d(x [B,T,C], weight [C,K], *, ctx: PackingContext) -> [B,T,C]
+      depthwise causal conv followed by silu; the window restarts at every document.
+  rms_norm(x [..., N], weight [N], *, eps: float, zero_centered: bool) -> [..., N]
+      x̂·w (default) or x̂·(1+w) (zero_centered), computed in fp32 and cast back.
+  gated_rms_norm(x [..., N], gate [..., N], weight [N], *, eps: float) -> [..., N]
+      x̂·w·silu(gate).
+  cross_entropy(hidden [N,H], weight [V,H], labels [N], *, ignore_index: int,
+                num_items: int | Tensor | None) -> scalar loss
+      logits = hidden @ weightᵀ, cross-entropy in fp32; mean over non-ignored labels, or
+      sum / num_items when num_items is given (global-token normalisation).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, fields
+from typing import Callable
+
+OP_NAMES = ("attention", "delta_rule", "conv1d", "rms_norm", "gated_rms_norm", "cross_entropy")
+BACKENDS = ("hf", "fast")
+
+# name -> backend -> "module:function" inside blocks.ops. A path, not an imported function, so
+# that resolving `hf` never imports a GPU package.
+_IMPLEMENTATIONS: dict[str, dict[str, str]] = {
+    "attention": {"hf": "blocks.ops.hf_attention:attention", "fast": "blocks.ops.fast_attention:attention"},
+    "delta_rule": {"hf": "blocks.ops.hf_delta_rule:delta_rule", "fast": "blocks.ops.fast_delta_rule:delta_rule"},
+    "conv1d": {"hf": "blocks.ops.hf_conv1d:conv1d", "fast": "blocks.ops.fast_conv1d:conv1d"},
+    "rms_norm": {"hf": "blocks.ops.hf_norms:rms_norm", "fast": "blocks.ops.fast_norms:rms_norm"},
+    "gated_rms_norm": {"hf": "blocks.ops.hf_norms:gated_rms_norm", "fast": "blocks.ops.fast_norms:gated_rms_norm"},
+    "cross_entropy": {
+        "hf": "blocks.ops.hf_cross_entropy:cross_entropy",
+        "fast": "blocks.ops.fast_cross_entropy:cross_entropy",
+    },
+}
+
+
+@dataclass(frozen=True)
+class OpTable:
+    """The resolved ops of one model: one callable per op name (signatures in the module docstring)."""
+
+    attention: Callable
+    delta_rule: Callable
+    conv1d: Callable
+    rms_norm: Callable
+    gated_rms_norm: Callable
+    cross_entropy: Callable
+    backends: tuple[tuple[str, str], ...] = ()  # (op name, backend) for logs and summaries
+
+
+def resolve_ops(backend: str = "hf", overrides: dict[str, str] | None = None) -> OpTable:
+    """Resolve every op to its implementation: `backend` for all, then per-op `overrides`.
+
+    >>> resolve_ops("hf", {"attention": "fast"}).attention  # doctest: +SKIP
+    """
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(OP_NAMES))
+    if unknown:
+        raise ValueError(f"unknown op(s) {unknown} in ops overrides; known ops: {', '.join(OP_NAMES)}")
+    chosen = {name: overrides.get(name, backend) for name in OP_NAMES}
+    for name, which in chosen.items():
+        if which not in BACKENDS:
+            raise ValueError(f"op {name!r}: unknown backend {which!r}; known backends: {', '.join(BACKENDS)}")
+    resolved = {name: _load(_IMPLEMENTATIONS[name][which]) for name, which in chosen.items()}
+    return OpTable(**resolved, backends=tuple(chosen.items()))
+
+
+def _load(path: str) -> Callable:
+    module_name, function_name = path.split(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+assert {f.name for f in fields(OpTable)} - {"backends"} == set(OP_NAMES)
