@@ -1,0 +1,112 @@
+"""Spec → nn.Module: instantiate registered blocks into the full vision-language model.
+
+The spec's block sections are the blocks' constructor keyword arguments (minus `block`); the few
+arguments a block needs from elsewhere in the spec (hidden size, norm types, eps, the op table)
+are added here, in one visible place.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from assembler.initialize import initialize_weights
+from assembler.spec import Spec
+from blocks.decoder_layer import DecoderLayer
+from blocks.ops import OpTable, resolve_ops
+from blocks.registry import get_block
+from blocks.rope import TextRotaryEmbedding
+from blocks.text_tower import TextTower
+from blocks.vision_language_model import SpecialTokens, VisionLanguageModel
+
+ZERO_CENTERED = "zero_centered"
+
+
+def resolve_spec_ops(spec: Spec) -> OpTable:
+    """The op table the spec selects: `ops.backend` for all ops, then `ops.overrides` per op."""
+    return resolve_ops(spec.ops["backend"], spec.ops.get("overrides") or {})
+
+
+def build_model(
+    spec: Spec,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    ops: OpTable | None = None,
+    seed: int | None = None,
+) -> VisionLanguageModel:
+    """Build the model the spec describes.
+
+    On `device="meta"` nothing is allocated and no initialisation runs (load or `initialize_weights`
+    after `to_empty`). Otherwise parameters are initialised as the reference initialises them
+    (seeded by `seed` when given) and cast to `dtype`.
+    """
+    ops = ops or resolve_spec_ops(spec)
+    model_spec = spec.model
+    with torch.device(device):
+        model = VisionLanguageModel(
+            visual=_build_vision(model_spec["vision"], ops) if model_spec.get("vision") else None,
+            language_model=_build_text(model_spec["text"], ops),
+            tokens=SpecialTokens(**model_spec["tokens"]),
+            spatial_merge_size=model_spec["vision"]["spatial_merge_size"] if model_spec.get("vision") else 1,
+            tie_word_embeddings=model_spec["text"]["tie_word_embeddings"],
+            ops=ops,
+        )
+    if torch.device(device).type != "meta":
+        if seed is not None:
+            torch.manual_seed(seed)
+        initialize_weights(model, spec)
+        model.to(dtype)
+    return model
+
+
+def _build_text(text: dict, ops: OpTable) -> TextTower:
+    hidden_size, eps, norms = text["hidden_size"], text["rms_norm_eps"], text["norms"]
+
+    def rms_norm(dim: int, norm_type: str) -> nn.Module:
+        return get_block("norm", "rms_norm")(dim, eps=eps, zero_centered=norm_type == ZERO_CENTERED, ops=ops)
+
+    def mixer(layer_type: str) -> nn.Module:
+        section = dict(text["mixers"][layer_type])
+        cls = get_block("mixer", section.pop("block"))
+        extra = {"qk_norm_type": norms["qk"]} if layer_type == "full" else {"gate_norm_type": norms["deltanet_gate"]}
+        return cls(**section, **extra, hidden_size=hidden_size, rms_norm_eps=eps, ops=ops)
+
+    def mlp() -> nn.Module:
+        section = dict(text["mlp"])
+        return get_block("mlp", section.pop("block"))(**section, hidden_size=hidden_size, ops=ops)
+
+    layers = [
+        DecoderLayer(
+            mixer=mixer(layer_type),
+            mlp=mlp(),
+            input_layernorm=rms_norm(hidden_size, norms["layer"]),
+            post_attention_layernorm=rms_norm(hidden_size, norms["layer"]),
+            layer_type=layer_type,
+        )
+        for layer_type in text["layers"]
+    ]
+    full = text["mixers"].get("full")
+    rope = text["rope"]
+    rotary = TextRotaryEmbedding(
+        head_dim=full["head_dim"] if full else 0,
+        partial_rotary_factor=rope["partial_rotary_factor"],
+        theta=rope["theta"],
+        mrope_section=rope["mrope_section"],
+        mrope_interleaved=rope["mrope_interleaved"],
+    )
+    return TextTower(
+        embed_tokens=nn.Embedding(text["vocab_size"], hidden_size),
+        layers=layers,
+        norm=rms_norm(hidden_size, norms["final"]),
+        rotary_emb=rotary,
+    )
+
+
+def _build_vision(vision: dict, ops: OpTable) -> nn.Module:
+    section = {k: v for k, v in vision.items() if k not in ("block", "merger", "initializer_range")}
+    merger_section = dict(vision["merger"])
+    merger = get_block("merger", merger_section.pop("block"))(
+        **merger_section, hidden_size=vision["hidden_size"], spatial_merge_size=vision["spatial_merge_size"], ops=ops
+    )
+    return get_block("vision", vision["block"])(**section, merger=merger, ops=ops)

@@ -1,0 +1,167 @@
+"""The whole vision-language model: vision tower → merger → image features spliced into the token
+embeddings → hybrid text tower → final norm → (tied) LM head → cross-entropy.
+
+Parameter names equal the HF Qwen3.5 checkpoint's (`model.visual.*`, `model.language_model.*`,
+`lm_head.weight`), so loading and saving HF checkpoints is a copy, not a renaming table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from blocks.ops import OpTable
+from blocks.packing import PackingContext
+from blocks.position_ids import mrope_position_ids
+from blocks.text_tower import TextTower
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class VisionLanguageModelOutput:
+    """loss: scalar, or None without labels. logits: [B, T, V], or None when not asked for."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    image: int
+    video: int
+    vision_start: int
+    vision_end: int
+    eos: int
+
+
+class VisionLanguageModel(nn.Module):
+    """Qwen3.5-style VLM. `model.visual` may be None for a text-only spec."""
+
+    def __init__(
+        self,
+        *,
+        visual: nn.Module | None,
+        language_model: TextTower,
+        tokens: SpecialTokens,
+        spatial_merge_size: int,
+        tie_word_embeddings: bool,
+        ops: OpTable,
+    ):
+        super().__init__()
+        self.model = nn.Module()  # a plain container, so names read `model.visual...` as in HF
+        self.model.visual = visual
+        self.model.language_model = language_model
+        vocab_size, hidden_size = language_model.embed_tokens.weight.shape
+        self.lm_head = nn.Linear(hidden_size, vocab_size, bias=False)
+        self.tie_word_embeddings = tie_word_embeddings
+        if tie_word_embeddings:
+            self.tie_weights()
+        self.tokens = tokens
+        self.spatial_merge_size = spatial_merge_size
+        self.ops = ops
+
+    def tie_weights(self) -> None:
+        """Share the embedding with the LM head (call again after `to_empty`, which unties)."""
+        self.lm_head.weight = self.model.language_model.embed_tokens.weight
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        *,
+        shift_labels: torch.Tensor | None = None,
+        packing: PackingContext | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        return_logits: bool | None = None,
+    ) -> VisionLanguageModelOutput:
+        """Forward pass, transformers-compatible for unpacked input.
+
+        input_ids:      [B, T] token ids; `<|image_pad|>` tokens are replaced by image features.
+        pixel_values:   [N_patches, C * temporal_patch * patch²], all images of the batch in order.
+        image_grid_thw: [I, 3] (t, h, w) patch grid of each image.
+        labels:         [B, T] as in transformers: shifted here (label t+1 is the target of token t).
+        shift_labels:   [B, T] already-aligned next-token targets (what the packing collator
+                        makes: the last token of every document is IGNORE_INDEX). Give one of the two.
+        packing:        the batch's document layout; None means one document per row, with
+                        positions computed here by the reference's rope-index rule.
+        num_items_in_batch: divide the summed loss by this instead of taking the mean (global-token
+                        normalisation across accumulation steps and ranks).
+        return_logits:  default: only when no labels are given (the loss never needs full logits).
+        """
+        if labels is not None and shift_labels is not None:
+            raise ValueError("give labels or shift_labels, not both")
+        if packing is None:
+            packing = self.unpacked_context(input_ids, image_grid_thw)
+
+        text = self.model.language_model
+        inputs_embeds = text.embed_tokens(input_ids)
+        if pixel_values is not None:
+            inputs_embeds = self._splice_image_features(input_ids, inputs_embeds, pixel_values, image_grid_thw)
+        hidden = text(inputs_embeds, packing)
+
+        if labels is not None:
+            shift_labels = nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+        loss = None
+        if shift_labels is not None:
+            loss = self.ops.cross_entropy(
+                hidden.reshape(-1, hidden.shape[-1]),
+                self.lm_head.weight,
+                shift_labels.reshape(-1).to(hidden.device),
+                ignore_index=IGNORE_INDEX,
+                num_items=num_items_in_batch,
+            )
+        if return_logits is None:
+            return_logits = shift_labels is None
+        logits = self.lm_head(hidden) if return_logits else None
+        return VisionLanguageModelOutput(loss=loss, logits=logits)
+
+    def _splice_image_features(
+        self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor
+    ) -> torch.Tensor:
+        if self.model.visual is None:
+            raise ValueError("this model has no vision tower, but pixel_values were given")
+        if image_grid_thw is None:
+            raise ValueError("pixel_values need image_grid_thw")
+        visual = self.model.visual
+        image_features = visual(pixel_values.type(visual.patch_embed.proj.weight.dtype), image_grid_thw)
+        image_mask = input_ids == self.tokens.image
+        n_tokens = int(image_mask.sum())
+        if n_tokens != image_features.shape[0]:
+            raise ValueError(
+                f"{n_tokens} <|image_pad|> tokens in input_ids but {image_features.shape[0]} image features "
+                f"from image_grid_thw {image_grid_thw.tolist()} (each image needs t·h·w / {self.spatial_merge_size}² tokens)"
+            )
+        image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
+        return inputs_embeds.masked_scatter(image_mask.unsqueeze(-1).to(inputs_embeds.device), image_features)
+
+    def unpacked_context(self, input_ids: torch.Tensor, image_grid_thw: torch.Tensor | None) -> PackingContext:
+        """One document per row of `input_ids` [B, T]; mRoPE positions by the reference's rule."""
+        batch, length = input_ids.shape
+        rows = []
+        grids = iter(image_grid_thw.tolist() if image_grid_thw is not None else [])
+        for row in input_ids:
+            n_images = self._count_images(row)
+            row_grids = [next(grids) for _ in range(n_images)]
+            rows.append(
+                mrope_position_ids(
+                    row.cpu(),
+                    torch.tensor(row_grids, dtype=torch.long).view(-1, 3),
+                    image_token_id=self.tokens.image,
+                    spatial_merge_size=self.spatial_merge_size,
+                )
+            )
+        position_ids = torch.stack(rows, dim=1).to(input_ids.device)  # [3, B, T]
+        ctx = PackingContext.from_document_lengths([[length]] * batch, position_ids=position_ids)
+        return ctx.to(input_ids.device)
+
+    def _count_images(self, row: torch.Tensor) -> int:
+        # Each consecutive run of <|image_pad|> tokens is one image, as the reference groups them.
+        is_image = row == self.tokens.image
+        starts = is_image.clone()
+        starts[1:] &= ~is_image[:-1]
+        return int(starts.sum())
