@@ -1,1 +1,108 @@
-"""(being written)"""
+"""The Qwen3.5 vision tower (HF `model.visual`): image patches -> merged tokens for the text tower.
+
+    patch_embed (Conv3d over t x p x p)  +  pos_embed (learned square table, bilinearly resampled
+    to each image's grid)  ->  depth x VisionBlock (2-D axial rope, attention per frame)  ->  merger
+
+Reproduces transformers' `Qwen3_5VisionModel` bitwise with the `hf` ops; parameter names are HF's.
+The input patches come in the order the Qwen image processor emits (see `blocks.vision_grid`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from blocks.ops import OpTable
+from blocks.registry import register
+from blocks.vision_block import VisionBlock
+from blocks.vision_grid import position_embedding_taps, rotary_position_ids, vision_packing_context
+from blocks.vision_rope import VisionRotaryEmbedding
+
+
+class VisionPatchEmbed(nn.Module):
+    """Flattened patches [N, C*tp*p*p] -> [N, hidden] by a Conv3d whose kernel is the patch."""
+
+    def __init__(self, *, in_channels: int, patch_size: int, temporal_patch_size: int, hidden_size: int):
+        super().__init__()
+        self.in_channels = in_channels
+        self.patch_size = patch_size
+        self.temporal_patch_size = temporal_patch_size
+        self.embed_dim = hidden_size
+        kernel_size = [temporal_patch_size, patch_size, patch_size]
+        self.proj = nn.Conv3d(in_channels, hidden_size, kernel_size=kernel_size, stride=kernel_size, bias=True)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        patches = pixel_values.view(-1, self.in_channels, self.temporal_patch_size, self.patch_size, self.patch_size)
+        return self.proj(patches.to(dtype=self.proj.weight.dtype)).view(-1, self.embed_dim)
+
+
+@register("vision", "vision_tower")
+class VisionTower(nn.Module):
+    """pixel_values [N, C*tp*p*p], grid_thw [I, 3] -> merged features [N / merge**2, out_hidden]."""
+
+    def __init__(
+        self,
+        *,
+        depth: int,
+        hidden_size: int,
+        num_heads: int,
+        intermediate_size: int,
+        in_channels: int,
+        patch_size: int,
+        temporal_patch_size: int,
+        spatial_merge_size: int,
+        num_position_embeddings: int,
+        rope_theta: float,
+        merger: nn.Module,
+        ops: OpTable,
+        activation: str = "gelu_pytorch_tanh",
+    ):
+        super().__init__()
+        self.num_grid_per_side = int(num_position_embeddings**0.5)
+        if self.num_grid_per_side**2 != num_position_embeddings:
+            raise ValueError(
+                f"vision tower: num_position_embeddings={num_position_embeddings} must be a square "
+                "(the learned position table is a square grid, e.g. 2304 = 48 x 48)"
+            )
+        self.spatial_merge_size = spatial_merge_size
+        self.patch_embed = VisionPatchEmbed(
+            in_channels=in_channels, patch_size=patch_size, temporal_patch_size=temporal_patch_size, hidden_size=hidden_size
+        )
+        self.pos_embed = nn.Embedding(num_position_embeddings, hidden_size)
+        self.rotary_pos_emb = VisionRotaryEmbedding(head_dim=hidden_size // num_heads, rope_theta=rope_theta)
+        self.blocks = nn.ModuleList(
+            VisionBlock(
+                hidden_size=hidden_size,
+                num_heads=num_heads,
+                intermediate_size=intermediate_size,
+                activation=activation,
+                ops=ops,
+            )
+            for _ in range(depth)
+        )
+        self.merger = merger
+
+    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        """pixel_values [N, C*tp*p*p] (N = sum of t*h*w), grid_thw [I, 3] int -> [N / merge**2, out_hidden]."""
+        num_patches = int((grid_thw[:, 0] * grid_thw[:, 1] * grid_thw[:, 2]).sum())
+        if pixel_values.shape[0] != num_patches:
+            raise ValueError(
+                f"vision tower: pixel_values has {pixel_values.shape[0]} patches but grid_thw {grid_thw.tolist()} "
+                f"describes {num_patches}; pass the processor's pixel_values and image_grid_thw together"
+            )
+        # Host-side layout, computed once here and only read by the blocks.
+        taps, tap_weights = position_embedding_taps(
+            grid_thw, num_grid_per_side=self.num_grid_per_side, spatial_merge_size=self.spatial_merge_size
+        )
+        position_ids = rotary_position_ids(grid_thw, spatial_merge_size=self.spatial_merge_size)
+        ctx = vision_packing_context(grid_thw)
+
+        hidden_states = self.patch_embed(pixel_values)
+        # fp32 weights: the weighted sum runs in fp32 even for a bf16 table, then is cast (as HF).
+        pos_embeds = (self.pos_embed(taps) * tap_weights[:, :, None]).sum(1)
+        hidden_states = hidden_states + pos_embeds.to(hidden_states.dtype)
+        position_embeddings = self.rotary_pos_emb(position_ids)
+
+        for block in self.blocks:
+            hidden_states = block(hidden_states, position_embeddings, ctx)
+        return self.merger(hidden_states)
