@@ -1,0 +1,1 @@
+"""CPU tests run in CI. A package so test files can share `tests.oracle` (the transformers reference)."""
