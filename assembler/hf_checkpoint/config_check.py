@@ -1,0 +1,51 @@
+"""Refuse a checkpoint whose config.json describes a different model than the spec.
+
+The folder's config is converted to a spec's model section (assembler.hf_config, the same rule
+`assemble import` uses) and compared field by field, so a mismatch is named the way the user
+writes it in YAML (`model.text.mixers.full.num_kv_heads`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from assembler.hf_checkpoint.errors import CheckpointError
+
+# Fields that change neither the weights nor the forward math: a checkpoint may differ here.
+IGNORED_FIELDS = frozenset(
+    {
+        "model.text.initializer_range",  # random init only, which loading replaces
+        "model.vision.initializer_range",
+        "model.text.max_position_embeddings",  # a length limit, not a weight or a rotary parameter
+    }
+)
+
+
+def check_config_matches_spec(config: dict, spec, config_path: Path) -> None:
+    """Raise CheckpointError listing every architecture field where `config` and `spec` disagree."""
+    from assembler.hf_config import spec_from_hf_config
+
+    try:
+        folder_model = spec_from_hf_config(config).model
+    except CheckpointError:
+        raise
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{config_path}: not a Qwen3.5 config this spec format can describe: {err}") from None
+    differences = [d for d in _differences(spec.model, folder_model, "model") if d[0] not in IGNORED_FIELDS]
+    if differences:
+        lines = [f"{config_path} describes a different model than the spec:"]
+        lines += [f"  {path}: spec has {ours!r}, the checkpoint has {theirs!r}" for path, ours, theirs in differences]
+        lines.append("  Load a checkpoint made for this spec, or fix the spec (or its overrides) to match the checkpoint.")
+        raise CheckpointError("\n".join(lines))
+
+
+def _differences(ours, theirs, path: str) -> Iterator[tuple[str, object, object]]:
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        for key in list(ours) + [k for k in theirs if k not in ours]:
+            yield from _differences(ours.get(key), theirs.get(key), f"{path}.{key}")
+    elif isinstance(ours, (list, tuple)) and isinstance(theirs, (list, tuple)) and len(ours) == len(theirs):
+        if list(ours) != list(theirs):
+            yield path, list(ours), list(theirs)
+    elif ours != theirs:
+        yield path, ours, theirs

@@ -1,0 +1,253 @@
+"""Export an assembled model as an HF Qwen3.5 folder that transformers, vLLM and SGLang load.
+
+Layout: `model-0000i-of-0000N.safetensors` shards (each at most `shard_size` bytes unless one
+tensor is larger) + `model.safetensors.index.json` + `config.json` generated from the spec +
+tokenizer / processor / generation files copied from the source folder + the source's `mtp.*`
+tensors, verbatim. Dtypes follow dtype_policy.
+
+Atomic: everything is written into a hidden temporary folder beside the target, fsynced, then
+renamed onto the final name; on any error the temporary folder is removed, and a crash leaves at
+most a `.NAME.partial-*` folder, never a half-written NAME.
+
+FSDP2: every rank calls this (each tensor is all-gathered with `full_tensor`, in the same order on
+every rank); only rank 0 holds a gathered shard and writes, so N ranks give the files one rank gives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+from torch import nn
+
+from assembler.hf_checkpoint.dtype_policy import EXPORT_DTYPE, export_dtype, is_written
+from assembler.hf_checkpoint.errors import CheckpointError
+from assembler.hf_checkpoint.extra_tensors import ExtraTensorSource, carry_extra_config
+from assembler.hf_checkpoint.model_tensors import ModelTensor, full_tensor, model_tensors
+from assembler.hf_checkpoint.reading import CONFIG_FILE, INDEX_FILE
+
+DEFAULT_SHARD_SIZE = 5 * 10**9  # bytes; "5GB" as transformers counts
+SHARD_NAME = "model-{index:05d}-of-{count:05d}.safetensors"
+# Files of the source folder an export needs besides the weights: tokenizer, chat template,
+# image/video processor, generation defaults, license. Weights and config are regenerated.
+SOURCE_FILE_PATTERN = re.compile(
+    r"^(tokenizer.*|vocab\.json|merges\.txt|special_tokens_map\.json|added_tokens\.json|chat_template.*"
+    r"|preprocessor_config\.json|video_preprocessor_config\.json|processor_config\.json"
+    r"|generation_config\.json|LICENSE.*)$"
+)
+SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def save_hf_checkpoint(
+    model: nn.Module,
+    out_dir: str | Path,
+    spec,
+    source_dir: str | Path | None = None,
+    shard_size: int | str = DEFAULT_SHARD_SIZE,
+    *,
+    dtype: torch.dtype = EXPORT_DTYPE,
+    overwrite: bool = False,
+) -> Path:
+    """Write `model` as an HF folder at `out_dir` (see the module docstring); returns `out_dir`.
+
+    `source_dir`: the HF folder the model was loaded from, if any; its tokenizer/processor files
+    are copied and its `mtp.*` tensors carried through. `shard_size`: bytes, or "500MB" / "5GB".
+    `dtype`: the dtype of every tensor but the fp32 ones of the policy. An existing non-empty
+    `out_dir` is an error unless `overwrite`.
+    """
+    out_dir = Path(out_dir)
+    limit = parse_size(shard_size)
+    tie = bool(spec.model["text"].get("tie_word_embeddings", False))
+    entries = [entry for name, entry in model_tensors(model).items() if is_written(name, tie)]
+    is_writer = _rank() == 0
+
+    # Everything that can fail for a user reason is checked before the first collective, on the
+    # writer, and the verdict is shared so no rank is left waiting in an all-gather.
+    failure, extras, config = None, ExtraTensorSource(None), {}
+    if is_writer:
+        try:
+            _check_target(out_dir, overwrite)
+            extras = ExtraTensorSource.open(source_dir)
+            collisions = sorted(set(extras.names) & {entry.name for entry in entries})
+            if collisions:
+                raise CheckpointError(f"{source_dir}: extra tensors {collisions} collide with the model's own tensors")
+            config = _config_json(spec, dtype, extras)
+        except CheckpointError as err:
+            failure = str(err)
+    _raise_on_every_rank(failure)
+
+    sizes = [(entry.name, entry.tensor.numel() * export_dtype(entry.name, dtype).itemsize) for entry in entries]
+    sizes += [(extra.name, extra.nbytes) for extra in extras.entries]
+    shards = plan_shards(sizes, limit)
+    tensors = _export_tensors(entries, dtype, extras, is_writer)
+    if not is_writer:
+        for _ in tensors:  # take part in every all-gather, hold nothing
+            pass
+        _barrier()
+        return out_dir
+
+    partial = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        partial.mkdir(parents=True)
+        weight_map: dict[str, str] = {}
+        for index, names in enumerate(shards, start=1):
+            file = SHARD_NAME.format(index=index, count=len(shards))
+            shard = {}
+            for name in names:
+                got, tensor = next(tensors)
+                assert got == name, f"export order broke: expected {name}, got {got}"
+                shard[name] = tensor
+            save_file(shard, str(partial / file), metadata={"format": "pt"})
+            _fsync_file(partial / file)
+            weight_map.update(dict.fromkeys(names, file))
+            del shard
+        total_size = sum(size for _, size in sizes)
+        _write_json(partial / INDEX_FILE, {"metadata": {"total_size": total_size}, "weight_map": weight_map})
+        _write_json(partial / CONFIG_FILE, config)
+        if source_dir is not None:
+            _copy_source_files(Path(source_dir), partial)
+        extras.log_carried()
+        _fsync_dir(partial)
+        _publish(partial, out_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    finally:
+        _barrier()
+    return out_dir
+
+
+def plan_shards(sizes: list[tuple[str, int]], shard_size: int) -> list[list[str]]:
+    """Greedy, in order: a new shard starts when the next tensor would push this one past `shard_size`."""
+    shards: list[list[str]] = [[]]
+    used = 0
+    for name, size in sizes:
+        if shards[-1] and used + size > shard_size:
+            shards.append([])
+            used = 0
+        shards[-1].append(name)
+        used += size
+    return shards
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes from an int or a string like "500MB", "5GB", "2GiB" (units as transformers reads them)."""
+    if isinstance(size, int):
+        value = size
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B)?\s*", str(size).upper())
+        if not match:
+            raise CheckpointError(f"shard size {size!r}: expected bytes or a size like 500MB, 5GB, 2GiB")
+        value = int(float(match.group(1)) * SIZE_UNITS[match.group(2) or "B"])
+    if value <= 0:
+        raise CheckpointError(f"shard size {size!r}: must be positive")
+    return value
+
+
+def _export_tensors(
+    entries: list[ModelTensor], dtype: torch.dtype, extras: ExtraTensorSource, is_writer: bool
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, CPU tensor in its export dtype), model tensors in model order then the extras.
+
+    Every rank runs the model part (each full_tensor is a collective); only the writer keeps results.
+    """
+    for entry in entries:
+        tensor = full_tensor(entry)
+        if is_writer:
+            # copy=True: the export never shares storage with the live model (save_file refuses shared storage)
+            yield entry.name, tensor.to(device="cpu", dtype=export_dtype(entry.name, dtype), copy=True).contiguous()
+        else:
+            yield entry.name, tensor.new_empty(0)
+        del tensor
+    if is_writer:
+        yield from extras.read(extras.names)
+
+
+def _config_json(spec, dtype: torch.dtype, extras: ExtraTensorSource) -> dict:
+    from assembler.hf_config import hf_config_from_spec
+
+    config = dict(hf_config_from_spec(spec))
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    if extras.folder is not None and extras.entries:
+        config = carry_extra_config(extras.folder.config, config)
+    return config
+
+
+def _check_target(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CheckpointError(f"{out_dir}: exists and is not a folder; choose another export path")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise CheckpointError(f"{out_dir}: already exists and is not empty; choose another path or pass overwrite (--overwrite)")
+
+
+def _publish(partial: Path, out_dir: Path, overwrite: bool) -> None:
+    """Rename the finished folder onto `out_dir`. An old export is moved aside first and removed
+    after, so `out_dir` is always either the old export or the new one, never a mix."""
+    old = None
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:  # re-checked: it may have appeared while we were writing
+            raise CheckpointError(f"{out_dir}: appeared while exporting; the export was not written")
+        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(out_dir, old)
+    os.rename(partial, out_dir)  # POSIX: replaces an empty folder atomically
+    _fsync_dir(out_dir.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _copy_source_files(source_dir: Path, partial: Path) -> None:
+    for path in sorted(source_dir.iterdir()):
+        if path.is_file() and SOURCE_FILE_PATTERN.match(path.name):
+            shutil.copyfile(path, partial / path.name)
+            _fsync_file(partial / path.name)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+    _fsync_file(path)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _rank() -> int:
+    return dist.get_rank() if _distributed() else 0
+
+
+def _barrier() -> None:
+    if _distributed():
+        dist.barrier()
+
+
+def _raise_on_every_rank(failure: str | None) -> None:
+    if _distributed():
+        box = [failure]
+        dist.broadcast_object_list(box, src=0)
+        failure = box[0]
+    if failure is not None:
+        raise CheckpointError(failure)
