@@ -1,0 +1,223 @@
+"""Training checkpoints: `torch.distributed.checkpoint` for model and optimizer, plus per-rank
+trainer state (step, lr schedule, RNG states, data position), with a completion marker.
+
+Layout of one checkpoint, `<run>/checkpoints/step_000060/`:
+
+    .metadata, __*_*.distcp        model + optimizer (DCP: sharded under FSDP2, whole otherwise)
+    trainer_state_rank{r}.pt       step, scheduler, RNG states and data position of rank r
+    resolved_spec.yaml             the spec that wrote it
+    COMPLETE                       written last, after everything above is on disk
+
+A folder without `COMPLETE` (a run killed mid-save) is not a checkpoint: resuming ignores it.
+`get_state_dict`/`set_state_dict` give the same code path for a plain module and an FSDP2 one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+COMPLETE_MARKER = "COMPLETE"
+CHECKPOINTS_FOLDER = "checkpoints"
+_STEP_FOLDER = re.compile(r"^step_(\d+)$")
+
+
+class ResumeError(Exception):
+    """A checkpoint that cannot be resumed from (a user error: wrong path, incomplete, other run)."""
+
+
+@dataclass(frozen=True)
+class ResumedState:
+    """What the loop needs back from a checkpoint besides the restored modules."""
+
+    step: int
+    data_state: dict[str, Any]
+
+
+def checkpoint_folder(checkpoints_dir: Path, step: int) -> Path:
+    return Path(checkpoints_dir) / f"step_{step:06d}"
+
+
+def is_complete(path: Path) -> bool:
+    return (Path(path) / COMPLETE_MARKER).is_file()
+
+
+def _step_folders(checkpoints_dir: Path) -> list[tuple[int, Path]]:
+    if not Path(checkpoints_dir).is_dir():
+        return []
+    found = []
+    for child in Path(checkpoints_dir).iterdir():
+        match = _STEP_FOLDER.match(child.name)
+        if match and child.is_dir():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
+    """The complete checkpoint with the highest step under `checkpoints_dir`, or None."""
+    complete = [path for _, path in _step_folders(checkpoints_dir) if is_complete(path)]
+    return complete[-1] if complete else None
+
+
+def resolve_resume_path(path: Path) -> Path:
+    """`--resume PATH` accepts a checkpoint folder, a run's `checkpoints/` folder, or a run folder."""
+    path = Path(path)
+    if is_complete(path):
+        return path
+    for candidate in (path, path / CHECKPOINTS_FOLDER):
+        latest = latest_checkpoint(candidate)
+        if latest is not None:
+            return latest
+    if not path.exists():
+        raise ResumeError(f"--resume {path}: no such file or folder")
+    if _STEP_FOLDER.match(path.name):
+        raise ResumeError(
+            f"--resume {path}: this checkpoint is incomplete (no {COMPLETE_MARKER} marker: the run stopped while saving it); "
+            f"resume from an earlier one in {path.parent}"
+        )
+    raise ResumeError(f"--resume {path}: no complete checkpoint found here (expected a step_NNNNNN folder holding {COMPLETE_MARKER})")
+
+
+def prune_checkpoints(checkpoints_dir: Path, keep_last: int) -> None:
+    """Keep the newest `keep_last` complete checkpoints; drop older ones and stale incomplete ones."""
+    folders = _step_folders(checkpoints_dir)
+    complete_steps = [step for step, path in folders if is_complete(path)]
+    keep = set(complete_steps[-keep_last:]) if keep_last > 0 else set()
+    newest_complete = complete_steps[-1] if complete_steps else -1
+    for step, path in folders:
+        # An incomplete folder newer than every complete one may still be being written.
+        if step not in keep and (is_complete(path) or step < newest_complete):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    # DCP warns that it assumes one process when no process group exists; that is the intent here.
+    with warnings.catch_warnings():
+        if not (dist.is_available() and dist.is_initialized()):
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _fsync_write(path: Path, write: Any) -> None:
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rng_states() -> dict[str, Any]:
+    """Every RNG the run draws from: torch CPU, the current CUDA device, python, numpy."""
+    np_state = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
+
+
+def save_checkpoint(
+    path: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    step: int,
+    data_state: dict[str, Any],
+    resolved_spec_yaml: str,
+) -> Path:
+    """Write a complete checkpoint into `path` (every rank calls this); returns `path`.
+
+    The marker is written by rank 0 only after every rank has flushed its files, so a folder with
+    the marker is whole.
+    """
+    path = Path(path)
+    if _rank() == 0 and path.exists():
+        shutil.rmtree(path)  # a stale incomplete attempt at this step
+    _barrier()
+    path.mkdir(parents=True, exist_ok=True)
+    model_state, optim_state = get_state_dict(model, optimizer)
+    with _single_process_quiet():
+        dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(path))
+    trainer_state = {"step": step, "scheduler": scheduler.state_dict(), "rng": rng_states(), "data": data_state}
+    _fsync_write(path / f"trainer_state_rank{_rank()}.pt", lambda f: torch.save(trainer_state, f))
+    _barrier()
+    if _rank() == 0:
+        _fsync_write(path / "resolved_spec.yaml", lambda f: f.write(resolved_spec_yaml.encode()))
+        _fsync_dir(path)
+        _fsync_write(path / COMPLETE_MARKER, lambda f: f.write(f"step {step}\n".encode()))
+        _fsync_dir(path)
+    _barrier()
+    return path
+
+
+def load_checkpoint(
+    path: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> ResumedState:
+    """Restore model, optimizer, scheduler and RNG states in place from a complete checkpoint."""
+    path = Path(path)
+    if not is_complete(path):
+        raise ResumeError(f"{path} is not a complete checkpoint (no {COMPLETE_MARKER} marker)")
+    state_file = path / f"trainer_state_rank{_rank()}.pt"
+    if not state_file.is_file():
+        raise ResumeError(
+            f"{path} has no {state_file.name}: it was written by fewer ranks than this run has; "
+            "resume with the world size that wrote it"
+        )
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optim_state}
+    with _single_process_quiet():
+        dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    # Our own file (never a downloaded one); it holds python's RNG tuple, so not weights-only.
+    trainer_state = torch.load(state_file, weights_only=False)
+    scheduler.load_state_dict(trainer_state["scheduler"])
+    set_rng_states(trainer_state["rng"])
+    return ResumedState(step=int(trainer_state["step"]), data_state=trainer_state["data"])

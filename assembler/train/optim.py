@@ -1,0 +1,73 @@
+"""The optimizer and learning-rate schedule of `train:` — AdamW with warmup then cosine/linear decay.
+
+The schedule is a `LambdaLR` so its whole state is one integer (`last_epoch`), which checkpoints
+and resumes exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def build_optimizer(model: nn.Module, optimizer_spec: dict) -> torch.optim.AdamW:
+    """AdamW over the model's trainable parameters; fused on CUDA.
+
+    Weight decay applies to matrices only: decaying norm gains, biases and the DeltaNet's
+    A_log / dt_bias would pull them away from their meaningful centres.
+    """
+    name = optimizer_spec.get("name", "adamw")
+    if name != "adamw":
+        raise ValueError(f"train.optimizer.name: unknown optimizer {name!r}; known: adamw")
+    params = [p for p in model.parameters() if p.requires_grad]  # parameters() de-duplicates tied weights
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    weight_decay = float(optimizer_spec.get("weight_decay", 0.0))
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    on_cuda = bool(params) and all(p.device.type == "cuda" for p in params)
+    betas = tuple(optimizer_spec.get("betas", (0.9, 0.95)))
+    return torch.optim.AdamW(
+        groups,
+        lr=float(optimizer_spec["lr"]),
+        betas=(float(betas[0]), float(betas[1])),
+        eps=float(optimizer_spec.get("eps", 1e-8)),
+        fused=True if on_cuda else None,
+    )
+
+
+def lr_multiplier(step: int, *, total_steps: int, warmup_steps: int, name: str, min_lr_ratio: float) -> float:
+    """The factor on the peak lr for optimizer step `step` (0-based: the first update uses step 0).
+
+    Linear warmup from lr/warmup to lr over `warmup_steps`, then decay to `min_lr_ratio`·lr at the
+    last step (cosine or linear), or stay at lr (constant).
+    """
+    if name not in SCHEDULES:
+        raise ValueError(f"train.schedule.name: unknown schedule {name!r}; known: {', '.join(SCHEDULES)}")
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if name == "constant":
+        return 1.0
+    decay_steps = max(total_steps - warmup_steps - 1, 1)
+    progress = min((step - warmup_steps) / decay_steps, 1.0)
+    if name == "cosine":
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        shape = 1.0 - progress
+    return min_lr_ratio + (1.0 - min_lr_ratio) * shape
+
+
+def build_lr_schedule(optimizer: torch.optim.Optimizer, schedule_spec: dict, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR stepping once per optimizer step, following `train.schedule`."""
+    warmup_steps = int(schedule_spec.get("warmup_steps", 0))
+    name = schedule_spec.get("name", "cosine")
+    min_lr_ratio = float(schedule_spec.get("min_lr_ratio", 0.0))
+    lr_multiplier(0, total_steps=total_steps, warmup_steps=warmup_steps, name=name, min_lr_ratio=min_lr_ratio)  # validate now
+
+    def multiplier(step: int) -> float:
+        return lr_multiplier(step, total_steps=total_steps, warmup_steps=warmup_steps, name=name, min_lr_ratio=min_lr_ratio)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
