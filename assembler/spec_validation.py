@@ -1,0 +1,293 @@
+"""Validate a spec: JSON Schema first (every error, in words), then the checks a schema cannot express.
+
+Semantic checks run only on a spec the schema accepts, so they may trust types and presence.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Iterable
+
+import jsonschema
+from jsonschema import Draft202012Validator
+
+from assembler.spec_errors import Problem, SpecError, did_you_mean, format_path
+from assembler.spec_schema import _cached_schema, child_schema, resolve_ref
+
+# Where a spec names a registered block, and the registry kind it is looked up under. Kinds the
+# spec never names (e.g. `norm`) are chosen by the blocks themselves.
+BLOCK_FIELDS: dict[tuple[str, ...], str] = {
+    ("model", "text", "mixers", "linear", "block"): "mixer",
+    ("model", "text", "mixers", "full", "block"): "mixer",
+    ("model", "text", "mlp", "block"): "mlp",
+    ("model", "vision", "block"): "vision",
+    ("model", "vision", "merger", "block"): "merger",
+}
+
+# YAML's 1.0 is a number; 1 is an integer; JSON Schema would also call 1.0 an integer, which would
+# hand a float to nn.Linear. Booleans are never numbers.
+_TYPE_CHECKER = Draft202012Validator.TYPE_CHECKER.redefine(
+    "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)
+)
+_SpecValidator = jsonschema.validators.extend(Draft202012Validator, type_checker=_TYPE_CHECKER)
+
+
+def validate_spec_dict(spec: dict, file: str | None = None) -> None:
+    """Raise SpecError listing every problem of `spec` (defaults already filled in), or return."""
+    problems = schema_problems(spec)
+    if not problems:
+        problems = semantic_problems(spec)
+    if problems:
+        error = SpecError(problems)
+        raise error.with_file(file) if file else error
+
+
+def schema_problems(spec: Any) -> list[Problem]:
+    """Every JSON Schema violation of `spec`, as readable problems (document order)."""
+    validator = _SpecValidator(_cached_schema())
+    problems: list[Problem] = []
+    for error in validator.iter_errors(spec):
+        problems.extend(_problems_from(error))
+    return problems
+
+
+def semantic_problems(spec: dict) -> list[Problem]:
+    """The cross-field rules of a schema-valid spec."""
+    problems: list[Problem] = []
+    for check in _SEMANTIC_CHECKS:
+        problems.extend(check(spec))
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON Schema errors -> problems
+
+
+def _problems_from(error: jsonschema.ValidationError) -> list[Problem]:
+    path = list(error.absolute_path)
+    value, kind = error.instance, error.validator
+    schema = resolve_ref(error.schema)
+    if kind == "additionalProperties":
+        allowed = list(schema.get("properties", {}))
+        return [
+            Problem(
+                format_path(path + [key]),
+                "unknown key",
+                did_you_mean(key, allowed) or f"allowed keys here: {', '.join(allowed)}",
+                value=key,
+                expected=", ".join(allowed),
+            )
+            for key in value
+            if key not in allowed
+        ]
+    if kind == "required":
+        problems = []
+        for key in error.validator_value:
+            if isinstance(value, dict) and key not in value:
+                description = (_schema_at(path + [key]) or {}).get("description", "")
+                hint = f"add `{key}:` ({description})" if description else f"add `{key}:`"
+                problems.append(Problem(format_path(path + [key]), "required key is missing", hint, expected=description))
+        return problems
+    expected = _describe(schema)
+    if kind == "enum":
+        options = error.validator_value
+        return [Problem(format_path(path), f"{_show(value)} is not one of {', '.join(map(str, options))}",
+                        did_you_mean(value, [o for o in options if isinstance(o, str)]), value, expected)]
+    if kind == "type":
+        return [Problem(format_path(path), f"{_show(value)} is {_kind_of(value)}, expected {_type_words(error.validator_value)}",
+                        _type_hint(value, error.validator_value), value, expected)]
+    if kind in ("anyOf", "oneOf"):
+        branches = [resolve_ref(b) for b in error.validator_value]
+        names = [o for b in branches for o in b.get("enum", []) if isinstance(o, str)]
+        described = " or ".join(_describe(b) for b in branches)
+        return [Problem(format_path(path), f"{_show(value)} is not {described}", did_you_mean(value, names), value, described)]
+    bounds = {
+        "minimum": "is below the minimum {}",
+        "exclusiveMinimum": "must be greater than {}",
+        "maximum": "is above the maximum {}",
+        "exclusiveMaximum": "must be less than {}",
+    }
+    if kind in bounds:
+        return [Problem(format_path(path), f"{_show(value)} " + bounds[kind].format(error.validator_value), "", value, expected)]
+    if kind in ("minItems", "maxItems"):
+        low, high = schema.get("minItems"), schema.get("maxItems")
+        wanted = f"exactly {low}" if low == high else (f"at least {low}" if kind == "minItems" else f"at most {high}")
+        return [Problem(format_path(path), f"{_show(value)} has {len(value)} items, expected {wanted}", "", value, expected)]
+    if kind == "pattern":
+        return [Problem(format_path(path), f"{_show(value)} does not match {error.validator_value}",
+                        schema.get("description", ""), value, expected)]
+    if kind == "minLength":
+        return [Problem(format_path(path), "must not be empty", schema.get("description", ""), value, expected)]
+    return [Problem(format_path(path), error.message, "", value, expected)]
+
+
+def _schema_at(path: list[str | int]) -> dict | None:
+    node: dict | None = _cached_schema()
+    for key in path:
+        if node is None:
+            return None
+        node = child_schema(node, key)
+    return node
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _kind_of(value: Any) -> str:
+    if value is None:
+        return "null"
+    for python_type, words in ((bool, "a boolean"), (int, "an integer"), (float, "a number"),
+                               (str, "a string"), (list, "a list"), (dict, "a mapping")):
+        if isinstance(value, python_type):
+            return words
+    return type(value).__name__
+
+
+_TYPE_WORDS = {"integer": "an integer", "number": "a number", "string": "a string", "boolean": "true or false",
+               "array": "a list", "object": "a mapping", "null": "null"}
+
+
+def _type_words(types: str | list[str]) -> str:
+    return " or ".join(_TYPE_WORDS.get(t, t) for t in ([types] if isinstance(types, str) else types))
+
+
+def _describe(schema: dict) -> str:
+    """What a schema accepts, in words: `one of linear, full`, `an integer >= 0`."""
+    if "enum" in schema:
+        return "one of " + ", ".join(map(str, schema["enum"]))
+    words = _type_words(schema["type"]) if "type" in schema else "a valid value"
+    for key, symbol in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")):
+        if key in schema:
+            words += f" {symbol} {schema[key]}"
+    return words
+
+
+def _type_hint(value: Any, types: str | list[str]) -> str:
+    wanted = [types] if isinstance(types, str) else types
+    if isinstance(value, str) and ("number" in wanted or "integer" in wanted):
+        try:
+            number = float(value)
+        except ValueError:
+            return ""
+        return f"write it as a YAML number, e.g. {number!r} (YAML reads 1e-6 without a dot as a string; 1.0e-6 is a number)"
+    if isinstance(value, float) and value.is_integer() and "integer" in wanted:
+        return f"write {int(value)} (no decimal point)"
+    if isinstance(value, str) and "boolean" in wanted and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+        return "write true or false without quotes"
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Semantic checks (schema-valid spec, defaults filled)
+
+
+def _check_layer_count(spec: dict) -> Iterable[Problem]:
+    text = spec["model"]["text"]
+    count, layers = text["num_layers"], text["layers"]
+    if len(layers) != count:
+        yield Problem("model.text.layers", f"has {len(layers)} entries but num_layers is {count}",
+                      f"list one layer type per layer, or set num_layers: {len(layers)}", layers, f"{count} entries")
+
+
+def _check_attention_heads(spec: dict) -> Iterable[Problem]:
+    full = spec["model"]["text"]["mixers"]["full"]
+    heads, kv_heads = full["num_heads"], full["num_kv_heads"]
+    if heads % kv_heads:
+        yield Problem("model.text.mixers.full.num_kv_heads", f"{kv_heads} does not divide num_heads {heads}",
+                      f"set num_kv_heads to a divisor of num_heads ({_divisors(heads)})", kv_heads, f"a divisor of {heads}")
+
+
+def _check_deltanet_heads(spec: dict) -> Iterable[Problem]:
+    linear = spec["model"]["text"]["mixers"]["linear"]
+    key_heads, value_heads = linear["num_key_heads"], linear["num_value_heads"]
+    if value_heads % key_heads:
+        yield Problem("model.text.mixers.linear.num_value_heads", f"{value_heads} is not a multiple of num_key_heads {key_heads}",
+                      "each key head serves a whole group of value heads: set num_value_heads to a multiple of num_key_heads, "
+                      f"or num_key_heads to a divisor of num_value_heads ({_divisors(value_heads)})",
+                      value_heads, f"a multiple of {key_heads}")
+
+
+def _check_mrope_sections(spec: dict) -> Iterable[Problem]:
+    text = spec["model"]["text"]
+    head_dim, factor = text["mixers"]["full"]["head_dim"], text["rope"]["partial_rotary_factor"]
+    rotary_dim = int(head_dim * factor)
+    if rotary_dim % 2:
+        yield Problem("model.text.rope.partial_rotary_factor",
+                      f"head_dim {head_dim} × {factor} = {rotary_dim} rotary dims, which is odd",
+                      "choose a factor that gives an even rotary dimension", factor, "an even rotary dimension")
+        return
+    sections = text["rope"]["mrope_section"]
+    if sum(sections) != rotary_dim // 2:
+        yield Problem("model.text.rope.mrope_section",
+                      f"{sections} sums to {sum(sections)}, but there are {rotary_dim // 2} rotary frequencies "
+                      f"(head_dim {head_dim} × partial_rotary_factor {factor} = {rotary_dim} rotary dims, halved)",
+                      f"make the three sections sum to {rotary_dim // 2}", sections, f"sum {rotary_dim // 2}")
+
+
+def _check_vision(spec: dict) -> Iterable[Problem]:
+    vision, text_hidden = spec["model"]["vision"], spec["model"]["text"]["hidden_size"]
+    if vision["hidden_size"] % vision["num_heads"]:
+        yield Problem("model.vision.num_heads", f"{vision['num_heads']} does not divide hidden_size {vision['hidden_size']}",
+                      f"set num_heads to a divisor of hidden_size ({_divisors(vision['hidden_size'])})",
+                      vision["num_heads"], f"a divisor of {vision['hidden_size']}")
+    out = vision["merger"]["out_hidden_size"]
+    if out != text_hidden:
+        yield Problem("model.vision.merger.out_hidden_size", f"{out} does not match model.text.hidden_size {text_hidden}",
+                      f"set it to {text_hidden}: the merger's output becomes text-tower tokens", out, str(text_hidden))
+
+
+def _check_token_ids(spec: dict) -> Iterable[Problem]:
+    vocab = spec["model"]["text"]["vocab_size"]
+    for name, token in spec["model"]["tokens"].items():
+        if token >= vocab:
+            yield Problem(f"model.tokens.{name}", f"{token} is not a valid id for vocab_size {vocab}",
+                          f"token ids must be below {vocab}", token, f"an integer < {vocab}")
+
+
+def _check_activation_checkpointing(spec: dict) -> Iterable[Problem]:
+    policy = spec["parallel"]["activation_checkpointing"]
+    path = "parallel.activation_checkpointing"
+    if policy["mode"] == "selective" and "layers" not in policy:
+        yield Problem(f"{path}.layers", "mode selective needs the layers to checkpoint",
+                      "list layer types (linear, full, vision) and/or layer indices, e.g. layers: [full]")
+    if policy["mode"] != "selective" and "layers" in policy:
+        yield Problem(f"{path}.layers", f"is only used with mode: selective (mode is {policy['mode']})",
+                      "remove it, or set mode: selective", policy["layers"], "absent")
+    num_layers = spec["model"]["text"]["num_layers"]
+    for index, entry in enumerate(policy.get("layers", [])):
+        if isinstance(entry, int) and entry >= num_layers:
+            yield Problem(f"{path}.layers[{index}]", f"layer index {entry} is out of range",
+                          f"the text tower has {num_layers} layers (0..{num_layers - 1})", entry, f"< {num_layers}")
+
+
+def _check_registered_blocks(spec: dict) -> Iterable[Problem]:
+    from blocks.registry import UnknownBlockError, get_block, registered_blocks
+
+    for path, kind in BLOCK_FIELDS.items():
+        name: Any = spec
+        for key in path:
+            name = name[key]
+        try:
+            get_block(kind, name)
+        except UnknownBlockError:
+            known = registered_blocks().get(kind, [])
+            hint = did_you_mean(name, known) or (
+                f"registered {kind} blocks: {', '.join(known)}" if known else f"no {kind} block is registered at all")
+            yield Problem(format_path(path), f"{name!r} is not a registered {kind} block", hint, name, f"one of {known}")
+
+
+def _divisors(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+
+
+_SEMANTIC_CHECKS: tuple[Callable[[dict], Iterable[Problem]], ...] = (
+    _check_layer_count,
+    _check_attention_heads,
+    _check_deltanet_heads,
+    _check_mrope_sections,
+    _check_vision,
+    _check_token_ids,
+    _check_activation_checkpointing,
+    _check_registered_blocks,
+)
