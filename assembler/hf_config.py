@@ -43,7 +43,7 @@ HF_TOKEN_DEFAULTS: dict[str, Any] = {
 _BOOKKEEPING = {
     "transformers_version", "_name_or_path", "dtype", "torch_dtype", "output_hidden_states", "output_attentions",
     "return_dict", "chunk_size_feed_forward", "is_encoder_decoder", "id2label", "label2id", "problem_type",
-    "use_cache", "pad_token_id", "bos_token_id", "tokenizer_class",
+    "use_cache", "pad_token_id", "bos_token_id", "tokenizer_class", "architectures",
 }
 # Multi-token-prediction head and inference-engine hints: not part of the model transformers builds.
 _TEXT_IGNORED = _BOOKKEEPING | {"mtp_num_hidden_layers", "mtp_use_dedicated_embeddings", "mamba_ssm_dtype"}
@@ -65,11 +65,11 @@ def spec_from_hf_config(config: dict | str | os.PathLike, name: str | None = Non
     model = reader.model(config)
     if reader.problems:
         raise SpecError(reader.problems)
-    spec_name = name or (_name_from_path(where) if where != "<config>" else "imported")
+    spec_name = name or (_name_from_path(where) if where else "imported")
     try:
         return load_spec_from_dict({"name": spec_name, "model": model})
     except SpecError as error:
-        raise error.with_file(where) from None
+        raise (error.with_file(where) if where else error) from None
 
 
 def hf_config_from_spec(spec: Spec, dtype: str = "bfloat16") -> dict:
@@ -170,9 +170,10 @@ def _refuse_unrepresentable(spec: Spec) -> None:
         raise SpecError(problems).with_file(str(spec.source)) if spec.source else SpecError(problems)
 
 
-def _read_config(config: dict | str | os.PathLike) -> tuple[dict, str]:
+def _read_config(config: dict | str | os.PathLike) -> tuple[dict, str | None]:
+    """The config dict and the file it came from (None for a dict)."""
     if isinstance(config, dict):
-        return config, "<config>"
+        return config, None
     path = Path(config)
     if path.is_dir():
         path = path / "config.json"
@@ -189,15 +190,16 @@ def _read_config(config: dict | str | os.PathLike) -> tuple[dict, str]:
 
 
 def _name_from_path(where: str) -> str:
-    folder = Path(where).parent.name or Path(where).stem
-    cleaned = "".join(c if c.isalnum() else "_" for c in folder.lower()).strip("_")
+    path = Path(where)
+    stem = path.parent.name if path.name == "config.json" else path.stem
+    cleaned = "".join(c if c.isalnum() else "_" for c in stem.lower()).strip("_")
     return cleaned or "imported"
 
 
 class _ConfigReader:
     """Reads an HF config into a spec `model` section, collecting every refusal as a problem."""
 
-    def __init__(self, where: str):
+    def __init__(self, where: str | None):
         self.where = where
         self.problems: list[Problem] = []
 

@@ -79,7 +79,8 @@ def read_yaml_mapping(path: Path) -> dict:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictSafeLoader)  # noqa: S506 (a SafeLoader)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
-        message = f"YAML syntax error: {error.problem or error.context}"
+        kind = "YAML error" if isinstance(error, yaml.constructor.ConstructorError) else "YAML syntax error"
+        message = f"{kind}: {error.problem or error.context}"
         hint = error.context if error.problem and error.context else ""
         raise SpecError(Problem("", message, hint or "", file=where,
                                 line=mark.line + 1 if mark else None, column=mark.column + 1 if mark else None)) from None

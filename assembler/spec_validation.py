@@ -167,10 +167,13 @@ def _type_hint(value: Any, types: str | list[str]) -> str:
     wanted = [types] if isinstance(types, str) else types
     if isinstance(value, str) and ("number" in wanted or "integer" in wanted):
         try:
-            number = float(value)
+            float(value)
         except ValueError:
             return ""
-        return f"write it as a YAML number, e.g. {number!r} (YAML reads 1e-6 without a dot as a string; 1.0e-6 is a number)"
+        mantissa, _, exponent = value.partition("e") if "e" in value else value.partition("E")
+        if exponent and "." not in mantissa:
+            return f"write {mantissa}.0e{exponent}: YAML reads a number with an exponent but no '.' as a string"
+        return "write it without quotes"
     if isinstance(value, float) and value.is_integer() and "integer" in wanted:
         return f"write {int(value)} (no decimal point)"
     if isinstance(value, str) and "boolean" in wanted and value.lower() in ("true", "false", "yes", "no", "on", "off"):

@@ -1,0 +1,127 @@
+"""`assemble`: the command line.
+
+Spec commands (validate, schema, import-hf) live here; bigger commands live in their own small
+modules and are listed in COMMAND_MODULES, imported only when run (so `assemble validate` never
+pays for what `assemble train` needs). Every command runs inside `fail_cleanly`: a user error
+(bad spec, missing file) prints a message and exits with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import click
+
+from assembler.spec_errors import SpecError, UserError
+
+USER_ERROR_EXIT_CODE = 2
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+# Command name -> "module:attribute" of its click command.
+COMMAND_MODULES = {
+    "build": "cli_build:build_command",
+    "train": "cli_train:train_command",
+    "export": "cli_export:export_command",
+}
+
+
+@contextmanager
+def fail_cleanly() -> Iterator[None]:
+    """Turn a user error into `error: ...` lines on stderr and exit code 2."""
+    try:
+        yield
+    except USER_ERRORS as error:
+        print_error(error)
+        raise click.exceptions.Exit(USER_ERROR_EXIT_CODE) from None
+
+
+def print_error(error: BaseException) -> None:
+    for line in str(error).splitlines() or [type(error).__name__]:
+        click.echo(f"error: {line}", err=True)
+
+
+class AssembleGroup(click.Group):
+    """A click group that loads COMMAND_MODULES lazily and runs every command inside `fail_cleanly`."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMAND_MODULES))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in COMMAND_MODULES and name not in self.commands:
+            module_name, attribute = COMMAND_MODULES[name].split(":")
+            self.add_command(getattr(importlib.import_module(module_name), attribute), name)
+        return super().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context):  # noqa: ANN201 (click's signature)
+        with fail_cleanly():
+            return super().invoke(ctx)
+
+
+@click.group(cls=AssembleGroup)
+def assemble() -> None:
+    """Assemble, train and export models described by YAML specs."""
+
+
+@assemble.command()
+@click.argument("specs", metavar="SPEC...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Dotted spec override applied to every SPEC, value parsed as YAML (e.g. -o train.steps=10).")
+@click.option("--resolved", is_flag=True, help="Also print each valid spec resolved (defaults filled in).")
+def validate(specs: tuple[Path, ...], overrides: tuple[str, ...], resolved: bool) -> None:
+    """Check SPEC files against the schema and the block registry: one OK line per valid spec."""
+    from assembler.spec_loading import load_spec
+
+    failed = 0
+    for path in specs:
+        try:
+            spec = load_spec(path, list(overrides))
+        except SpecError as error:
+            print_error(error)
+            failed += 1
+            continue
+        text = spec.model["text"]
+        full = text["layers"].count("full")
+        click.echo(f"OK {path}: {spec.name} — {text['num_layers']} text layers ({len(text['layers']) - full} linear, "
+                   f"{full} full), vision depth {spec.model['vision']['depth']}, ops {spec.ops['backend']}")
+        if resolved:
+            click.echo(spec.to_yaml())
+    if failed:
+        raise click.exceptions.Exit(USER_ERROR_EXIT_CODE)
+
+
+@assemble.command()
+def schema() -> None:
+    """Print the spec's JSON Schema (draft 2020-12)."""
+    from assembler.spec_schema import SCHEMA_PATH
+
+    click.echo(SCHEMA_PATH.read_text(encoding="utf-8"), nl=False)
+
+
+@assemble.command("import-hf")
+@click.argument("config", metavar="CONFIG_JSON_OR_DIR", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Spec file to write.")
+@click.option("--name", default=None, help="Spec name (default: from the model folder's name).")
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+def import_hf(config: Path, output: Path, name: str | None, force: bool) -> None:
+    """Write a spec for the Qwen3.5 model of an HF config.json (or model folder)."""
+    from assembler.hf_config import spec_from_hf_config
+    from assembler.spec import dump_yaml
+    from assembler.spec_loading import load_spec
+    from assembler.spec_schema import SCHEMA_PATH
+
+    if output.exists() and not force:
+        raise UserError(f"{output}: already exists — pass --force to overwrite it")
+    spec = spec_from_hf_config(config, name=name)
+    schema_link = Path(os.path.relpath(SCHEMA_PATH, output.absolute().parent)).as_posix()
+    output.write_text(f"# yaml-language-server: $schema={schema_link}\n# Imported from {config} by `assemble import-hf`.\n"
+                      + dump_yaml({"name": spec.name, "model": spec.model}), encoding="utf-8")
+    load_spec(output)  # what we wrote must load back: fail here, not in the user's next command
+    click.echo(f"wrote {output} ({spec.name})")
+
+
+if __name__ == "__main__":
+    assemble()
