@@ -9,6 +9,7 @@ pays for what `assemble train` needs). Every command runs inside `fail_cleanly`:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,10 +49,10 @@ class AssembleGroup(click.Group):
     """A click group that loads COMMAND_MODULES lazily and runs every command inside `fail_cleanly`."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(COMMAND_MODULES))
+        return sorted(set(super().list_commands(ctx)) | {name for name in COMMAND_MODULES if _module_exists(name)})
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in COMMAND_MODULES and name not in self.commands:
+        if name in COMMAND_MODULES and name not in self.commands and _module_exists(name):
             module_name, attribute = COMMAND_MODULES[name].split(":")
             self.add_command(getattr(importlib.import_module(module_name), attribute), name)
         return super().get_command(ctx, name)
@@ -59,6 +60,11 @@ class AssembleGroup(click.Group):
     def invoke(self, ctx: click.Context):  # noqa: ANN201 (click's signature)
         with fail_cleanly():
             return super().invoke(ctx)
+
+
+def _module_exists(command: str) -> bool:
+    # Lets the CLI run while a command's module is still being written (no import, just a lookup).
+    return importlib.util.find_spec(COMMAND_MODULES[command].split(":")[0]) is not None
 
 
 @click.group(cls=AssembleGroup)

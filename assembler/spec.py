@@ -40,9 +40,19 @@ class Spec:
         return {section: copy.deepcopy(getattr(self, section)) for section in SECTIONS}
 
     def to_yaml(self) -> str:
-        """The resolved spec as YAML, saved next to every run so it can be reproduced from its folder."""
+        """The resolved spec as YAML, saved next to every run so it can be reproduced from its folder.
+
+        Paths that are relative to the spec file (data sources, tokenizer, init_from) are written
+        absolute when they exist, so the saved copy still finds them from the run folder.
+        """
         header = f"# Resolved spec (defaults filled in) of {self.source}\n" if self.source else "# Resolved spec (defaults filled in)\n"
-        return header + dump_yaml(self.to_dict())
+        data = self.to_dict()
+        for source in data["data"]["sources"]:
+            source["path"] = self._anchored(source["path"])
+        for section, key in (("data", "tokenizer"), ("train", "init_from")):
+            if data[section].get(key):
+                data[section][key] = self._anchored(data[section][key])
+        return header + dump_yaml(data)
 
     def resolve_path(self, path: str | Path) -> Path:
         """`path` from inside the spec, made absolute: relative paths are relative to the spec file."""
@@ -50,6 +60,10 @@ class Spec:
         if path.is_absolute():
             return path
         return (self.source.parent if self.source else Path.cwd()) / path
+
+    def _anchored(self, path: str) -> str:
+        resolved = self.resolve_path(path)
+        return str(resolved) if self.source is not None and resolved.exists() else path
 
 
 class _SpecDumper(yaml.SafeDumper):

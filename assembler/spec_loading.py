@@ -15,7 +15,7 @@ import yaml
 
 from assembler.spec import Spec
 from assembler.spec_errors import Problem, SpecError, did_you_mean, format_path
-from assembler.spec_schema import _cached_schema, allowed_keys, child_schema, fill_defaults, is_list_schema
+from assembler.spec_schema import cached_schema, allowed_keys, child_schema, fill_defaults, is_list_schema
 from assembler.spec_validation import validate_spec_dict
 
 
@@ -187,7 +187,7 @@ def _apply_override(data: dict, text: str) -> None:
                                 "quote it, e.g. key='text: with colon'", raw_value, file=where)) from None
 
     node: Any = data
-    schema: dict | None = _cached_schema()
+    schema: dict | None = cached_schema()
     for depth, part in enumerate(parts):
         here = format_path(parts[: depth + 1])
         sub = child_schema(schema, part) if schema is not None else None

@@ -16,20 +16,21 @@ SCHEMA_PATH = Path(__file__).parent / "schema" / "spec.schema.json"
 
 
 @functools.lru_cache(maxsize=1)
-def _cached_schema() -> dict:
+def cached_schema() -> dict:
+    """The spec schema, shared: read it, never modify it (`load_schema` gives a private copy)."""
     return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
 def load_schema() -> dict:
     """The spec schema (a fresh copy: callers may modify it)."""
-    return copy.deepcopy(_cached_schema())
+    return copy.deepcopy(cached_schema())
 
 
 def resolve_ref(node: dict) -> dict:
     """`node` with a local `$ref` (`#/$defs/x`) replaced by its target; sibling keys win."""
     if "$ref" not in node:
         return node
-    target: Any = _cached_schema()
+    target: Any = cached_schema()
     for part in node["$ref"].removeprefix("#/").split("/"):
         target = target[part]
     merged = {**resolve_ref(target), **node}
@@ -65,7 +66,7 @@ def fill_defaults(instance: Any, node: dict | None = None) -> Any:
     Defaults that are objects (`{}`) are filled in turn, so `train: {}` grows every train default.
     Values of the wrong type are left as they are for validation to report.
     """
-    node = resolve_ref(_cached_schema() if node is None else node)
+    node = resolve_ref(cached_schema() if node is None else node)
     if isinstance(instance, dict):
         filled = {}
         properties = node.get("properties", {})

@@ -12,7 +12,7 @@ import jsonschema
 from jsonschema import Draft202012Validator
 
 from assembler.spec_errors import Problem, SpecError, did_you_mean, format_path
-from assembler.spec_schema import _cached_schema, child_schema, resolve_ref
+from assembler.spec_schema import cached_schema, child_schema, resolve_ref
 
 # Where a spec names a registered block, and the registry kind it is looked up under. Kinds the
 # spec never names (e.g. `norm`) are chosen by the blocks themselves.
@@ -44,7 +44,7 @@ def validate_spec_dict(spec: dict, file: str | None = None) -> None:
 
 def schema_problems(spec: Any) -> list[Problem]:
     """Every JSON Schema violation of `spec`, as readable problems (document order)."""
-    validator = _SpecValidator(_cached_schema())
+    validator = _SpecValidator(cached_schema())
     problems: list[Problem] = []
     for error in validator.iter_errors(spec):
         problems.extend(_problems_from(error))
@@ -122,7 +122,7 @@ def _problems_from(error: jsonschema.ValidationError) -> list[Problem]:
 
 
 def _schema_at(path: list[str | int]) -> dict | None:
-    node: dict | None = _cached_schema()
+    node: dict | None = cached_schema()
     for key in path:
         if node is None:
             return None

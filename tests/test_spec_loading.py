@@ -41,11 +41,18 @@ def test_tiny_spec_keeps_its_train_and_data():
 
 def test_resolved_yaml_loads_back_to_the_same_spec(tmp_path):
     spec = load_spec(TINY, ["train.steps=7"])
-    saved = tmp_path / "resolved_spec.yaml"
+    saved = tmp_path / "run" / "resolved_spec.yaml"
+    saved.parent.mkdir()
     saved.write_text(spec.to_yaml())
     again = load_spec(saved)
-    assert again.to_dict() == spec.to_dict()
     assert "layers: [linear, linear, linear, full]" in spec.to_yaml()
+    # data paths were relative to specs/: the saved copy (elsewhere) anchors them to the same files
+    assert [again.resolve_path(s["path"]) for s in again.data["sources"]] == [
+        spec.resolve_path(s["path"]) for s in spec.data["sources"]]
+    assert again.resolve_path(again.data["sources"][0]["path"]).is_file()
+    for section in ("model", "ops", "parallel", "train"):
+        assert getattr(again, section) == getattr(spec, section)
+    assert {k: v for k, v in again.data.items() if k != "sources"} == {k: v for k, v in spec.data.items() if k != "sources"}
 
 
 def test_spec_is_frozen_and_to_dict_is_a_copy():
