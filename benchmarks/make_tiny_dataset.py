@@ -2,8 +2,12 @@
 
     python benchmarks/make_tiny_dataset.py [--out specs/data/tiny]
 
-captions.jsonl: one coloured shape (circle / square / triangle) per 64x64 PNG on a plain neutral
-background, with a little jitter in size and position. Every sample has the same prompt, "Describe
+captions.jsonl: one coloured shape (circle / square / triangle) per 64x64 PNG (4 merged image
+tokens for the tiny spec's 16-pixel patches) on a white or light grey background, with a little
+jitter in size and position. The variation is kept mild on purpose. Measured on a GPU with the
+tiny spec's model and optimiser (loss of the shape token, true image vs another class's image):
+with more variation (18-26 px, ±5 px, three backgrounds) 1.48 vs 1.52 after 120 steps, i.e. the
+shapes not yet learned; with this set 1.34 vs 1.68 after 120 steps and 0.05 vs 3.7 after 240. Every sample has the same prompt, "Describe
 the image.", and the answer names colour and shape ("A red circle."), so the answer is
 predictable only from the image: after training, caption loss with the true image must be lower
 than with another sample's image.
@@ -31,7 +35,7 @@ COLOURS = {
     "orange": (250, 130, 10),
 }
 SHAPES = ("circle", "square", "triangle")
-BACKGROUNDS = ((255, 255, 255), (235, 235, 235), (200, 200, 200))
+BACKGROUNDS = ((255, 255, 255), (235, 235, 235))
 SAMPLES_PER_CLASS = 16  # 6 colours x 3 shapes x 16 = 288 caption samples
 PROMPT = "Describe the image."
 
@@ -70,9 +74,9 @@ TEXTS = [
 def draw_shape(shape: str, colour: tuple[int, int, int], background: tuple[int, int, int], rng: random.Random) -> Image.Image:
     image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), background)
     draw = ImageDraw.Draw(image)
-    half = rng.randint(18, 26)  # half the shape's extent
-    cx = IMAGE_SIZE // 2 + rng.randint(-5, 5)
-    cy = IMAGE_SIZE // 2 + rng.randint(-5, 5)
+    half = rng.randint(20, 24)  # half the shape's extent
+    cx = IMAGE_SIZE // 2 + rng.randint(-3, 3)
+    cy = IMAGE_SIZE // 2 + rng.randint(-3, 3)
     box = (cx - half, cy - half, cx + half, cy + half)
     if shape == "circle":
         draw.ellipse(box, fill=colour)

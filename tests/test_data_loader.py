@@ -118,7 +118,7 @@ def _tiny_loader(spec, data=None, **kwargs):
 def test_tiny_spec_data_end_to_end(tiny_spec, tokenizer):
     class LoadedSpec:  # what build_loader reads from a loaded spec
         data, train, model = tiny_spec["data"], tiny_spec["train"], tiny_spec["model"]
-        path = ROOT / "specs" / "qwen3_5_tiny.yaml"
+        source = ROOT / "specs" / "qwen3_5_tiny.yaml"
 
     loader = build_loader(LoadedSpec(), tokenizer=tokenizer)
     stats = loader.epoch_stats(0)
@@ -146,3 +146,16 @@ def test_tiny_spec_settings_errors(tiny_spec, tokenizer, tmp_path):
     with pytest.raises(DataError, match="model has no vision tower"):
         build_loader_from_sections(tiny_spec["data"], base_dir=ROOT / "specs", tokens_per_step=1024, seed=0,
                                    tokens=tiny_spec["model"]["tokens"], vision=None, tokenizer=tokenizer)
+
+
+def test_resume_on_another_world_size_continues_the_global_stream():
+    single = _loader()
+    stream = _take(single, 9)
+    first = _loader()
+    _take(first, 3)
+    state = first.state_dict()
+    ranks = [_loader(rank=r, world_size=2) for r in range(2)]
+    for loader in ranks:
+        loader.load_state_dict(state)
+    steps = [_take(loader, 3) for loader in ranks]
+    assert _same([steps[r][s] for s in range(3) for r in range(2)], stream[3:9])

@@ -117,9 +117,13 @@ class PackedBatchLoader:
                 "budget": self.budget, "num_samples": len(self.samples), "fingerprint": self._fingerprint}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from a saved position; refuses one saved for other data or settings."""
-        for key, mine in (("seed", self.seed), ("world_size", self.world_size), ("budget", self.budget),
-                          ("num_samples", len(self.samples)), ("fingerprint", self._fingerprint)):
+        """Continue from a saved position; refuses one saved for other data, seed or row length.
+
+        A different world size is accepted: the position counts global rows, so the stream goes
+        on where it stopped, only dealt out to a different number of ranks.
+        """
+        for key, mine in (("seed", self.seed), ("budget", self.budget), ("num_samples", len(self.samples)),
+                          ("fingerprint", self._fingerprint)):
             if key in state and state[key] != mine:
                 raise DataError(
                     f"cannot resume the data position: it was saved with {key}={state[key]!r} but this run has "
@@ -134,15 +138,11 @@ class PackedBatchLoader:
 
 def build_loader(spec: Any, *, rank: int = 0, world_size: int = 1, base_dir: Path | None = None,
                  tokenizer: Tokenizer | None = None) -> PackedBatchLoader:
-    """The loader of a loaded spec: reads `spec.data`, `spec.train` (tokens_per_step, seed) and
-    `spec.model` (tokens, vision, text.vocab_size). Data paths are relative to the spec file's
-    folder: `base_dir`, else `spec.base_dir`, else the folder of `spec.path`."""
+    """The loader of a loaded `Spec`: reads `spec.data`, `spec.train` (tokens_per_step, seed) and
+    `spec.model` (tokens, vision, text.vocab_size). Data paths are relative to the spec file
+    (`spec.source`; the working directory for a spec built in memory) unless `base_dir` is given."""
     if base_dir is None:
-        base_dir = getattr(spec, "base_dir", None)
-    if base_dir is None and getattr(spec, "path", None) is not None:
-        base_dir = Path(spec.path).parent
-    if base_dir is None:
-        raise ValueError("build_loader needs the spec file's folder: pass base_dir= (data paths are relative to it)")
+        base_dir = Path(spec.source).parent if getattr(spec, "source", None) is not None else Path.cwd()
     model = spec.model
     return build_loader_from_sections(
         spec.data, base_dir=Path(base_dir), tokens_per_step=int(spec.train["tokens_per_step"]),
