@@ -34,8 +34,11 @@ MTP_TENSORS = {  # shapes of the released head's kinds of tensors, at toy size
 }
 
 
+EOS_TOKEN_ID = 254
+
+
 def tiny_hf_config():
-    return tiny_config(**TOKENS)
+    return tiny_config(text={"eos_token_id": EOS_TOKEN_ID}, **TOKENS)
 
 
 def make_reference_model(seed: int = 0) -> Qwen3_5ForConditionalGeneration:
@@ -89,4 +92,6 @@ def sample_inputs(seed: int = 0) -> dict[str, torch.Tensor]:
 def transformers_logits(folder: Path) -> torch.Tensor:
     """Logits [1, T, V] of transformers' own model loaded from `folder` in fp32 (eager attention)."""
     model = Qwen3_5ForConditionalGeneration.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
-    return model(**sample_inputs()).logits
+    inputs = sample_inputs()
+    mm_token_type_ids = (inputs["input_ids"] == TOKENS["image_token_id"]).int()  # what the processor returns
+    return model(**inputs, mm_token_type_ids=mm_token_type_ids).logits

@@ -143,3 +143,19 @@ def test_single_file_folder_loads(tmp_path):
     for name, parameter in reference.named_parameters():
         assert torch.equal(model.get_parameter(name), parameter), name
     assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
+
+
+def test_wrapped_blocks_keep_checkpoint_names(source):
+    """Activation checkpointing and torch.compile wrap blocks; the checkpoint names stay HF's."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    from assembler.hf_checkpoint.model_tensors import model_tensors
+
+    model = _meta_model()
+    layers = model.model.language_model.layers
+    layers[0] = checkpoint_wrapper(layers[0])
+    layers[1] = torch.compile(layers[1])
+    assert any("_checkpoint_wrapped_module" in n for n, _ in model.named_parameters())
+    assert set(model_tensors(model)) == set(model_tensors(_meta_model()))
+    load_hf_checkpoint(model, source)
+    assert not _untouched(model)

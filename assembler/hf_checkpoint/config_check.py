@@ -25,13 +25,12 @@ IGNORED_FIELDS = frozenset(
 def check_config_matches_spec(config: dict, spec, config_path: Path) -> None:
     """Raise CheckpointError listing every architecture field where `config` and `spec` disagree."""
     from assembler.hf_config import spec_from_hf_config
+    from assembler.spec_errors import SpecError
 
     try:
         folder_model = spec_from_hf_config(config).model
-    except CheckpointError:
-        raise
-    except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{config_path}: not a Qwen3.5 config this spec format can describe: {err}") from None
+    except SpecError as err:
+        raise CheckpointError(f"{config_path}: not a Qwen3.5 config a spec can describe:\n{err}") from None
     differences = [d for d in _differences(spec.model, folder_model, "model") if d[0] not in IGNORED_FIELDS]
     if differences:
         lines = [f"{config_path} describes a different model than the spec:"]
@@ -45,7 +44,7 @@ def _differences(ours, theirs, path: str) -> Iterator[tuple[str, object, object]
         for key in list(ours) + [k for k in theirs if k not in ours]:
             yield from _differences(ours.get(key), theirs.get(key), f"{path}.{key}")
     elif isinstance(ours, (list, tuple)) and isinstance(theirs, (list, tuple)) and len(ours) == len(theirs):
-        if list(ours) != list(theirs):
-            yield path, list(ours), list(theirs)
+        for index, (mine, other) in enumerate(zip(ours, theirs)):  # name the layer, not the whole list
+            yield from _differences(mine, other, f"{path}[{index}]")
     elif ours != theirs:
         yield path, ours, theirs

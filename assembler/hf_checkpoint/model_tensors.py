@@ -20,6 +20,17 @@ except ImportError:  # pragma: no cover - torch builds without distributed
     distribute_tensor = None  # type: ignore[assignment]
 
 
+# Wrapper modules that parallelize may insert (torch.compile, activation checkpointing, FSDP1) add
+# these segments to module paths; the checkpoint name is the path without them, as DCP's
+# get_state_dict also reads it.
+WRAPPER_SEGMENTS = ("_orig_mod", "_checkpoint_wrapped_module", "_fsdp_wrapped_module")
+
+
+def checkpoint_name(module_path: str) -> str:
+    """`model.language_model.layers.0._checkpoint_wrapped_module.mlp.up_proj.weight` → without the wrapper segment."""
+    return ".".join(part for part in module_path.split(".") if part not in WRAPPER_SEGMENTS)
+
+
 @dataclass
 class ModelTensor:
     """One distinct tensor of the model: its checkpoint name, and every (module, attribute) holding it."""
@@ -35,7 +46,8 @@ def model_tensors(model: nn.Module) -> dict[str, ModelTensor]:
     """Checkpoint name → ModelTensor for every parameter and persistent buffer, one entry per distinct tensor."""
     by_id: dict[int, ModelTensor] = {}
     for module_name, module in model.named_modules(remove_duplicate=False):
-        prefix = f"{module_name}." if module_name else ""
+        path = checkpoint_name(module_name)
+        prefix = f"{path}." if path else ""
         persistent_buffers = {
             name: buf for name, buf in module._buffers.items() if buf is not None and name not in module._non_persistent_buffers_set
         }

@@ -174,8 +174,7 @@ def _export_tensors(
 def _config_json(spec, dtype: torch.dtype, extras: ExtraTensorSource) -> dict:
     from assembler.hf_config import hf_config_from_spec
 
-    config = dict(hf_config_from_spec(spec))
-    config["dtype"] = str(dtype).removeprefix("torch.")
+    config = hf_config_from_spec(spec, dtype=str(dtype).removeprefix("torch."))
     if extras.folder is not None and extras.entries:
         config = carry_extra_config(extras.folder.config, config)
     return config

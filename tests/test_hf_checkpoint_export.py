@@ -1,0 +1,137 @@
+"""Export: `mtp.*` tensors carried through verbatim, config mismatches refused by field, and no
+partial output ever left under the export's name."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from assembler.build import build_model
+from assembler.hf_checkpoint import CheckpointError, load_hf_checkpoint, save_hf_checkpoint
+from assembler.hf_checkpoint import writing
+from assembler.hf_checkpoint.reading import open_checkpoint_folder
+from assembler.hf_config import spec_from_hf_config
+from tests.hf_checkpoint_fixtures import add_mtp_tensors, make_source_folder
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Path:
+    return make_source_folder(tmp_path_factory.mktemp("export") / "source")
+
+
+@pytest.fixture
+def source(pristine, tmp_path) -> Path:
+    return Path(shutil.copytree(pristine, tmp_path / "source"))
+
+
+def _spec(folder: Path, **text_changes):
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"].update(text_changes)
+    return spec_from_hf_config(config)
+
+
+def _loaded(folder: Path, spec):
+    model = build_model(spec, device="meta")
+    load_hf_checkpoint(model, folder, spec)
+    return model
+
+
+def _no_output(parent: Path, name: str) -> bool:
+    return not (parent / name).exists() and not list(parent.glob(f".{name}.*"))
+
+
+def test_mtp_tensors_come_out_unchanged(source, tmp_path, caplog):
+    mtp = add_mtp_tensors(source)
+    spec = _spec(source)
+    with caplog.at_level(logging.INFO, logger="assembler.hf_checkpoint"):
+        loaded = load_hf_checkpoint(model := build_model(spec, device="meta"), source, spec)
+        out = save_hf_checkpoint(model, tmp_path / "out", spec, source_dir=source, shard_size="40KB")
+    assert sorted(loaded.extra_tensor_names) == sorted(mtp)
+    carried = [r for r in caplog.records if "mtp.*" in r.getMessage()]
+    assert len(carried) == 2 and "4 mtp.* tensor(s)" in carried[0].getMessage()  # one line at load, one at export
+    exported = open_checkpoint_folder(out)
+    for name, tensor in mtp.items():
+        with safe_open(str(out / exported.tensors[name].file), framework="pt") as shard:
+            got = shard.get_tensor(name)
+        assert got.dtype == tensor.dtype and torch.equal(got, tensor), name
+    # the config keeps the field that tells vLLM / SGLang the head is there
+    assert json.loads((out / "config.json").read_text())["text_config"]["mtp_num_hidden_layers"] == 1
+
+
+def test_mtp_tensors_survive_a_second_export(source, tmp_path):
+    mtp = add_mtp_tensors(source)
+    spec = _spec(source)
+    first = save_hf_checkpoint(_loaded(source, spec), tmp_path / "first", spec, source_dir=source)
+    second = save_hf_checkpoint(_loaded(first, spec), tmp_path / "second", spec, source_dir=first)
+    folder = open_checkpoint_folder(second)
+    assert {n for n in folder.tensors if n.startswith("mtp.")} == set(mtp)
+
+
+def test_config_disagreeing_with_spec_names_the_field(source):
+    spec = _spec(source, num_key_value_heads=1)
+    model = build_model(spec, device="meta")
+    with pytest.raises(CheckpointError, match=r"config\.json describes a different model.*\n.*num_kv_heads: spec has 1, the checkpoint has 2"):
+        load_hf_checkpoint(model, source, spec)
+    assert all(p.device.type == "meta" for p in model.parameters())
+
+
+def test_layer_type_disagreement_names_the_layer(source):
+    layer_types = ["full_attention", "linear_attention", "linear_attention", "full_attention"]
+    spec = _spec(source, layer_types=layer_types)
+    with pytest.raises(CheckpointError, match=r"model\.text\.layers\[0\]: spec has 'full', the checkpoint has 'linear'"):
+        load_hf_checkpoint(build_model(spec, device="meta"), source, spec)
+
+
+def test_existing_export_is_refused_and_kept(source, tmp_path):
+    spec = _spec(source)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match=r"out: already exists and is not empty.*--overwrite"):
+        save_hf_checkpoint(_loaded(source, spec), tmp_path / "out", spec)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+
+
+def test_overwrite_replaces_an_earlier_export_whole(source, tmp_path):
+    spec = _spec(source)
+    model = _loaded(source, spec)
+    save_hf_checkpoint(model, tmp_path / "out", spec, source_dir=source, shard_size="40KB")
+    save_hf_checkpoint(model, tmp_path / "out", spec, shard_size="1GB", overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "config.json", "model-00001-of-00001.safetensors", "model.safetensors.index.json"
+    ]
+    assert not list(tmp_path.glob(".out.*"))  # neither the partial folder nor the old export is left
+
+
+def test_crash_mid_export_leaves_nothing(source, tmp_path, monkeypatch):
+    spec = _spec(source)
+    model = _loaded(source, spec)
+    real_save, calls = writing.save_file, []
+
+    def failing_save(tensors, path, metadata=None):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real_save(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(writing, "save_file", failing_save)
+    with pytest.raises(OSError, match="No space left"):
+        save_hf_checkpoint(model, tmp_path / "out", spec, source_dir=source, shard_size="40KB")
+    assert len(calls) == 3
+    assert _no_output(tmp_path, "out")
+
+
+def test_broken_source_fails_before_writing(source, tmp_path):
+    """A truncated source shard (read for the carried files) stops the export before any output."""
+    spec = _spec(source)
+    model = _loaded(source, spec)
+    victim = next(source.glob("model-*.safetensors"))
+    victim.write_bytes(victim.read_bytes()[:-4])
+    with pytest.raises(CheckpointError, match=rf"{victim.name}: truncated"):
+        save_hf_checkpoint(model, tmp_path / "out", spec, source_dir=source)
+    assert _no_output(tmp_path, "out")
