@@ -96,3 +96,10 @@ def test_the_shipped_tiny_dataset_is_valid():
     # Same prompt for every caption: the answer is predictable only from the image.
     assert {r.messages[0].content[1] for r in captions} == {"Describe the image."}
     assert sum(f.stat().st_size for f in TINY.rglob("*") if f.is_file()) < 2_000_000
+
+
+def test_data_errors_are_user_errors():
+    """The CLI prints user errors without a traceback and exits with 2."""
+    from assembler.spec_errors import UserError
+
+    assert issubclass(DataError, UserError)

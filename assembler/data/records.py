@@ -24,12 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
+from assembler.spec_errors import UserError
+
 ROLES = ("system", "user", "assistant")
 ON_ERROR = ("raise", "skip")
 
 
-class DataError(Exception):
-    """A user error in the training data or its settings; the message says where and what to do."""
+class DataError(UserError):
+    """A user error in the training data or its settings; the message says where and what to do
+    (the CLI prints it and exits with 2, no traceback)."""
 
 
 @dataclass(frozen=True)
