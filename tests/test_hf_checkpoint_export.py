@@ -135,3 +135,28 @@ def test_broken_source_fails_before_writing(source, tmp_path):
     with pytest.raises(CheckpointError, match=rf"{victim.name}: truncated"):
         save_hf_checkpoint(model, tmp_path / "out", spec, source_dir=source)
     assert _no_output(tmp_path, "out")
+
+
+def test_untied_head_under_a_tying_spec_is_refused(source, tmp_path):
+    """to_empty unties the head; exporting then would silently drop a separately trained head."""
+    spec = _spec(source)
+    model = _loaded(source, spec)
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    with pytest.raises(CheckpointError, match=r"lm_head\.weight is a separate tensor but spec .* ties it"):
+        save_hf_checkpoint(model, tmp_path / "out", spec)
+    assert _no_output(tmp_path, "out")
+
+
+def test_model_of_another_spec_is_refused(source, tmp_path):
+    spec = _spec(source)
+    other = _spec(source, intermediate_size=96)
+    with pytest.raises(CheckpointError, match=r"not the model spec .* describes .*other shapes.*mlp"):
+        save_hf_checkpoint(_loaded(source, spec), tmp_path / "out", other)
+    assert _no_output(tmp_path, "out")
+
+
+def test_existing_empty_folder_is_filled(source, tmp_path):
+    spec = _spec(source)
+    (tmp_path / "out").mkdir()
+    save_hf_checkpoint(_loaded(source, spec), tmp_path / "out", spec)
+    assert (tmp_path / "out" / "config.json").is_file() and not list(tmp_path.glob(".out.*"))

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from torch import nn
 
-from assembler.hf_checkpoint.dtype_policy import EXPORT_DTYPE, export_dtype, is_written
+from assembler.hf_checkpoint.dtype_policy import EXPORT_DTYPE, TIED_HEAD_KEY, export_dtype, is_written
 from assembler.hf_checkpoint.errors import CheckpointError
 from assembler.hf_checkpoint.extra_tensors import ExtraTensorSource, carry_extra_config
 from assembler.hf_checkpoint.model_tensors import ModelTensor, full_tensor, model_tensors
@@ -66,7 +66,9 @@ def save_hf_checkpoint(
     out_dir = Path(out_dir)
     limit = parse_size(shard_size)
     tie = bool(spec.model["text"].get("tie_word_embeddings", False))
-    entries = [entry for name, entry in model_tensors(model).items() if is_written(name, tie)]
+    tensors_by_name = model_tensors(model)
+    _check_model_matches_spec(tensors_by_name, spec)
+    entries = [entry for name, entry in tensors_by_name.items() if is_written(name, tie)]
     is_writer = _rank() == 0
 
     # Everything that can fail for a user reason is checked before the first collective, on the
@@ -75,7 +77,7 @@ def save_hf_checkpoint(
     if is_writer:
         try:
             _check_target(out_dir, overwrite)
-            extras = ExtraTensorSource.open(source_dir)
+            extras = _open_source(source_dir)
             collisions = sorted(set(extras.names) & {entry.name for entry in entries})
             if collisions:
                 raise CheckpointError(f"{source_dir}: extra tensors {collisions} collide with the model's own tensors")
@@ -169,6 +171,41 @@ def _export_tensors(
         del tensor
     if is_writer:
         yield from extras.read(extras.names)
+
+
+def _check_model_matches_spec(tensors_by_name: dict[str, ModelTensor], spec) -> None:
+    """The config.json comes from the spec, so the weights must be the spec's model: same names,
+    same shapes (checked against the spec's model built on the meta device, which costs nothing)."""
+    from assembler.build import build_model
+
+    expected = {name: tuple(e.tensor.shape) for name, e in model_tensors(build_model(spec, device="meta")).items()}
+    actual = {name: tuple(e.tensor.shape) for name, e in tensors_by_name.items()}
+    if actual == expected:
+        return
+    if TIED_HEAD_KEY in actual and TIED_HEAD_KEY not in expected:
+        raise CheckpointError(
+            f"{TIED_HEAD_KEY} is a separate tensor but spec {spec.name!r} ties it to the embedding; exporting would "
+            "drop it. Re-tie the model (model.tie_weights(), needed again after to_empty) or export with a spec "
+            "that unties them."
+        )
+    missing, unexpected = sorted(set(expected) - set(actual)), sorted(set(actual) - set(expected))
+    reshaped = sorted(n for n in set(actual) & set(expected) if actual[n] != expected[n])
+    details = [f"missing {missing[:10]}" if missing else "", f"not in the spec {unexpected[:10]}" if unexpected else "",
+               f"other shapes {[(n, list(actual[n]), list(expected[n])) for n in reshaped[:5]]}" if reshaped else ""]
+    raise CheckpointError(
+        f"the model to export is not the model spec {spec.name!r} describes ({'; '.join(d for d in details if d)}); "
+        "config.json would not match the weights. Export with the spec the model was built from."
+    )
+
+
+def _open_source(source_dir: str | Path | None) -> ExtraTensorSource:
+    try:
+        return ExtraTensorSource.open(source_dir)
+    except CheckpointError as err:
+        raise CheckpointError(
+            f"source folder {source_dir} (tokenizer / processor files and mtp.* tensors are copied from it) "
+            f"cannot be used:\n{err}"
+        ) from None
 
 
 def _config_json(spec, dtype: torch.dtype, extras: ExtraTensorSource) -> dict:
