@@ -45,19 +45,13 @@ class ExportSource:
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it holds an earlier export.")
 def export_command(checkpoint_or_run_dir: Path, out_dir: Path, shard_size: str, dtype: str, overwrite: bool) -> None:
     """Export CHECKPOINT_OR_RUN_DIR (HF folder, training checkpoint or run folder) as an HF folder at OUT_DIR."""
-    from assembler.hf_checkpoint import CheckpointError
+    from assembler.spec_errors import UserError
 
-    errors: tuple[type[BaseException], ...] = (CheckpointError,)
-    try:
-        from assembler.spec import SpecError
-
-        errors += (SpecError,)
-    except ImportError:
-        pass
     try:
         written = export(checkpoint_or_run_dir, out_dir, shard_size=shard_size, dtype=DTYPES[dtype], overwrite=overwrite)
-    except errors as error:
-        click.echo(f"error: {error}", err=True)
+    except UserError as error:  # CheckpointError, SpecError: a message, exit 2, no traceback
+        for line in str(error).splitlines():
+            click.echo(f"error: {line}", err=True)
         sys.exit(USER_ERROR_EXIT_CODE)
     click.echo(f"exported: {written}")
 

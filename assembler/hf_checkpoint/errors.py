@@ -1,10 +1,12 @@
 """The one error type of HF checkpoint I/O: something about the user's files, not a bug.
 
-The CLI prints its message and exits with code 2, without a traceback.
+A UserError: the CLI prints its message and exits with code 2, without a traceback.
 """
 
+from assembler.spec_errors import UserError
 
-class CheckpointError(Exception):
+
+class CheckpointError(UserError):
     """A checkpoint folder (or an export target) that cannot be used; the message names the file, key
     or field that is wrong and what to do about it."""
 
