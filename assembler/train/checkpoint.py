@@ -29,14 +29,16 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict
+
+from assembler.spec_errors import UserError
 
 COMPLETE_MARKER = "COMPLETE"
 CHECKPOINTS_FOLDER = "checkpoints"
 _STEP_FOLDER = re.compile(r"^step_(\d+)$")
 
 
-class ResumeError(Exception):
+class ResumeError(UserError):
     """A checkpoint that cannot be resumed from (a user error: wrong path, incomplete, other run)."""
 
 
@@ -221,3 +223,14 @@ def load_checkpoint(
     scheduler.load_state_dict(trainer_state["scheduler"])
     set_rng_states(trainer_state["rng"])
     return ResumedState(step=int(trainer_state["step"]), data_state=trainer_state["data"])
+
+
+def load_model_weights(path: Path, model: nn.Module) -> None:
+    """Only the model's weights from a complete checkpoint (evaluation, export, tests)."""
+    path = Path(path)
+    if not is_complete(path):
+        raise ResumeError(f"{path} is not a complete checkpoint (no {COMPLETE_MARKER} marker)")
+    state = {"model": get_model_state_dict(model)}
+    with _single_process_quiet():
+        dcp.load(state, checkpoint_id=str(path))
+    set_model_state_dict(model, state["model"])

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import yaml
 
+from assembler.spec_errors import UserError
+
 RESOLVED_SPEC_FILE = "resolved_spec.yaml"
 
 
-class RunFolderError(Exception):
+class RunFolderError(UserError):
     """The run folder belongs to a different model (a user error)."""
 
 

@@ -1,0 +1,40 @@
+"""`assemble train SPEC`: train the model a spec describes (attached to the `assemble` group in cli.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+USER_ERROR_EXIT_CODE = 2
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix: printed as a message, exit code 2, no traceback."""
+    from assembler.data.records import DataError
+    from assembler.hf_checkpoint.errors import CheckpointError
+    from assembler.spec_errors import UserError  # spec, resume, run-folder and NaN-loss errors
+
+    return (UserError, DataError, CheckpointError)
+
+
+@click.command("train")
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec field, e.g. -o train.steps=10 (value parsed as YAML).")
+@click.option("--resume", type=click.Path(path_type=Path), default=None, help="Resume from this checkpoint (or run folder's latest). Default: the run folder's latest, if any.")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Run folder (default: train.output_dir, else runs/<spec name>).")
+def train_command(spec: Path, overrides: tuple[str, ...], resume: Path | None, output_dir: Path | None) -> None:
+    """Train the model SPEC describes: checkpoints, metrics and an HF export go to the run folder."""
+    from assembler import load_spec
+    from assembler.train.loop import train
+
+    errors = user_error_types()
+    try:
+        loaded = load_spec(spec, list(overrides))
+        result = train(loaded, output_dir=output_dir, resume=resume)
+    except errors as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(USER_ERROR_EXIT_CODE)
+    final = result.losses.get(max(result.losses)) if result.losses else None
+    click.echo(f"done: {result.run_dir}" + (f" (final loss {final:.4f})" if final is not None else ""))

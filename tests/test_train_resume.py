@@ -1,0 +1,80 @@
+"""Exact resume (issue 5, done-when 3): 2N steps straight versus N steps, a SIGKILL, and a resume to
+2N give bitwise identical losses at every step on CPU, the same data order and the same weights."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from assembler import load_spec
+from assembler.build import build_model
+from assembler.train.checkpoint import COMPLETE_MARKER, checkpoint_folder, load_model_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "specs" / "qwen3_5_tiny.yaml"
+N = 4
+SMALL = [
+    "-o", f"train.steps={2 * N}", "-o", f"train.checkpoint.every={N}", "-o", "train.checkpoint.keep_last=3",
+    "-o", "train.log_every=1", "-o", "train.export_hf=false",
+    "-o", "train.tokens_per_step=96", "-o", "data.packing.length=96",
+]
+
+
+def _command(run_dir: Path) -> list[str]:
+    code = "from cli_train import train_command; train_command()"
+    return [sys.executable, "-c", code, str(TINY), *SMALL, "--output-dir", str(run_dir)]
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records]
+    assert steps == sorted(set(steps)), f"metrics.jsonl repeats or reorders steps: {steps}"
+    return {r["step"]: r["loss"] for r in records}
+
+
+def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    model = build_model(load_spec(TINY), seed=123)
+    load_model_weights(checkpoint, model)
+    return model.state_dict()
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_equals_straight_run(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(_command(straight), cwd=ROOT, check=True, capture_output=True, timeout=600)
+
+    proc = subprocess.Popen(_command(killed), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    marker = checkpoint_folder(killed / "checkpoints", N) / COMPLETE_MARKER
+    deadline = time.monotonic() + 600
+    while not marker.exists():
+        assert proc.poll() is None, f"the run ended before its step-{N} checkpoint: {proc.stderr.read().decode()}"
+        assert time.monotonic() < deadline, "no step-N checkpoint within 10 minutes"
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed; the test needs a live process"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (checkpoint_folder(killed / "checkpoints", 2 * N) / COMPLETE_MARKER).exists()
+
+    resumed = subprocess.run(_command(killed), cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
+    assert f"resumed from {checkpoint_folder(killed / 'checkpoints', N)} at step {N}" in resumed.stdout
+
+    expected = _losses(straight)
+    assert sorted(expected) == list(range(1, 2 * N + 1))
+    assert _losses(killed) == expected  # bitwise: floats compared with ==
+    assert expected[2 * N] < expected[1]
+
+    # Same final weights and the same data position: the data order was the straight run's.
+    final_straight = checkpoint_folder(straight / "checkpoints", 2 * N)
+    final_resumed = checkpoint_folder(killed / "checkpoints", 2 * N)
+    a, b = _weights(final_straight), _weights(final_resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    data_a = torch.load(final_straight / "trainer_state_rank0.pt", weights_only=False)["data"]
+    data_b = torch.load(final_resumed / "trainer_state_rank0.pt", weights_only=False)["data"]
+    assert data_a == data_b and (data_a["epoch"], data_a["row"]) != (0, 0)
