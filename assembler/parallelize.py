@@ -1,0 +1,231 @@
+"""Apply the spec's `parallel:` policies to a built model, from outside the model (as torchtitan does).
+
+Order (ARCHITECTURE.md): activation checkpointing → `torch.compile` per block → FSDP2
+`fully_shard` per decoder layer, per vision block, embeddings, root. A "block" is one text decoder
+layer (type `linear` or `full`) or one vision block (type `vision`).
+
+Checkpointing and compile replace a block's `forward` with a wrapper on the instance rather than
+wrapping the module in another one, so parameter names stay the HF checkpoint's
+(`model.language_model.layers.3.self_attn.q_proj.weight`, no `_checkpoint_wrapped_module.` or
+`_orig_mod.`). FSDP's hooks then sit on the block's `__call__`, outside the compiled region.
+
+fp32-kept parameters (`parallel.fsdp.fp32_params`, fnmatch globs over parameter names) stay
+fp32 whatever the model was built in. Under FSDP with a low-precision `param_dtype`, FSDP2 casts
+every parameter of a unit alike and needs one dtype per unit, so each module that owns a kept
+parameter becomes its own fp32 unit (MixedPrecisionPolicy(param_dtype=float32,
+reduce_dtype=float32), inputs not cast); for Qwen3.5 that is `linear_attn` itself (A_log), whose
+nn.Linear children (which run as modules, so their unit's hooks fire) first form one
+low-precision unit. The rest of `linear_attn` — A_log, the gated norm's weight, and what the
+block reads directly rather than calling (dt_bias, conv1d.weight) — is the fp32 unit; the names
+are logged. FSDP2's hooks are `torch._dynamo.disable`d, so a block holding such a nested unit
+cannot compile into one graph: it compiles with fullgraph=False (logged). Without FSDP (one
+process) or with an fp32 `param_dtype` every block keeps the spec's fullgraph.
+
+The lm_head weight is read by the loss op, never called as a module, so no unit's hooks would
+gather it: it stays in the root unit (with the final norm, and with the embeddings when tied).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from assembler.spec import Spec
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+BLOCK_TYPES = ("linear", "full", "vision")
+
+
+@dataclass
+class BlockPolicy:
+    """What parallelize applied to one block (kept on the block as `parallel_policy`, for logs and tests)."""
+
+    name: str  # module path, e.g. "model.language_model.layers.3"
+    block_type: str  # linear | full | vision
+    checkpointed: bool = False
+    compiled: bool = False
+    fullgraph: bool = False
+    fsdp_units: list[str] = field(default_factory=list)  # module paths sharded as units inside this block
+
+
+def parallelize(model: nn.Module, spec: Spec, *, mesh: "dist.device_mesh.DeviceMesh | None" = None) -> nn.Module:
+    """Apply activation checkpointing, compile and FSDP2 from `spec.parallel` to `model`, in place.
+
+    FSDP applies when `mesh` is given, or when a process group is initialised (a 1-D mesh over all
+    ranks is made); a single process without one gets checkpointing and compile only (world size 1
+    under torchrun is sharded like any other). Returns `model`.
+    """
+    policy = spec.parallel
+    fsdp_spec = policy.get("fsdp", {})
+    if mesh is None and dist.is_available() and dist.is_initialized():
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (dist.get_world_size(),))
+
+    fp32_names = keep_fp32_params(model, fsdp_spec.get("fp32_params", []))
+    param_dtype = DTYPES[fsdp_spec.get("param_dtype", "bfloat16")]
+    nested_fp32_units = mesh is not None and param_dtype != torch.float32 and bool(fp32_names)
+
+    blocks = list(iter_blocks(model))
+    checkpointed = blocks_to_checkpoint(blocks, policy.get("activation_checkpointing", {}))
+    for name, block, block_type in blocks:
+        record = BlockPolicy(name=name, block_type=block_type)
+        if name in checkpointed:
+            apply_activation_checkpointing(block)
+            record.checkpointed = True
+        compile_policy = policy.get("compile", {}).get(block_type, {})
+        if compile_policy.get("enabled", False):
+            fullgraph = bool(compile_policy.get("fullgraph", True))
+            if fullgraph and nested_fp32_units and _holds(block, name, fp32_names):
+                log.warning(
+                    "%s (%s): compiled with fullgraph=False: its fp32-kept parameters form a nested FSDP unit, whose "
+                    "hooks torch.compile cannot trace (FSDP2 disables Dynamo on them)", name, block_type,
+                )
+                fullgraph = False
+            apply_compile(block, fullgraph=fullgraph)
+            record.compiled, record.fullgraph = True, fullgraph
+        block.parallel_policy = record
+
+    if mesh is not None:
+        apply_fsdp(model, blocks, fsdp_spec, mesh=mesh, fp32_names=fp32_names)
+    return model
+
+
+def iter_blocks(model: nn.Module):  # noqa: ANN201 (generator of (name, module, type))
+    """(module path, block, block type) of every text decoder layer and vision block, in forward order."""
+    visual = getattr(model.model, "visual", None)
+    if visual is not None:
+        for index, block in enumerate(visual.blocks):
+            yield f"model.visual.blocks.{index}", block, "vision"
+    for index, layer in enumerate(model.model.language_model.layers):
+        yield f"model.language_model.layers.{index}", layer, layer.layer_type
+
+
+def blocks_to_checkpoint(blocks: list[tuple[str, nn.Module, str]], ac_spec: dict) -> set[str]:
+    """Names of the blocks `activation_checkpointing` selects: none, every block (`full`), or the
+    `selective` list of block types (`linear`, `full`, `vision`) and text layer indices."""
+    mode = ac_spec.get("mode", "none")
+    if mode == "none":
+        return set()
+    if mode == "full":
+        return {name for name, _, _ in blocks}
+    if mode != "selective":
+        raise ValueError(f"parallel.activation_checkpointing.mode: unknown mode {mode!r}; known: none, full, selective")
+    chosen = ac_spec.get("layers") or []
+    if not chosen:
+        raise ValueError("parallel.activation_checkpointing: mode `selective` needs `layers` (block types and/or text layer indices)")
+    types = {item for item in chosen if isinstance(item, str)}
+    indices = {item for item in chosen if isinstance(item, int)}
+    unknown = sorted(types - set(BLOCK_TYPES))
+    if unknown:
+        raise ValueError(f"parallel.activation_checkpointing.layers: unknown block type(s) {unknown}; known: {', '.join(BLOCK_TYPES)}")
+    text_names = [name for name, _, block_type in blocks if block_type != "vision"]
+    out_of_range = sorted(i for i in indices if i >= len(text_names))
+    if out_of_range:
+        raise ValueError(
+            f"parallel.activation_checkpointing.layers: text layer index(es) {out_of_range} out of range; "
+            f"the text tower has {len(text_names)} layers (0..{len(text_names) - 1})"
+        )
+    selected = {name for name, _, block_type in blocks if block_type in types}
+    return selected | {text_names[i] for i in indices}
+
+
+def apply_activation_checkpointing(block: nn.Module) -> None:
+    """Recompute the block's forward in backward (non-reentrant checkpoint), keeping only its inputs."""
+    forward = block.forward
+
+    def checkpointed_forward(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    block.forward = checkpointed_forward
+
+
+def apply_compile(block: nn.Module, *, fullgraph: bool) -> None:
+    """Compile the block's (possibly checkpointed) forward; the module's hooks stay outside the graph."""
+    block.forward = torch.compile(block.forward, fullgraph=fullgraph)
+
+
+def keep_fp32_params(model: nn.Module, patterns: list[str]) -> set[str]:
+    """Cast the parameters whose names match `patterns` (fnmatch) to fp32, in place; returns their names."""
+    names = {name for name, _ in model.named_parameters() if any(fnmatch.fnmatchcase(name, p) for p in patterns)}
+    for name, param in model.named_parameters():
+        if name in names and param.dtype != torch.float32:
+            param.data = param.data.float()
+    return names
+
+
+def apply_fsdp(
+    model: nn.Module,
+    blocks: list[tuple[str, nn.Module, str]],
+    fsdp_spec: dict,
+    *,
+    mesh: "dist.device_mesh.DeviceMesh",
+    fp32_names: set[str],
+) -> None:
+    """fully_shard per block (with nested fp32 units where needed), the untied embeddings, then the root."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+    param_dtype = DTYPES[fsdp_spec.get("param_dtype", "bfloat16")]
+    mixed = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=DTYPES[fsdp_spec.get("reduce_dtype", "float32")])
+    fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, cast_forward_inputs=False)
+    common = dict(
+        mesh=mesh,
+        reshard_after_forward=bool(fsdp_spec.get("reshard_after_forward", True)),
+        offload_policy=CPUOffloadPolicy() if fsdp_spec.get("cpu_offload", False) else OffloadPolicy(),
+    )
+
+    for name, block, _ in blocks:
+        units = []
+        if param_dtype != torch.float32:
+            for owner_path in _fp32_owners(block, name, fp32_names):
+                owner = block.get_submodule(owner_path)
+                called = [
+                    child for child_name, child in owner.named_children()
+                    if isinstance(child, nn.Linear) and not _holds(child, f"{name}.{owner_path}.{child_name}", fp32_names)
+                ]
+                if called:
+                    fully_shard(called, mp_policy=mixed, **common)
+                fully_shard(owner, mp_policy=fp32, **common)
+                extra = sorted(
+                    f"{name}.{owner_path}.{n}" for n, p in owner.named_parameters() if f"{name}.{owner_path}.{n}" not in fp32_names
+                    and not any(p is q for c in called for q in c.parameters())
+                )
+                if extra:
+                    log.info("%s.%s: fp32 FSDP unit also keeps %s in fp32", name, owner_path, ", ".join(extra))
+                units.append(owner_path)
+        fully_shard(block, mp_policy=mixed, **common)
+        units.append("")
+        block.parallel_policy.fsdp_units = units
+
+    text = model.model.language_model
+    if not getattr(model, "tie_word_embeddings", False):
+        fully_shard(text.embed_tokens, mp_policy=mixed, **common)
+    fully_shard(model, mp_policy=mixed, **common)
+
+
+def _fp32_owners(block: nn.Module, block_name: str, fp32_names: set[str]) -> list[str]:
+    """Topmost module paths (relative to the block) that directly own an fp32-kept parameter."""
+    owners = set()
+    for param_name, _ in block.named_parameters():
+        if f"{block_name}.{param_name}" in fp32_names:
+            owner = param_name.rpartition(".")[0]
+            if not owner:
+                raise ValueError(
+                    f"parallel.fsdp.fp32_params: {block_name}.{param_name} belongs to the block itself, which is "
+                    "sharded in the low-precision param_dtype; keep only parameters of the block's sub-modules in fp32"
+                )
+            owners.add(owner)
+    return sorted(o for o in owners if not any(o.startswith(other + ".") for other in owners))
+
+
+def _holds(module: nn.Module, module_name: str, fp32_names: set[str]) -> bool:
+    """Whether `module` (named `module_name` in the model) holds any fp32-kept parameter."""
+    return any(f"{module_name}.{n}" in fp32_names for n, _ in module.named_parameters())

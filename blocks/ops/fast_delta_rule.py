@@ -1,0 +1,206 @@
+"""`fast` delta rule: fla's chunked gated delta rule over the flattened tokens, one state per document.
+
+The batch [B, T] is flattened to one row of B*T tokens and `ctx.cu_seqlens` tells fla where every
+document starts, so its state restarts at each boundary (no padding, no copies per document).
+q/k are l2-normalised inside (fla's use_qk_l2norm_in_kernel=True) and q is scaled by Dk**-0.5.
+
+fla's own entry point is `@torch.compiler.disable`d, so a compiled layer would break its graph
+there. Instead its forward and backward run as two `torch.library` custom ops with fake (meta)
+implementations, joined by an autograd.Function that Dynamo traces: a decoder layer compiles with
+`fullgraph=True`.
+
+fla 0.6.0 on Hopper with Triton >= 3.4, < 3.7.1 refuses the backward (`chunk_bwd_dqkwg`): Triton
+miscompiles that kernel's BK=64 tiling. With key head dim 128 fla tiles BK=128 on Hopper, which
+was measured correct (5e-3 relative error against float64 on Qwen3.5-4B shapes, bf16 rounding;
+see ../shared/gpu/README.md), so for key head dim 128 the guard is lifted with a log line. Other
+key head dims on such a setup keep fla's forward, but take their backward from the torch chunked
+implementation (autograd through `blocks.ops.hf_delta_rule`), also with a log line. A GPU test
+checks the gradients against a float64 recurrence either way.
+"""
+
+import logging
+
+import torch
+
+from blocks.packing import PackingContext
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 64
+# The key head dim whose Hopper tiling (BK=128) was measured correct under the faulty Triton.
+HOPPER_SAFE_KEY_HEAD_DIM = 128
+
+
+def delta_rule(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, *, ctx: PackingContext
+) -> torch.Tensor:
+    """Chunked gated delta rule; the state starts at zero in every document of `ctx`.
+
+    q, k: [B, T, Hk, Dk]; v: [B, T, Hv, Dv]; g (log decay, <= 0), beta: [B, T, Hv] -> [B, T, Hv, Dv] in q's dtype.
+    """
+    batch, seq_len = q.shape[:2]
+
+    def flat(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(1, batch * seq_len, *x.shape[2:]).contiguous()
+
+    out = _GatedDeltaRule.apply(flat(q), flat(k), flat(v), flat(g), flat(beta), ctx.cu_seqlens)
+    return out.view(batch, seq_len, *out.shape[2:])
+
+
+class _GatedDeltaRule(torch.autograd.Function):
+    """Saves what fla's own autograd.Function saves (normalised q/k with their rstd, the chunk-local
+    cumulative decay and the UT-transform matrix A), so the backward recomputes no more than fla's."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, beta, cu_seqlens):  # noqa: ANN001, ANN205 (autograd.Function)
+        out, q_normed, q_rstd, k_normed, k_rstd, g_cumsum, A = torch.ops.assemble.gated_delta_rule_fwd(
+            q, k, v, g, beta, cu_seqlens
+        )
+        ctx.save_for_backward(q_normed, q_rstd, k_normed, k_rstd, v, g, g_cumsum, beta, A, cu_seqlens)
+        ctx.dtypes = (q.dtype, k.dtype, v.dtype, g.dtype, beta.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001, ANN205
+        grads = torch.ops.assemble.gated_delta_rule_bwd(grad_out.contiguous(), *ctx.saved_tensors)
+        dq, dk, dv, dg, dbeta = (grad.to(dtype) for grad, dtype in zip(grads, ctx.dtypes))
+        return dq, dk, dv, dg, dbeta, None
+
+
+@torch.library.custom_op("assemble::gated_delta_rule_fwd", mutates_args=())
+def gated_delta_rule_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, cu_seqlens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k [1, N, Hk, Dk], v [1, N, Hv, Dv], g/beta [1, N, Hv], cu_seqlens [D + 1] ->
+    (out [1, N, Hv, Dv], q_normed, q_rstd [1, N, Hk], k_normed, k_rstd, g_cumsum [1, N, Hv] fp32, A [1, N, Hv, 64])."""
+    from fla.modules.norm.l2norm import l2norm_fwd
+    from fla.ops.gated_delta_rule.chunk import chunk_gated_delta_rule_fwd
+    from fla.ops.utils import prepare_chunk_indices
+
+    with torch.cuda.device(q.device):
+        q_normed, q_rstd = l2norm_fwd(q)
+        k_normed, k_rstd = l2norm_fwd(k)
+        g_cumsum, out, A, _, _, _ = chunk_gated_delta_rule_fwd(
+            q=q_normed, k=k_normed, v=v, g=g, beta=beta, scale=q.shape[-1] ** -0.5,
+            initial_state=None, output_final_state=False, cu_seqlens=cu_seqlens,
+            chunk_indices=prepare_chunk_indices(cu_seqlens, CHUNK_SIZE), chunk_size=CHUNK_SIZE,
+        )
+    return out.to(q.dtype), q_normed, q_rstd, k_normed, k_rstd, g_cumsum, A
+
+
+@gated_delta_rule_fwd.register_fake
+def _gated_delta_rule_fwd_fake(q, k, v, g, beta, cu_seqlens):  # noqa: ANN001, ANN202
+    batch, tokens, k_heads, _ = q.shape
+    v_heads = v.shape[2]
+    return (
+        v.new_empty(v.shape, dtype=q.dtype),
+        torch.empty_like(q, memory_format=torch.contiguous_format),
+        q.new_empty((batch, tokens, k_heads), dtype=torch.float32),
+        torch.empty_like(k, memory_format=torch.contiguous_format),
+        k.new_empty((batch, tokens, k_heads), dtype=torch.float32),
+        g.new_empty(g.shape, dtype=torch.float32),
+        k.new_empty((batch, tokens, v_heads, CHUNK_SIZE)),
+    )
+
+
+@torch.library.custom_op("assemble::gated_delta_rule_bwd", mutates_args=())
+def gated_delta_rule_bwd(
+    grad_out: torch.Tensor,
+    q_normed: torch.Tensor,
+    q_rstd: torch.Tensor,
+    k_normed: torch.Tensor,
+    k_rstd: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    g_cumsum: torch.Tensor,
+    beta: torch.Tensor,
+    A: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (dq, dk, dv, dg, dbeta), gradients w.r.t. the raw (un-normalised) q and k."""
+    if not fla_backward_is_safe(k_normed.shape[-1]):
+        return _torch_backward(grad_out, q_normed, q_rstd, k_normed, k_rstd, v, g, beta, cu_seqlens)
+
+    from fla.modules.norm.l2norm import l2norm_bwd
+    from fla.ops.gated_delta_rule.chunk import chunk_gated_delta_rule_bwd
+    from fla.ops.utils import prepare_chunk_indices
+
+    with torch.cuda.device(grad_out.device):
+        dq, dk, dv, dbeta, dg, _, _, _ = chunk_gated_delta_rule_bwd(
+            q=q_normed, k=k_normed, v=v, g=g_cumsum, beta=beta, A=A, scale=q_normed.shape[-1] ** -0.5,
+            initial_state=None, do=grad_out, dht=None, cu_seqlens=cu_seqlens,
+            chunk_indices=prepare_chunk_indices(cu_seqlens, CHUNK_SIZE), chunk_size=CHUNK_SIZE,
+        )
+        dq = l2norm_bwd(q_normed, q_rstd, dq)
+        dk = l2norm_bwd(k_normed, k_rstd, dk)
+    return dq, dk, dv, dg, dbeta
+
+
+@gated_delta_rule_bwd.register_fake
+def _gated_delta_rule_bwd_fake(grad_out, q_normed, q_rstd, k_normed, k_rstd, v, g, g_cumsum, beta, A, cu_seqlens):  # noqa: ANN001, ANN202
+    return (
+        torch.empty_like(q_normed), torch.empty_like(k_normed), torch.empty_like(v),
+        g.new_empty(g.shape, dtype=torch.float32), torch.empty_like(beta),
+    )
+
+
+_GUARD: dict[str, bool] = {}  # "active": whether fla's Hopper guard applies here (read before we lift it)
+_LOGGED: set[int] = set()
+
+
+def fla_backward_is_safe(key_head_dim: int) -> bool:
+    """Whether fla's delta-rule backward gives correct gradients for this key head dim on this GPU.
+
+    Lifts fla's Hopper guard (once, logged) where that was measured safe: key head dim 128.
+    """
+    import fla.ops.common.chunk_o as chunk_o
+
+    if "active" not in _GUARD:
+        from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0
+
+        _GUARD["active"] = bool(IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not chunk_o.TRITON_ABOVE_3_7_1)
+    if not _GUARD["active"]:
+        return True
+    import triton
+
+    if key_head_dim == HOPPER_SAFE_KEY_HEAD_DIM:
+        if not chunk_o.TRITON_ABOVE_3_7_1:
+            chunk_o.TRITON_ABOVE_3_7_1 = True
+            log.warning(
+                "fast delta_rule: lifting fla's Hopper guard for Triton %s: with key head dim %d fla tiles its "
+                "backward BK=128, measured correct against float64 (the miscompiled tiling is BK=64)",
+                triton.__version__, key_head_dim,
+            )
+        return True
+    if key_head_dim not in _LOGGED:
+        _LOGGED.add(key_head_dim)
+        log.warning(
+            "fast delta_rule: fla's backward is miscompiled on Hopper with Triton %s for key head dim %d; "
+            "using the torch chunked backward instead (slow; Triton >= 3.7.1, i.e. torch >= 2.12, fixes this)",
+            triton.__version__, key_head_dim,
+        )
+    return False
+
+
+def _torch_backward(grad_out, q_normed, q_rstd, k_normed, k_rstd, v, g, beta, cu_seqlens):  # noqa: ANN001, ANN202
+    """The delta rule's gradients by autograd through the torch chunked implementation (fp32 inside).
+
+    q and k are rebuilt from their normalised form and rstd (x = x̂ / rstd), so the gradient is the
+    one w.r.t. the raw inputs, normalisation included.
+    """
+    from blocks.ops.hf_delta_rule import delta_rule as torch_delta_rule
+
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    ctx = PackingContext.from_document_lengths([lengths]).to(grad_out.device)
+    with torch.enable_grad():
+        inputs = [
+            (q_normed.float() / q_rstd.unsqueeze(-1)).requires_grad_(),
+            (k_normed.float() / k_rstd.unsqueeze(-1)).requires_grad_(),
+            v.detach().float().requires_grad_(),
+            g.detach().float().requires_grad_(),
+            beta.detach().float().requires_grad_(),
+        ]
+        out = torch_delta_rule(*inputs, ctx=ctx)
+        grads = torch.autograd.grad(out, inputs, grad_out.float())
+    dq, dk, dv, dg, dbeta = grads
+    return dq.to(q_normed.dtype), dk.to(k_normed.dtype), dv.to(v.dtype), dg, dbeta.to(beta.dtype)
