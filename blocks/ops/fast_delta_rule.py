@@ -183,7 +183,7 @@ def fla_backward_is_safe(key_head_dim: int) -> bool:
 
 
 def _torch_backward(grad_out, q_normed, q_rstd, k_normed, k_rstd, v, g, beta, cu_seqlens):  # noqa: ANN001, ANN202
-    """The delta rule's gradients by autograd through the torch chunked implementation (fp32 inside).
+    """The delta rule's gradients by differentiating the torch chunked implementation (fp32 inside).
 
     q and k are rebuilt from their normalised form and rstd (x = x̂ / rstd), so the gradient is the
     one w.r.t. the raw inputs, normalisation included.
@@ -192,15 +192,14 @@ def _torch_backward(grad_out, q_normed, q_rstd, k_normed, k_rstd, v, g, beta, cu
 
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
     ctx = PackingContext.from_document_lengths([lengths]).to(grad_out.device)
-    with torch.enable_grad():
-        inputs = [
-            (q_normed.float() / q_rstd.unsqueeze(-1)).requires_grad_(),
-            (k_normed.float() / k_rstd.unsqueeze(-1)).requires_grad_(),
-            v.detach().float().requires_grad_(),
-            g.detach().float().requires_grad_(),
-            beta.detach().float().requires_grad_(),
-        ]
-        out = torch_delta_rule(*inputs, ctx=ctx)
-        grads = torch.autograd.grad(out, inputs, grad_out.float())
-    dq, dk, dv, dg, dbeta = grads
+    inputs = (
+        q_normed.float() / q_rstd.unsqueeze(-1),
+        k_normed.float() / k_rstd.unsqueeze(-1),
+        v.float(),
+        g.float(),
+        beta.float(),
+    )
+    # torch.func.vjp, not torch.autograd: a custom op's body runs below the autograd dispatch key.
+    _, vjp = torch.func.vjp(lambda *args: torch_delta_rule(*args, ctx=ctx), *inputs)
+    dq, dk, dv, dg, dbeta = vjp(grad_out.float())
     return dq.to(q_normed.dtype), dk.to(k_normed.dtype), dv.to(v.dtype), dg, dbeta.to(beta.dtype)

@@ -1,0 +1,85 @@
+"""Benchmark tables: one row per measurement, a baseline comparison, and per-op breakdowns.
+
+`python -m assembler.bench.report BASELINE.json OURS.json ...` prints the comparison of JSON files
+written by `assemble bench --json` and benchmarks/hf_baseline.py --json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from assembler.bench.measure import Measurement
+
+
+def format_rows(results: list[Measurement]) -> str:
+    lines = [f"{'run':<34} {'tokens/step':>11} {'tokens/s':>10} {'MFU':>6} {'step s':>7} {'peak GiB':>9}"]
+    for r in results:
+        if r.error:
+            lines.append(f"{r.label:<34} {r.tokens_per_step:>11,} {r.error:>10}")
+            continue
+        lines.append(
+            f"{r.label:<34} {r.tokens_per_step:>11,} {r.tokens_per_s:>10,.0f} {r.mfu:>6.1%} {r.step_s:>7.3f} {r.peak_gib:>9.1f}"
+        )
+    return "\n".join(lines)
+
+
+def format_breakdown(result: Measurement) -> str:
+    if not result.breakdown:
+        return ""
+    total = sum(ms for _, ms in result.breakdown)
+    lines = [f"per-op GPU time, {result.label} @ {result.tokens_per_step:,} tokens ({total:.1f} ms of kernels per step):"]
+    lines += [f"  {category:<34} {ms:>9.1f} ms {ms / total:>6.1%}" for category, ms in result.breakdown]
+    lines.append("  top kernels:")
+    lines += [f"    {ms:>8.1f} ms  {name}" for name, ms in result.top_kernels]
+    return "\n".join(lines)
+
+
+def comparison_table(baseline: list[Measurement], ours: list[Measurement]) -> str:
+    """Rows by tokens/step: the baseline, then every run of ours with speed-up and memory ratio."""
+    by_tokens = {r.tokens_per_step: r for r in baseline}
+    lines = [
+        f"{'tokens/step':>11} {'run':<34} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9} {'speed-up':>9} {'memory':>7}"
+    ]
+    for tokens in sorted({r.tokens_per_step for r in baseline + ours}):
+        base = by_tokens.get(tokens)
+        rows = ([base] if base else []) + [r for r in ours if r.tokens_per_step == tokens]
+        for r in rows:
+            if r.error:
+                lines.append(f"{tokens:>11,} {r.label:<34} {r.error:>10}")
+                continue
+            speedup = memory = ""
+            if r is not base and base is not None and not base.error:
+                speedup = f"{r.tokens_per_s / base.tokens_per_s:.2f}x"
+                memory = f"{r.peak_gib / base.peak_gib:.2f}x"
+            elif r is not base and base is not None:
+                speedup, memory = f"(base {base.error})", ""
+            lines.append(
+                f"{tokens:>11,} {r.label:<34} {r.tokens_per_s:>10,.0f} {r.mfu:>6.1%} {r.peak_gib:>9.1f} {speedup:>9} {memory:>7}"
+            )
+    return "\n".join(lines)
+
+
+def load(path: str | Path) -> list[Measurement]:
+    rows = json.loads(Path(path).read_text())
+    return [Measurement(**{**row, "breakdown": [tuple(x) for x in row["breakdown"]],
+                           "top_kernels": [tuple(x) for x in row["top_kernels"]]}) for row in rows]
+
+
+def save(results: list[Measurement], path: str | Path) -> None:
+    Path(path).write_text(json.dumps([r.to_dict() for r in results], indent=1))
+
+
+def main(argv: list[str]) -> None:
+    if not argv:
+        raise SystemExit("usage: python -m assembler.bench.report BASELINE.json [OURS.json ...]")
+    baseline = load(argv[0])
+    ours = [r for path in argv[1:] for r in load(path)]
+    devices = sorted({r.device for r in baseline + ours if r.device})
+    print(f"device: {', '.join(devices)}")
+    print(comparison_table(baseline, ours))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

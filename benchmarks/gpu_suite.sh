@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Every GPU test and benchmark in one run, on one card, ending with one comparison table.
+#
+#   bash benchmarks/gpu_suite.sh            # on a GPU machine, from the repository root
+#
+# Needs the fla wheels in .whl/ (../shared/gpu/wheels.sh downloads them). Writes logs and JSON
+# rows into $OUT (default ./gpu_suite_out). SUITE_PARTS picks parts (default: all of
+# "tests baseline ours noac vlm"); SUITE_SEQS the text sizes; SUITE_QUICK=1 runs fewer steps.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu_suite_out}
+mkdir -p "$OUT"
+PARTS=${SUITE_PARTS:-"tests baseline ours noac vlm"}
+SEQS=${SUITE_SEQS:-"4096 8192 16384 32768"}
+STEPS=5; WARMUP=2
+[ "${SUITE_QUICK:-0}" = 1 ] && STEPS=3 && WARMUP=2
+
+if [ -d .whl ] && ! python3 -c "import fla" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-}
+export PYTHONUNBUFFERED=1
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
+
+has() { [[ " $PARTS " == *" $1 "* ]]; }
+seq_args() { for s in $1; do printf -- "--seq %s " "$s"; done; }
+
+{
+  date -u +"%Y-%m-%dT%H:%MZ"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch, triton, transformers, fla; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, 'fla', fla.__version__)"
+  git log --oneline -1 2>/dev/null || true
+} | tee "$OUT/env.txt"
+
+if has tests; then
+  echo "== GPU tests"
+  timeout 300 python3 -m pytest tests/gpu -q -rs -p no:cacheprovider 2>&1 | tail -40 | tee "$OUT/tests.log"
+fi
+if has baseline; then
+  echo "== transformers baseline"
+  timeout 300 python3 benchmarks/hf_baseline.py --seq $SEQS --steps $STEPS --warmup $WARMUP --json "$OUT/baseline.json" 2>&1 \
+    | grep -v "^\s*$" | tail -60
+fi
+if has ours; then
+  echo "== ours: fast ops, compile, full activation checkpointing (memory capped to an 80 GB H100's 79 GiB)"
+  timeout 360 python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast $(seq_args "$SEQS") --steps $STEPS \
+    --warmup $WARMUP --memory-cap-gib 79 --label "ours, full AC" --json "$OUT/ours_full_ac.json" 2>&1 | tail -80
+fi
+if has noac; then
+  echo "== ours: fast ops, compile, no activation checkpointing"
+  timeout 300 python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast -o parallel.activation_checkpointing.mode=none \
+    --seq 4096 --seq 8192 --steps $STEPS --warmup $WARMUP --label "ours, no AC" --json "$OUT/ours_no_ac.json" 2>&1 | tail -60
+fi
+if has vlm; then
+  echo "== ours: VLM row, four 448x448 images in 8k tokens"
+  timeout 300 python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast --seq 8192 --images 4x448x448 \
+    --steps $STEPS --warmup $WARMUP --label "ours VLM, full AC" --json "$OUT/ours_vlm.json" 2>&1 | tail -40
+fi
+
+echo "== comparison (same run, same card)"
+cat "$OUT/env.txt" | head -3
+if [ -f "$OUT/baseline.json" ]; then
+  python3 -m assembler.bench.report "$OUT/baseline.json" $(ls "$OUT"/ours_*.json 2>/dev/null)
+else
+  for f in "$OUT"/ours_*.json; do [ -f "$f" ] && python3 -m assembler.bench.report "$f"; done
+fi
+[ -f "$OUT/tests.log" ] && tail -3 "$OUT/tests.log"

@@ -1,0 +1,97 @@
+"""The transformers baseline a user would otherwise run (../shared/gpu/README.md), measured exactly
+like `assemble bench` so the two can share one table (same run, same card).
+
+transformers' `Qwen3_5ForCausalLM` with the Qwen3.5-4B text shape (from specs/qwen3_5_4b.yaml),
+random init, bf16 parameters, fused AdamW (bf16 states), gradient checkpointing, sdpa attention,
+fla kernels when importable (transformers picks them up itself), torch conv1d fallback; one
+sequence per step, forward + backward + optimizer step.
+
+    python benchmarks/hf_baseline.py --seq 4096 8192 16384 --json baseline.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from assembler import hf_config_from_spec, load_spec  # noqa: E402
+from assembler.bench.measure import measure_training_step  # noqa: E402
+from assembler.bench.report import format_breakdown, format_rows, save  # noqa: E402
+from assembler.bench.workload import TEXT_TOKEN_RANGE, training_flops  # noqa: E402
+from assembler.train.metrics import matmul_parameter_count  # noqa: E402
+
+SPEC = ROOT / "specs" / "qwen3_5_4b.yaml"
+
+
+def build_baseline(spec) -> torch.nn.Module:  # noqa: ANN001
+    from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
+
+    text_config = dict(hf_config_from_spec(spec)["text_config"])
+    text_config.pop("model_type", None)
+    config = Qwen3_5TextConfig(**text_config)
+    config._attn_implementation = "sdpa"
+    config.use_cache = False
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = Qwen3_5ForCausalLM(config)
+    model.to(torch.bfloat16)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seq", type=int, nargs="+", default=[4096, 8192, 16384])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+
+    # The baseline runs fla's delta rule too: on Hopper with Triton < 3.7.1 its backward needs the
+    # same (measured-safe, key head dim 128) guard lift as our fast op.
+    from blocks.ops.fast_delta_rule import fla_backward_is_safe
+
+    spec = load_spec(SPEC)
+    fla_backward_is_safe(spec.model["text"]["mixers"]["linear"]["key_head_dim"])
+    model = build_baseline(spec)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0, fused=True)
+    n_matmul = matmul_parameter_count(model)
+
+    results = []
+    for seq_len in args.seq:
+        generator = torch.Generator().manual_seed(0)
+        input_ids = torch.randint(0, TEXT_TOKEN_RANGE, (1, seq_len), generator=generator).cuda()
+
+        def step(input_ids: torch.Tensor = input_ids) -> None:
+            model(input_ids=input_ids, labels=input_ids).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        results.append(measure_training_step(
+            step, label="transformers baseline", tokens_per_step=seq_len,
+            flops_per_step=training_flops(n_matmul, spec.model["text"], seq_len),
+            steps=args.steps, warmup=args.warmup, profile=not args.no_profile,
+            cleanup=lambda: optimizer.zero_grad(set_to_none=True),
+        ))
+        print(format_rows(results[-1:]), flush=True)
+    print(f"device: {torch.cuda.get_device_name()}")
+    print(format_rows(results))
+    for result in results:
+        if result.breakdown:
+            print(format_breakdown(result))
+    if args.json:
+        save(results, args.json)
+
+
+if __name__ == "__main__":
+    main()

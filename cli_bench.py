@@ -1,0 +1,57 @@
+"""`assemble bench SPEC`: tokens/s per GPU, MFU, peak memory and per-op GPU time of training steps."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("bench")
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=str))
+@click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Dotted spec override, value parsed as YAML (e.g. -o ops.backend=fast).")
+@click.option("--seq", "seq_lens", multiple=True, type=int, default=(4096, 8192), show_default=True,
+              help="Tokens per step (one sequence); repeat for several rows.")
+@click.option("--steps", default=5, show_default=True, help="Timed steps per row.")
+@click.option("--warmup", default=2, show_default=True, help="Untimed steps first (compile, autotuning, optimizer state).")
+@click.option("--images", default=None, metavar="COUNTxHxW",
+              help="Put COUNT images of H x W pixels in every step (a VLM row, e.g. 4x448x448); default: text only.")
+@click.option("--profile/--no-profile", default=True, show_default=True, help="Profile one more step for the per-op breakdown.")
+@click.option("--label", default=None, help="Name of these rows in the table.")
+@click.option("--memory-cap-gib", type=float, default=None,
+              help="Cap this process's GPU memory (e.g. 79 to check a run fits an 80 GB H100 on a bigger card).")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Also write the rows as JSON.")
+def bench_command(spec_path: str, overrides: tuple[str, ...], seq_lens: tuple[int, ...], steps: int, warmup: int,
+                  images: str | None, profile: bool, label: str | None, memory_cap_gib: float | None,
+                  json_path: str | None) -> None:
+    """Benchmark training steps of SPEC's model (random init, bf16, fused AdamW) on this GPU."""
+    import logging
+
+    from assembler import load_spec
+    from assembler.bench.report import format_breakdown, format_rows, save
+    from assembler.bench.run import bench_spec
+    from assembler.bench.workload import ImageSpec
+    from assembler.spec_errors import UserError
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for name in ("assembler", "blocks"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    spec = load_spec(spec_path, overrides=list(overrides))
+    try:
+        image_spec = ImageSpec.parse(images) if images else None
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    results = bench_spec(spec, list(seq_lens), steps=steps, warmup=warmup, images=image_spec, profile=profile,
+                         label=label, memory_cap_gib=memory_cap_gib)
+    import torch
+
+    click.echo(f"device: {torch.cuda.get_device_name()}")
+    click.echo(format_rows(results))
+    for result in results:
+        if result.breakdown:
+            click.echo(format_breakdown(result))
+    if json_path:
+        save(results, json_path)
+
+
+if __name__ == "__main__":
+    bench_command()
