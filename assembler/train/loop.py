@@ -83,15 +83,11 @@ def init_world() -> World:
 
 
 def parallelize_for_world(model: nn.Module, spec: Spec, world: World) -> nn.Module:
-    """Apply the spec's parallel policy (FSDP2, activation checkpointing, compile) across ranks.
+    """Apply the spec's parallel policy: activation checkpointing and compile always, FSDP2 across
+    ranks when a process group exists (torchrun)."""
+    from assembler.parallelize import parallelize
 
-    A single process trains the model as built; several need `assembler.parallelize`.
-    """
-    if world.world_size == 1:
-        return model
-    from assembler.parallelize import parallelize  # the FSDP2 step of the flow; lands separately
-
-    return parallelize(model, spec, world)
+    return parallelize(model, spec)
 
 
 def seed_everything(seed: int) -> None:
