@@ -41,7 +41,8 @@ def bench_command(spec_path: str, overrides: tuple[str, ...], seq_lens: tuple[in
     except ValueError as error:
         raise UserError(str(error)) from None
     results = bench_spec(spec, list(seq_lens), steps=steps, warmup=warmup, images=image_spec, profile=profile,
-                         label=label, memory_cap_gib=memory_cap_gib)
+                         label=label, memory_cap_gib=memory_cap_gib,
+                         on_result=(lambda rows: save(rows, json_path)) if json_path else None)
     import torch
 
     click.echo(f"device: {torch.cuda.get_device_name()}")
@@ -49,8 +50,6 @@ def bench_command(spec_path: str, overrides: tuple[str, ...], seq_lens: tuple[in
     for result in results:
         if result.breakdown:
             click.echo(format_breakdown(result))
-    if json_path:
-        save(results, json_path)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
 #   bash benchmarks/gpu_suite.sh            # on a GPU machine, from the repository root
 #
 # Needs the fla wheels in .whl/ (../shared/gpu/wheels.sh downloads them). Writes logs and JSON
-# rows into $OUT (default ./gpu_suite_out). SUITE_PARTS picks parts (default: all of
-# "tests baseline ours noac vlm"); SUITE_SEQS the text sizes; SUITE_QUICK=1 runs fewer steps.
+# rows into $OUT (default ./gpu_suite_out). SUITE_PARTS picks the parts and their order (default
+# "tests baseline ours noac vlm"); SUITE_SEQS the text sizes (BASE_SEQS, NOAC_SEQS per part);
+# T_<part> a part's time limit in seconds; SUITE_QUICK=1 runs fewer steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_suite_out}
@@ -14,6 +15,7 @@ PARTS=${SUITE_PARTS:-"tests baseline ours noac vlm"}
 SEQS=${SUITE_SEQS:-"4096 8192 16384 32768"}
 STEPS=5; WARMUP=2
 [ "${SUITE_QUICK:-0}" = 1 ] && STEPS=3 && WARMUP=2
+has() { [[ " $PARTS " == *" $1 "* ]]; }
 
 if [ -d .whl ] && ! python3 -c "import fla" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -23,7 +25,6 @@ export PYTHONPATH=$PWD:${PYTHONPATH:-}
 export PYTHONUNBUFFERED=1
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 
-has() { [[ " $PARTS " == *" $1 "* ]]; }
 seq_args() { for s in $1; do printf -- "--seq %s " "$s"; done; }
 
 {
@@ -33,30 +34,38 @@ seq_args() { for s in $1; do printf -- "--seq %s " "$s"; done; }
   git log --oneline -1 2>/dev/null || true
 } | tee "$OUT/env.txt"
 
-if has tests; then
-  echo "== GPU tests"
-  timeout 300 python3 -m pytest tests/gpu -q -rs -p no:cacheprovider 2>&1 | tail -40 | tee "$OUT/tests.log"
-fi
-if has baseline; then
-  echo "== transformers baseline"
-  timeout 300 python3 benchmarks/hf_baseline.py --seq $SEQS --steps $STEPS --warmup $WARMUP --json "$OUT/baseline.json" 2>&1 \
-    | grep -v "^\s*$" | tail -60
-fi
-if has ours; then
-  echo "== ours: fast ops, compile, full activation checkpointing (memory capped to an 80 GB H100's 79 GiB)"
-  timeout 360 python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast $(seq_args "$SEQS") --steps $STEPS \
-    --warmup $WARMUP --memory-cap-gib 79 --label "ours, full AC" --json "$OUT/ours_full_ac.json" 2>&1 | tail -80
-fi
-if has noac; then
-  echo "== ours: fast ops, compile, no activation checkpointing"
-  timeout 300 python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast -o parallel.activation_checkpointing.mode=none \
-    --seq 4096 --seq 8192 --steps $STEPS --warmup $WARMUP --label "ours, no AC" --json "$OUT/ours_no_ac.json" 2>&1 | tail -60
-fi
-if has vlm; then
-  echo "== ours: VLM row, four 448x448 images in 8k tokens"
-  timeout 300 python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast --seq 8192 --images 4x448x448 \
-    --steps $STEPS --warmup $WARMUP --label "ours VLM, full AC" --json "$OUT/ours_vlm.json" 2>&1 | tail -40
-fi
+t() { local var="T_$1"; echo "${!var:-$2}"; }  # per-part time limit: T_<part>=seconds
+
+run_part() {
+  case "$1" in
+    tests)
+      echo "== GPU tests"
+      timeout "$(t tests 300)" python3 -m pytest tests/gpu -v -rs -p no:cacheprovider ${SUITE_TEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" | tail -40 ;;
+    baseline)
+      echo "== transformers baseline"
+      timeout "$(t baseline 300)" python3 benchmarks/hf_baseline.py --seq ${BASE_SEQS:-$SEQS} --steps $STEPS --warmup $WARMUP \
+        --json "$OUT/baseline.json" 2>&1 | grep -v "^\s*$" | tail -60 ;;
+    ours)
+      echo "== ours: fast ops, compile, full activation checkpointing (memory capped to an 80 GB H100's 79 GiB)"
+      timeout "$(t ours 360)" python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast $(seq_args "$SEQS") --steps $STEPS \
+        --warmup $WARMUP --memory-cap-gib 79 --label "ours, full AC" --json "$OUT/ours_full_ac.json" 2>&1 | tail -80
+      if [ ! -f "$OUT/ours_full_ac.json" ]; then
+        echo "== ours, compile failed or timed out: eager fast ops, full activation checkpointing"
+        timeout "$(t eager 200)" python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast \
+          -o "parallel.compile={linear: {enabled: false}, full: {enabled: false}, vision: {enabled: false}}" \
+          --seq 8192 --seq 16384 --steps $STEPS --warmup $WARMUP --label "ours eager, full AC" --json "$OUT/ours_eager.json" 2>&1 | tail -60
+      fi ;;
+    noac)
+      echo "== ours: fast ops, compile, no activation checkpointing"
+      timeout "$(t noac 300)" python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast -o parallel.activation_checkpointing.mode=none \
+        $(seq_args "${NOAC_SEQS:-4096 8192}") --steps $STEPS --warmup $WARMUP --label "ours, no AC" --json "$OUT/ours_no_ac.json" 2>&1 | tail -60 ;;
+    vlm)
+      echo "== ours: VLM row, four 448x448 images in 8k tokens"
+      timeout "$(t vlm 300)" python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast --seq 8192 --images 4x448x448 \
+        --steps $STEPS --warmup $WARMUP --label "ours VLM, full AC" --json "$OUT/ours_vlm.json" 2>&1 | tail -40 ;;
+  esac
+}
+for part in $PARTS; do run_part "$part"; done
 
 echo "== comparison (same run, same card)"
 cat "$OUT/env.txt" | head -3

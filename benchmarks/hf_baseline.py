@@ -84,13 +84,13 @@ def main() -> None:
             cleanup=lambda: optimizer.zero_grad(set_to_none=True),
         ))
         print(format_rows(results[-1:]), flush=True)
+        if args.json:
+            save(results, args.json)
     print(f"device: {torch.cuda.get_device_name()}")
     print(format_rows(results))
     for result in results:
         if result.breakdown:
             print(format_breakdown(result))
-    if args.json:
-        save(results, args.json)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Callable
 
 import torch
 
@@ -32,9 +33,11 @@ def bench_spec(
     profile: bool = True,
     label: str | None = None,
     memory_cap_gib: float | None = None,
+    on_result: "Callable[[list[Measurement]], None] | None" = None,
 ) -> list[Measurement]:
     """Train-step measurements of the spec's model at each sequence length, on the current GPU.
 
+    `on_result` gets the rows so far after each one (so a run cut short still leaves its rows).
     Text-only runs (no `images`) build the model without its vision tower, so the measured model is
     the text tower + LM head, the same model as transformers' Qwen3_5ForCausalLM baseline.
     """
@@ -81,4 +84,6 @@ def bench_spec(
         )
         log.info("%s @ %d: %s", row_label, seq_len, result.error or f"{result.tokens_per_s:,.0f} tokens/s")
         results.append(result)
+        if on_result is not None:
+            on_result(results)
     return results

@@ -55,7 +55,7 @@ def attention(
             q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
             scale=scale, window_size=CAUSAL_WINDOW if causal else FULL_WINDOW, **extra,
         )
-    return out.view(batch, seq_len, num_heads, head_dim)
+    return out.reshape(batch, seq_len, num_heads, head_dim)
 
 
 def _load_flash_attn_varlen():  # noqa: ANN202

@@ -19,7 +19,7 @@ def conv1d(x: torch.Tensor, weight: torch.Tensor, *, ctx: PackingContext) -> tor
     """
     batch, seq_len, channels = x.shape
     out = _CausalConv1d.apply(x.reshape(1, batch * seq_len, channels), weight.contiguous(), ctx.cu_seqlens)
-    return out.view(batch, seq_len, channels)
+    return out.reshape(batch, seq_len, channels)
 
 
 class _CausalConv1d(torch.autograd.Function):
@@ -45,7 +45,7 @@ def causal_conv1d_fwd(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.T
             x=x, weight=weight, bias=None, residual=None, initial_state=None, output_final_state=False,
             activation=ACTIVATION, cu_seqlens=cu_seqlens,
         )
-    return out
+    return out.contiguous()
 
 
 @causal_conv1d_fwd.register_fake
@@ -65,7 +65,7 @@ def causal_conv1d_bwd(
             x=x, dy=grad_out, dht=None, weight=weight, bias=None, residual=None, initial_state=None,
             activation=ACTIVATION, cu_seqlens=cu_seqlens,
         )
-    return dx, dweight
+    return dx.contiguous(), dweight.contiguous()
 
 
 @causal_conv1d_bwd.register_fake

@@ -44,7 +44,7 @@ def delta_rule(
         return x.reshape(1, batch * seq_len, *x.shape[2:]).contiguous()
 
     out = _GatedDeltaRule.apply(flat(q), flat(k), flat(v), flat(g), flat(beta), ctx.cu_seqlens)
-    return out.view(batch, seq_len, *out.shape[2:])
+    return out.reshape(batch, seq_len, *out.shape[2:])
 
 
 class _GatedDeltaRule(torch.autograd.Function):
@@ -85,7 +85,9 @@ def gated_delta_rule_fwd(
             initial_state=None, output_final_state=False, cu_seqlens=cu_seqlens,
             chunk_indices=prepare_chunk_indices(cu_seqlens, CHUNK_SIZE), chunk_size=CHUNK_SIZE,
         )
-    return out.to(q.dtype), q_normed, q_rstd, k_normed, k_rstd, g_cumsum, A
+    # Fresh, contiguous tensors: the fake implementation promises exactly that layout to the compiler.
+    outputs = (out.to(q.dtype), q_normed, q_rstd, k_normed, k_rstd, g_cumsum, A)
+    return tuple(x.contiguous() for x in outputs)
 
 
 @gated_delta_rule_fwd.register_fake
@@ -133,7 +135,7 @@ def gated_delta_rule_bwd(
         )
         dq = l2norm_bwd(q_normed, q_rstd, dq)
         dk = l2norm_bwd(k_normed, k_rstd, dk)
-    return dq, dk, dv, dg, dbeta
+    return tuple(x.contiguous() for x in (dq, dk, dv, dg, dbeta))
 
 
 @gated_delta_rule_bwd.register_fake
@@ -202,4 +204,5 @@ def _torch_backward(grad_out, q_normed, q_rstd, k_normed, k_rstd, v, g, beta, cu
     # torch.func.vjp, not torch.autograd: a custom op's body runs below the autograd dispatch key.
     _, vjp = torch.func.vjp(lambda *args: torch_delta_rule(*args, ctx=ctx), *inputs)
     dq, dk, dv, dg, dbeta = vjp(grad_out.float())
-    return dq.to(q_normed.dtype), dk.to(k_normed.dtype), dv.to(v.dtype), dg, dbeta.to(beta.dtype)
+    grads = (dq.to(q_normed.dtype), dk.to(k_normed.dtype), dv.to(v.dtype), dg, dbeta.to(beta.dtype))
+    return tuple(x.contiguous() for x in grads)
