@@ -3,10 +3,12 @@
 #
 #   bash benchmarks/gpu_suite.sh            # on a GPU machine, from the repository root
 #
-# Needs the fla wheels in .whl/ (../shared/gpu/wheels.sh downloads them). Writes logs and JSON
+# Needs wheels in .whl/: fla (../shared/gpu/wheels.sh) and, absent from the GPU image, jsonschema with
+# attrs, jsonschema-specifications, referencing and rpds-py (cp312 manylinux). Writes logs and JSON
 # rows into $OUT (default ./gpu_suite_out). SUITE_PARTS picks the parts and their order (default
 # "tests baseline ours noac vlm"); SUITE_SEQS the text sizes (BASE_SEQS, NOAC_SEQS per part);
-# T_<part> a part's time limit in seconds; SUITE_QUICK=1 runs fewer steps.
+# SUITE_TESTS the pytest selection (default tests/gpu); T_<part> a part's time limit in seconds;
+# SUITE_QUICK=1 runs fewer steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_suite_out}
@@ -40,7 +42,7 @@ run_part() {
   case "$1" in
     tests)
       echo "== GPU tests"
-      timeout "$(t tests 300)" python3 -m pytest tests/gpu -v -rs -p no:cacheprovider ${SUITE_TEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" | tail -40 ;;
+      timeout "$(t tests 300)" python3 -m pytest ${SUITE_TESTS:-tests/gpu} -v -rs -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -40 ;;
     baseline)
       echo "== transformers baseline"
       timeout "$(t baseline 300)" python3 benchmarks/hf_baseline.py --seq ${BASE_SEQS:-$SEQS} --steps $STEPS --warmup $WARMUP \
