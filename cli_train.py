@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -26,15 +27,22 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Run folder (default: train.output_dir, else runs/<spec name>).")
 def train_command(spec: Path, overrides: tuple[str, ...], resume: Path | None, output_dir: Path | None) -> None:
     """Train the model SPEC describes: checkpoints, metrics and an HF export go to the run folder."""
+    import torch.distributed as dist
+
     from assembler import load_spec
     from assembler.train.loop import train
 
     errors = user_error_types()
+    start = time.monotonic()
     try:
         loaded = load_spec(spec, list(overrides))
         result = train(loaded, output_dir=output_dir, resume=resume)
     except errors as error:
-        click.echo(f"error: {error}", err=True)
+        for line in str(error).splitlines() or [type(error).__name__]:
+            click.echo(f"error: {line}", err=True)
         sys.exit(USER_ERROR_EXIT_CODE)
-    final = result.losses.get(max(result.losses)) if result.losses else None
-    click.echo(f"done: {result.run_dir}" + (f" (final loss {final:.4f})" if final is not None else ""))
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    final = f", final loss {result.losses[max(result.losses)]:.4f}" if result.losses else ""
+    click.echo(f"done in {time.monotonic() - start:.0f} s{final}: {result.run_dir}")

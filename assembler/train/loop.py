@@ -8,9 +8,12 @@ ranks), so accumulation and data parallelism give the gradient one big batch wou
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import os
 import random
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +93,28 @@ def parallelize_for_world(model: nn.Module, spec: Spec, world: World) -> nn.Modu
     return parallelize(model, spec)
 
 
+def keep_freed_memory_for_reuse() -> None:
+    """On CPU, stop glibc from handing large freed blocks back to the OS.
+
+    Every step allocates and frees the same big tensors (the tiny spec's [T, 248320] logits and
+    their gradients are hundreds of MB). By default glibc serves each from a fresh mmap and unmaps
+    it on free, so every step page-faults them in again: measured here, that was nearly half of a
+    CPU step's time (0.77 s -> 0.46 s per 128-token step of the tiny spec without it). Keeping
+    allocations on the heap and not trimming it lets the next step reuse the same pages.
+    A no-op where libc is not glibc.
+    """
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
+    mallopt(m_mmap_max, 0)
+    mallopt(m_trim_threshold, 2**30)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -151,6 +176,8 @@ def train(
     from assembler.data import build_loader  # the data pipeline (tokenize, images, pack)
 
     world = world or init_world()
+    if world.device.type == "cpu":
+        keep_freed_memory_for_reuse()
     cfg = spec.train
     run_dir = run_folder(spec.name, output_dir if output_dir is not None else cfg.get("output_dir"))
     checkpoints_dir = run_dir / CHECKPOINTS_FOLDER
@@ -236,7 +263,8 @@ def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, lo
             raise NonFiniteLossError(
                 f"step {step}: the {'loss' if not math.isfinite(loss) else 'gradient norm'} is "
                 f"{loss if not math.isfinite(loss) else float(grad_norm)}; training stopped before this update, "
-                f"{kept}. Lower train.optimizer.lr or check the data, then resume with --resume."
+                f"{kept}. Lower train.optimizer.lr or check the data, then run again: a run resumes from its folder's "
+                f"latest checkpoint (or name one with --resume)."
             )
         optimizer.step()
         scheduler.step()
