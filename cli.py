@@ -27,6 +27,7 @@ COMMAND_MODULES = {
     "build": "cli_build:build_command",
     "train": "cli_train:train_command",
     "export": "cli_export:export_command",
+    "bench": "cli_bench:bench_command",
 }
 
 
