@@ -42,7 +42,9 @@ def train_command(spec: Path, overrides: tuple[str, ...], resume: Path | None, o
             click.echo(f"error: {line}", err=True)
         sys.exit(USER_ERROR_EXIT_CODE)
     finally:
+        is_main = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-    final = f", final loss {result.losses[max(result.losses)]:.4f}" if result.losses else ""
-    click.echo(f"done in {time.monotonic() - start:.0f} s{final}: {result.run_dir}")
+    if is_main:
+        final = f", final loss {result.losses[max(result.losses)]:.4f}" if result.losses else ""
+        click.echo(f"done in {time.monotonic() - start:.0f} s{final}: {result.run_dir}")
