@@ -211,6 +211,23 @@ def apply_fsdp(
     fully_shard(model, mp_policy=mixed, **common)
 
 
+def sum_gradients_across_ranks(model: nn.Module) -> None:
+    """Make every FSDP2 unit of `model` sum gradients over ranks instead of averaging them.
+
+    For a loss already divided by the global target count (all micro-batches, all ranks; see
+    assembler.train.loop), each rank's gradient is its share of the global one and the shares must
+    be added: FSDP2's default average would shrink the gradient by the world size and make it
+    depend on it. Plain SUM collectives (no pre/post division, no NCCL PreMulSum) work on NCCL and
+    gloo alike. A no-op for a model that is not sharded.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)
+
+
 def _fp32_owners(block: nn.Module, block_name: str, fp32_names: set[str]) -> list[str]:
     """Topmost module paths (relative to the block) that directly own an fp32-kept parameter."""
     owners = set()

@@ -1,0 +1,100 @@
+"""This process's place in a distributed job, from torchrun's environment; nothing home-made.
+
+`torchrun` (one node or many, `--nnodes` + `--rdzv-backend c10d --rdzv-endpoint host:port`)
+starts the processes and sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT. Here we
+only read them: join the default process group (NCCL on CUDA, gloo on CPU), pick the device by
+LOCAL_RANK, and make the 1-D device mesh FSDP2 shards over. A plain `python`/`assemble` launch (no
+torchrun environment) is one process with no process group, and nothing is sharded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the job. `mesh` is the 1-D data-parallel mesh (None: one plain process)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    mesh: Any = None  # torch.distributed.device_mesh.DeviceMesh
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that logs, writes metrics and decides for the run folder."""
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.mesh is not None
+
+
+def launched_by_torchrun() -> bool:
+    return all(name in os.environ for name in TORCHRUN_ENV)
+
+
+def init_world() -> World:
+    """Join torchrun's process group when launched by it (any world size, 1 included: the model is
+    then sharded like any other); otherwise a single process on cuda:0 or the CPU."""
+    if not launched_by_torchrun():
+        device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        return World(rank=0, world_size=1, local_rank=0, device=device)
+
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"LOCAL_RANK {local_rank} but this node has {torch.cuda.device_count()} GPU(s): "
+                "start at most one process per GPU (torchrun --nproc-per-node <= the GPU count)"
+            )
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            # device_id binds the communicator to this rank's GPU at once (no guessing in barriers).
+            dist.init_process_group(backend="nccl", device_id=device)
+        else:
+            dist.init_process_group(backend="gloo")
+    return World(rank=rank, world_size=world_size, local_rank=local_rank, device=device, mesh=device_mesh(device))
+
+
+def device_mesh(device: torch.device):  # noqa: ANN201 (DeviceMesh)
+    """The 1-D mesh over every rank of the default process group, named `dp`."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device.type, (dist.get_world_size(),), mesh_dim_names=("dp",))
+
+
+def broadcast_from_main(value: Any) -> Any:
+    """Rank 0's `value` on every rank (any picklable object); `value` itself without a process group."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    """Sum `value` over every rank, in place (a no-op without a process group); returns it."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
+def teardown() -> None:
+    """Leave the process group (if any), so the job ends without NCCL's 'not destroyed' warning."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
