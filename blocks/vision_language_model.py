@@ -78,6 +78,7 @@ class VisionLanguageModel(nn.Module):
         packing: PackingContext | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         return_logits: bool | None = None,
+        idle_vision: bool = False,
     ) -> VisionLanguageModelOutput:
         """Forward pass, transformers-compatible for unpacked input.
 
@@ -92,6 +93,12 @@ class VisionLanguageModel(nn.Module):
         num_items_in_batch: divide the summed loss by this instead of taking the mean (global-token
                         normalisation across accumulation steps and ranks).
         return_logits:  default: only when no labels are given (the loss never needs full logits).
+        idle_vision:    with no `pixel_values`, still run the vision tower, on one blank minimal
+                        image whose features add exactly zero to the embeddings. Under FSDP every
+                        rank must run the same collectives: a rank whose batch has no image while
+                        another's has would skip the vision blocks' all-gathers and reduce-scatters
+                        and hang the job. The vision parameters get zero gradients; the loss and
+                        every other gradient are bitwise those of the call without it.
         """
         if labels is not None and shift_labels is not None:
             raise ValueError("give labels or shift_labels, not both")
@@ -102,6 +109,8 @@ class VisionLanguageModel(nn.Module):
         inputs_embeds = text.embed_tokens(input_ids)
         if pixel_values is not None:
             inputs_embeds = self._splice_image_features(input_ids, inputs_embeds, pixel_values, image_grid_thw)
+        elif idle_vision and self.model.visual is not None:
+            inputs_embeds = inputs_embeds + self._idle_vision_zero(input_ids.device).to(inputs_embeds.dtype)
         hidden = text(inputs_embeds, packing)
 
         if labels is not None:
@@ -138,6 +147,16 @@ class VisionLanguageModel(nn.Module):
             )
         image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(image_mask.unsqueeze(-1).to(inputs_embeds.device), image_features)
+
+    def _idle_vision_zero(self, device: torch.device) -> torch.Tensor:
+        """A [] zero that depends on every vision parameter: the tower run on one blank image of
+        merge × merge patches (one merged token), summed and multiplied by 0."""
+        visual = self.model.visual
+        weight = visual.patch_embed.proj.weight  # [hidden, C, tp, p, p]
+        merge = self.spatial_merge_size
+        grid_thw = torch.tensor([[1, merge, merge]], dtype=torch.long, device=device)
+        pixel_values = torch.zeros(merge * merge, weight.shape[1:].numel(), dtype=weight.dtype, device=device)
+        return visual(pixel_values, grid_thw).sum() * 0
 
     def unpacked_context(self, input_ids: torch.Tensor, image_grid_thw: torch.Tensor | None) -> PackingContext:
         """One document per row of `input_ids` [B, T]; mRoPE positions by the reference's rule."""
