@@ -9,7 +9,8 @@ Layout of one checkpoint, `<run>/checkpoints/step_000060/`:
     COMPLETE                       written last, after everything above is on disk
 
 A folder without `COMPLETE` (a run killed mid-save) is not a checkpoint: resuming ignores it.
-`get_state_dict`/`set_state_dict` give the same code path for a plain module and an FSDP2 one.
+`get_state_dict`/`set_state_dict` give the same code path for a plain module and an FSDP2 one,
+and DCP reshards on load: a checkpoint written by N ranks resumes on M ranks (M = 1 included).
 """
 
 from __future__ import annotations
@@ -209,10 +210,11 @@ def load_checkpoint(
         raise ResumeError(f"{path} is not a complete checkpoint (no {COMPLETE_MARKER} marker)")
     state_file = path / f"trainer_state_rank{_rank()}.pt"
     if not state_file.is_file():
-        raise ResumeError(
-            f"{path} has no {state_file.name}: it was written by fewer ranks than this run has; "
-            "resume with the world size that wrote it"
-        )
+        # Written by fewer ranks than this run has. Step, schedule and data position are the same
+        # on every rank, and every rank seeds its RNGs alike, so rank 0's state serves any rank.
+        state_file = path / "trainer_state_rank0.pt"
+    if not state_file.is_file():
+        raise ResumeError(f"{path} has no trainer_state_rank0.pt: the checkpoint is damaged; resume from another one")
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optim_state}
     with _single_process_quiet():

@@ -4,6 +4,13 @@ HF export.
 One optimizer step = `train.grad_accumulation` micro-batches on every rank. The loss is the sum of
 per-token losses divided by the number of target tokens of the whole step (all micro-batches, all
 ranks), so accumulation and data parallelism give the gradient one big batch would.
+
+Under torchrun (assembler.distributed) the model is FSDP2-sharded over all ranks, whose gradients
+are summed, not averaged (each rank's loss is already its share of the global one); rank r takes
+every world_size-th row of the global stream, so W ranks with accumulation A see the rows of one
+process with accumulation W·A. Only rank 0 logs and writes metrics. Every rank runs the vision
+tower on every micro-batch in which any rank has an image (on a blank one when it has none), so
+the ranks' FSDP collectives always match.
 """
 
 from __future__ import annotations
@@ -11,7 +18,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import math
-import os
 import random
 import sys
 from contextlib import nullcontext
@@ -21,10 +27,10 @@ from typing import Any, Iterator, TextIO
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from assembler.build import build_model
+from assembler.distributed import World, all_reduce_sum, broadcast_from_main, init_world
 from assembler.spec import Spec
 from assembler.spec_errors import UserError
 from assembler.train.checkpoint import (
@@ -49,20 +55,6 @@ class NonFiniteLossError(UserError):
 
 
 @dataclass(frozen=True)
-class World:
-    """This process's place in the job (torchrun's environment; one process without it)."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-@dataclass(frozen=True)
 class TrainResult:
     run_dir: Path
     losses: dict[int, float]  # step -> loss, for the steps this process ran
@@ -70,27 +62,39 @@ class TrainResult:
     hf_export: Path | None
 
 
-def init_world() -> World:
-    """Join torchrun's process group when launched by it; otherwise a single process."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return World(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
-
-
 def parallelize_for_world(model: nn.Module, spec: Spec, world: World) -> nn.Module:
-    """Apply the spec's parallel policy: activation checkpointing and compile always, FSDP2 across
-    ranks when a process group exists (torchrun)."""
-    from assembler.parallelize import parallelize
+    """Apply the spec's parallel policy: activation checkpointing and compile always, FSDP2 over
+    `world.mesh` under torchrun, with gradients summed over ranks (the loss is globally normalised)."""
+    from assembler.parallelize import parallelize, sum_gradients_across_ranks
 
-    return parallelize(model, spec)
+    model = parallelize(model, spec, mesh=world.mesh)
+    if world.is_distributed:
+        sum_gradients_across_ranks(model)
+    return model
+
+
+def build_for_world(spec: Spec, world: World) -> nn.Module:
+    """The built, parallelized model, with its initial weights (random or `train.init_from`).
+
+    Sharded with `init_from`: built on the meta device, sharded, then each rank allocates and loads
+    only its own shard, so the whole model never exists on one rank. Random init is drawn whole on
+    every rank from the same seed (so it equals the one-process model) and then sharded.
+    """
+    cfg = spec.train
+    dtype = _dtype(cfg["dtype"])
+    init_from = spec.resolve_path(cfg["init_from"]) if cfg.get("init_from") else None
+    from assembler.hf_checkpoint import load_hf_checkpoint
+
+    if init_from is not None and world.is_distributed:
+        model = build_model(spec, device="meta").to(dtype)
+        model = parallelize_for_world(model, spec, world)
+        model.to_empty(device=world.device)
+        load_hf_checkpoint(model, init_from, spec, device=world.device)
+        return model
+    model = build_model(spec, device=world.device, dtype=dtype, seed=int(cfg["seed"]))
+    if init_from is not None:
+        load_hf_checkpoint(model, init_from, spec)
+    return parallelize_for_world(model, spec, world)
 
 
 def keep_freed_memory_for_reuse() -> None:
@@ -128,15 +132,9 @@ def _dtype(name: str) -> torch.dtype:
 def _autocast(spec: Spec, world: World):
     """bf16 autocast for one unsharded GPU whose spec computes in bf16 (FSDP2 casts by itself)."""
     compute_dtype = _dtype(spec.parallel["fsdp"]["param_dtype"])
-    if world.device.type == "cuda" and world.world_size == 1 and compute_dtype != torch.float32:
+    if world.device.type == "cuda" and not world.is_distributed and compute_dtype != torch.float32:
         return torch.autocast("cuda", dtype=compute_dtype)
     return nullcontext()
-
-
-def _all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
-    return value
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -148,10 +146,13 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     }
 
 
-def _global_target_count(micro_batches: list[dict[str, Any]], device: torch.device) -> torch.Tensor:
-    """Target tokens of the whole step: every micro-batch on every rank (a [] int64 tensor)."""
-    local = sum(int((mb["shift_labels"] != IGNORE_INDEX).sum()) for mb in micro_batches)
-    return _all_reduce_sum(torch.tensor(local, dtype=torch.int64, device=device))
+def _step_totals(micro_batches: list[dict[str, Any]], device: torch.device) -> tuple[torch.Tensor, list[bool]]:
+    """One all-reduce per step: the target tokens of the whole step (every micro-batch on every
+    rank, a [] int64 tensor), and for each micro-batch index whether any rank's has an image."""
+    local = [sum(int((mb["shift_labels"] != IGNORE_INDEX).sum()) for mb in micro_batches)]
+    local += [int(mb.get("pixel_values") is not None) for mb in micro_batches]
+    totals = all_reduce_sum(torch.tensor(local, dtype=torch.int64, device=device)).tolist()
+    return torch.tensor(totals[0], dtype=torch.int64, device=device), [count > 0 for count in totals[1:]]
 
 
 def _grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
@@ -182,11 +183,21 @@ def train(
     run_dir = run_folder(spec.name, output_dir if output_dir is not None else cfg.get("output_dir"))
     checkpoints_dir = run_dir / CHECKPOINTS_FOLDER
     resolved_yaml = spec.to_yaml()
-    resume_from = resolve_resume_path(Path(resume)) if resume is not None else latest_checkpoint(checkpoints_dir)
+    # Rank 0 decides (what to resume, whether the folder is this model's) and every rank follows,
+    # so a refusal stops all ranks instead of leaving the others waiting in a collective.
+    decision: tuple[Path | None, UserError | None] = (None, None)
     if world.is_main:
-        if resume_from is not None and resume_from.parent == checkpoints_dir:
-            check_same_model(run_dir, resolved_yaml)
-        save_resolved_spec(run_dir, resolved_yaml)
+        try:
+            resume_from = resolve_resume_path(Path(resume)) if resume is not None else latest_checkpoint(checkpoints_dir)
+            if resume_from is not None and resume_from.parent == checkpoints_dir:
+                check_same_model(run_dir, resolved_yaml)
+            save_resolved_spec(run_dir, resolved_yaml)
+            decision = (resume_from, None)
+        except UserError as error:
+            decision = (None, error)
+    resume_from, error = broadcast_from_main(decision)
+    if error is not None:
+        raise error
     logger = MetricsLogger(run_dir, enabled=world.is_main, stream=stream)
     try:
         return _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, logger, build_loader)
@@ -201,12 +212,9 @@ def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, lo
 
     loader = build_loader(spec, rank=world.rank, world_size=world.world_size)
     logger.message(f"data: {loader.epoch_stats(0).describe()}")
-    model = build_model(spec, device=world.device, dtype=_dtype(cfg["dtype"]), seed=int(cfg["seed"]))
-    if cfg.get("init_from"):
-        from assembler.hf_checkpoint import load_hf_checkpoint
-
-        load_hf_checkpoint(model, spec.resolve_path(cfg["init_from"]), spec)
-    model = parallelize_for_world(model, spec, world)
+    if world.is_distributed:
+        logger.message(f"distributed: {world.world_size} ranks, FSDP2 over {world.device.type}")
+    model = build_for_world(spec, world)
     model.train()
     optimizer = build_optimizer(model, cfg["optimizer"])
     scheduler = build_lr_schedule(optimizer, cfg["schedule"], total_steps)
@@ -247,17 +255,20 @@ def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, lo
         if meter is None:
             seq_len = micro_batches[0]["input_ids"].shape[-1]
             meter = ThroughputMeter(flops_per_token(model, spec.model["text"], seq_len), peak_flops(world.device))
-        num_items = _global_target_count(micro_batches, world.device).clamp_min(1)
+        num_items, images_anywhere = _step_totals(micro_batches, world.device)
+        num_items = num_items.clamp_min(1)
         lr = scheduler.get_last_lr()[0]
         step_loss = torch.zeros((), dtype=torch.float32, device=world.device)
-        for micro_batch in micro_batches:
+        for micro_batch, any_rank_has_images in zip(micro_batches, images_anywhere):
+            # Only under FSDP: one process keeps the exact single-process path (no idle vision).
+            idle_vision = world.is_distributed and any_rank_has_images and micro_batch.get("pixel_values") is None
             with _autocast(spec, world):
-                out = model(**_to_device(micro_batch, world.device), num_items_in_batch=num_items)
+                out = model(**_to_device(micro_batch, world.device), num_items_in_batch=num_items, idle_vision=idle_vision)
             out.loss.backward()
             step_loss += out.loss.detach().float()
             meter.add_tokens(micro_batch["input_ids"].numel())
         grad_norm = _grad_norm(model, float(cfg["grad_clip"]))
-        loss = float(_all_reduce_sum(step_loss))
+        loss = float(all_reduce_sum(step_loss))
         if not (math.isfinite(loss) and math.isfinite(float(grad_norm))):
             kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
             raise NonFiniteLossError(
