@@ -88,8 +88,10 @@ def build_for_world(spec: Spec, world: World) -> nn.Module:
     if init_from is not None and world.is_distributed:
         model = build_model(spec, device="meta").to(dtype)
         model = parallelize_for_world(model, spec, world)
-        model.to_empty(device=world.device)
-        load_hf_checkpoint(model, init_from, spec, device=world.device)
+        # FSDP2's CPU offload keeps the sharded parameters in host memory (it copies them in per unit).
+        shard_device = torch.device("cpu") if spec.parallel["fsdp"].get("cpu_offload") else world.device
+        model.to_empty(device=shard_device)
+        load_hf_checkpoint(model, init_from, spec, device=shard_device)
         return model
     model = build_model(spec, device=world.device, dtype=dtype, seed=int(cfg["seed"]))
     if init_from is not None:
