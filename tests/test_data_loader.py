@@ -138,13 +138,15 @@ def test_tiny_spec_data_end_to_end(tiny_spec, tokenizer):
 
 
 def test_tiny_spec_settings_errors(tiny_spec, tokenizer, tmp_path):
-    with pytest.raises(DataError, match="data.packing.length 2048 is larger than train.tokens_per_step 1024"):
-        _tiny_loader(tiny_spec, {**tiny_spec["data"], "packing": {"length": 2048}})
+    budget = tiny_spec["train"]["tokens_per_step"]
+    too_long = budget * 2
+    with pytest.raises(DataError, match=f"data.packing.length {too_long} is larger than train.tokens_per_step {budget}"):
+        _tiny_loader(tiny_spec, {**tiny_spec["data"], "packing": {"length": too_long}})
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(DataError, match="the dataset is empty"):
         _tiny_loader(tiny_spec, {**tiny_spec["data"], "sources": [{"path": str(tmp_path / "empty.jsonl")}]}, tokenizer=tokenizer)
     with pytest.raises(DataError, match="model has no vision tower"):
-        build_loader_from_sections(tiny_spec["data"], base_dir=ROOT / "specs", tokens_per_step=1024, seed=0,
+        build_loader_from_sections(tiny_spec["data"], base_dir=ROOT / "specs", tokens_per_step=budget, seed=0,
                                    tokens=tiny_spec["model"]["tokens"], vision=None, tokenizer=tokenizer)
 
 
