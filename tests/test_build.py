@@ -9,7 +9,8 @@ from assembler import build_model, load_spec
 from assembler.summary import parameter_counts
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_CONFIG = ROOT.parent / "shared" / "reference" / "qwen3_5_4b_config.json"
+# A copy of ../shared/reference/qwen3_5_4b_config.json, so CI needs nothing outside the clone.
+REFERENCE_CONFIG = ROOT / "tests" / "reference" / "qwen3_5_4b_config.json"
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from cli import assemble
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "specs" / "qwen3_5_tiny.yaml"
 FLAGSHIP = ROOT / "specs" / "qwen3_5_4b.yaml"
-REFERENCE = Path("/work/shared/reference/qwen3_5_4b_config.json")
+REFERENCE = Path(__file__).parent / "reference" / "qwen3_5_4b_config.json"  # copy of the shared reference config
 
 
 def run(*args: str):

@@ -12,7 +12,7 @@ from assembler import SpecError, hf_config_from_spec, load_spec, spec_from_hf_co
 from assembler import hf_config as hf
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = Path("/work/shared/reference/qwen3_5_4b_config.json")
+REFERENCE = Path(__file__).parent / "reference" / "qwen3_5_4b_config.json"  # copy of the shared reference config
 FLAGSHIP = ROOT / "specs" / "qwen3_5_4b.yaml"
 TINY = ROOT / "specs" / "qwen3_5_tiny.yaml"
 
