@@ -10,10 +10,11 @@ rotates; the rest passes through.
 from __future__ import annotations
 
 import torch
-from torch import nn
+
+from blocks.fp32_rotary_buffer import Fp32InverseFrequencies
 
 
-class TextRotaryEmbedding(nn.Module):
+class TextRotaryEmbedding(Fp32InverseFrequencies):
     """(cos, sin), each [B, T, rotary_dim] in x's dtype, from mRoPE positions [3, B, T].
 
     Bitwise transformers' `Qwen3_5TextRotaryEmbedding` (default rope type, interleaved mRoPE):
@@ -44,28 +45,13 @@ class TextRotaryEmbedding(nn.Module):
                 f"to rotary_dim / 2 = {self.rotary_dim // 2} (head_dim {head_dim} x partial_rotary_factor "
                 f"{partial_rotary_factor} = rotary_dim {self.rotary_dim})"
             )
-        self.register_buffer("inv_freq", self._compute_inv_freq(), persistent=False)
+        self._register_inv_freq()  # fp32 across casts: see Fp32InverseFrequencies
 
     def _compute_inv_freq(self) -> torch.Tensor:
         """[rotary_dim // 2] fp32, computed on the CPU exactly as transformers does at model init."""
         exponents = torch.arange(0, self.rotary_dim, 2, dtype=torch.float, device="cpu") / self.rotary_dim
         return (1.0 / (self.theta**exponents)).to(torch.get_default_device())
 
-    def _apply(self, fn, recurse: bool = True):
-        # `model.to(torch.bfloat16)` would round inv_freq to bf16, but transformers'
-        # from_pretrained(dtype=bf16) keeps it fp32 (a non-persistent buffer computed at init), and
-        # that model is the oracle: bf16 inv_freq moves every angle at long positions. inv_freq is a
-        # pure function of (theta, rotary_dim), so after any move/cast (to, cuda, bfloat16, to_empty
-        # from meta) it is re-derived in fp32 on the CPU and only moved to the device the cast chose.
-        # Re-deriving (not keeping a copy) is also right after `to_empty`, which leaves buffers
-        # uninitialised. Same scheme as the vision tower's VisionRotaryEmbedding.
-        super()._apply(fn, recurse)
-        self.reset_buffers()
-        return self
-
-    def reset_buffers(self) -> None:
-        """Recompute inv_freq (fp32) on the device it is on now (the assembler's init hook too)."""
-        self.inv_freq = self._compute_inv_freq().to(self.inv_freq.device)
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: any tensor of the activation dtype/device; position_ids [3, B, T] -> cos, sin [B, T, rotary_dim]."""

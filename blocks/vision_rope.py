@@ -8,10 +8,11 @@ Angles, cos/sin and the rotation itself are computed in fp32 whatever the model 
 from __future__ import annotations
 
 import torch
-from torch import nn
+
+from blocks.fp32_rotary_buffer import Fp32InverseFrequencies
 
 
-class VisionRotaryEmbedding(nn.Module):
+class VisionRotaryEmbedding(Fp32InverseFrequencies):
     """cos/sin [N, head_dim] (fp32) for patch positions [N, 2] (row, col)."""
 
     inv_freq: torch.Tensor
@@ -22,7 +23,7 @@ class VisionRotaryEmbedding(nn.Module):
             raise ValueError(f"vision rotary embedding: head_dim={head_dim} must be a multiple of 4 (two axes x cos/sin halves)")
         self.head_dim = head_dim
         self.rope_theta = rope_theta
-        self.register_buffer("inv_freq", self._compute_inv_freq(), persistent=False)
+        self._register_inv_freq()  # fp32 across casts: see Fp32InverseFrequencies
 
     def _compute_inv_freq(self) -> torch.Tensor:
         """[head_dim // 4] fp32, computed on the CPU exactly as transformers does at model init."""
@@ -30,20 +31,6 @@ class VisionRotaryEmbedding(nn.Module):
         exponents = torch.arange(0, spatial_dim, 2, dtype=torch.float, device="cpu") / spatial_dim
         return (1.0 / (self.rope_theta**exponents)).to(torch.get_default_device())
 
-    def _apply(self, fn, recurse: bool = True):
-        # `model.to(torch.bfloat16)` would round inv_freq to bf16, but transformers'
-        # from_pretrained(dtype=bf16) keeps it fp32, and that model is the oracle. inv_freq is a pure
-        # function of (theta, head_dim), so after any move/cast (to, cuda, bfloat16, to_empty from
-        # meta) we re-derive it in fp32 on CPU, as transformers does, and only move it to the device
-        # the cast chose. Re-deriving (not keeping a copy) is also right after `to_empty`, which
-        # leaves buffers uninitialised.
-        super()._apply(fn, recurse)
-        self.reset_buffers()
-        return self
-
-    def reset_buffers(self) -> None:
-        """Recompute inv_freq (fp32) on the device it is on now (the assembler's init hook too)."""
-        self.inv_freq = self._compute_inv_freq().to(self.inv_freq.device)
 
     def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """position_ids [N, 2] (row, col) -> cos, sin, each [N, head_dim] fp32."""
