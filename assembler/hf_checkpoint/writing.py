@@ -28,6 +28,7 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from torch import nn
 
+from assembler.durable_files import fsync_dir, fsync_file
 from assembler.hf_checkpoint.dtype_policy import EXPORT_DTYPE, TIED_HEAD_KEY, export_dtype, is_written
 from assembler.hf_checkpoint.errors import CheckpointError
 from assembler.hf_checkpoint.extra_tensors import ExtraTensorSource, carry_extra_config
@@ -108,7 +109,7 @@ def save_hf_checkpoint(
                 assert got == name, f"export order broke: expected {name}, got {got}"
                 shard[name] = tensor
             save_file(shard, str(partial / file), metadata={"format": "pt"})
-            _fsync_file(partial / file)
+            fsync_file(partial / file)
             weight_map.update(dict.fromkeys(names, file))
             del shard
         total_size = sum(size for _, size in sizes)
@@ -117,7 +118,7 @@ def save_hf_checkpoint(
         if source_dir is not None:
             _copy_source_files(Path(source_dir), partial)
         extras.log_carried()
-        _fsync_dir(partial)
+        fsync_dir(partial)
         _publish(partial, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -234,7 +235,7 @@ def _publish(partial: Path, out_dir: Path, overwrite: bool) -> None:
         old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
         os.rename(out_dir, old)
     os.rename(partial, out_dir)  # POSIX: replaces an empty folder atomically
-    _fsync_dir(out_dir.parent)
+    fsync_dir(out_dir.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -243,28 +244,14 @@ def _copy_source_files(source_dir: Path, partial: Path) -> None:
     for path in sorted(source_dir.iterdir()):
         if path.is_file() and SOURCE_FILE_PATTERN.match(path.name):
             shutil.copyfile(path, partial / path.name)
-            _fsync_file(partial / path.name)
+            fsync_file(partial / path.name)
 
 
 def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
-    _fsync_file(path)
+    fsync_file(path)
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _distributed() -> bool:

@@ -15,7 +15,6 @@ and DCP reshards on load: a checkpoint written by N ranks resumes on M ranks (M 
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
@@ -32,6 +31,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict
 
+from assembler.durable_files import fsync_dir, write_durably
 from assembler.spec_errors import UserError
 
 COMPLETE_MARKER = "COMPLETE"
@@ -125,19 +125,6 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _fsync_write(path: Path, write: Any) -> None:
-    with open(path, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def rng_states() -> dict[str, Any]:
@@ -186,13 +173,13 @@ def save_checkpoint(
     with _single_process_quiet():
         dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(path))
     trainer_state = {"step": step, "scheduler": scheduler.state_dict(), "rng": rng_states(), "data": data_state}
-    _fsync_write(path / f"trainer_state_rank{_rank()}.pt", lambda f: torch.save(trainer_state, f))
+    write_durably(path / f"trainer_state_rank{_rank()}.pt", lambda f: torch.save(trainer_state, f))
     _barrier()
     if _rank() == 0:
-        _fsync_write(path / "resolved_spec.yaml", lambda f: f.write(resolved_spec_yaml.encode()))
-        _fsync_dir(path)
-        _fsync_write(path / COMPLETE_MARKER, lambda f: f.write(f"step {step}\n".encode()))
-        _fsync_dir(path)
+        write_durably(path / "resolved_spec.yaml", lambda f: f.write(resolved_spec_yaml.encode()))
+        fsync_dir(path)
+        write_durably(path / COMPLETE_MARKER, lambda f: f.write(f"step {step}\n".encode()))
+        fsync_dir(path)
     _barrier()
     return path
 

@@ -1,0 +1,37 @@
+"""fsync helpers for writes that must survive a crash (HF exports, training checkpoints).
+
+A file is durable once its bytes are fsynced; its name is durable once its directory is fsynced.
+Both exporters and checkpoints write everything, sync, then publish (rename or marker file).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+
+def fsync_file(path: Path) -> None:
+    """Flush an already-written file's bytes to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (names created, renamed or removed in it) to disk."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Create `path`, let `write(file)` fill it, and fsync it before returning."""
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
