@@ -39,6 +39,11 @@ class World:
         return self.mesh is not None
 
 
+def process_rank() -> int:
+    """This process's rank in the default process group; 0 when there is none (a plain process)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def launched_by_torchrun() -> bool:
     return all(name in os.environ for name in TORCHRUN_ENV)
 

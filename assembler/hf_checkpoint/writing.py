@@ -28,6 +28,7 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from torch import nn
 
+from assembler.distributed import process_rank
 from assembler.durable_files import fsync_dir, fsync_file
 from assembler.hf_checkpoint.dtype_policy import EXPORT_DTYPE, TIED_HEAD_KEY, export_dtype, is_written
 from assembler.hf_checkpoint.errors import CheckpointError
@@ -70,7 +71,7 @@ def save_hf_checkpoint(
     tensors_by_name = model_tensors(model)
     _check_model_matches_spec(tensors_by_name, spec)
     entries = [entry for name, entry in tensors_by_name.items() if is_written(name, tie)]
-    is_writer = _rank() == 0
+    is_writer = process_rank() == 0
 
     # Everything that can fail for a user reason is checked before the first collective, on the
     # writer, and the verdict is shared so no rank is left waiting in an all-gather.
@@ -252,14 +253,8 @@ def _write_json(path: Path, obj: dict) -> None:
     fsync_file(path)
 
 
-
-
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _rank() -> int:
-    return dist.get_rank() if _distributed() else 0
 
 
 def _barrier() -> None:

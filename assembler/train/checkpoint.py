@@ -31,6 +31,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict
 
+from assembler.distributed import process_rank
 from assembler.durable_files import fsync_dir, write_durably
 from assembler.spec_errors import UserError
 
@@ -116,10 +117,6 @@ def _single_process_quiet() -> Iterator[None]:
         yield
 
 
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
 def _barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -165,7 +162,7 @@ def save_checkpoint(
     the marker is whole.
     """
     path = Path(path)
-    if _rank() == 0 and path.exists():
+    if process_rank() == 0 and path.exists():
         shutil.rmtree(path)  # a stale incomplete attempt at this step
     _barrier()
     path.mkdir(parents=True, exist_ok=True)
@@ -173,9 +170,9 @@ def save_checkpoint(
     with _single_process_quiet():
         dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(path))
     trainer_state = {"step": step, "scheduler": scheduler.state_dict(), "rng": rng_states(), "data": data_state}
-    write_durably(path / f"trainer_state_rank{_rank()}.pt", lambda f: torch.save(trainer_state, f))
+    write_durably(path / f"trainer_state_rank{process_rank()}.pt", lambda f: torch.save(trainer_state, f))
     _barrier()
-    if _rank() == 0:
+    if process_rank() == 0:
         write_durably(path / "resolved_spec.yaml", lambda f: f.write(resolved_spec_yaml.encode()))
         fsync_dir(path)
         write_durably(path / COMPLETE_MARKER, lambda f: f.write(f"step {step}\n".encode()))
@@ -195,7 +192,7 @@ def load_checkpoint(
     path = Path(path)
     if not is_complete(path):
         raise ResumeError(f"{path} is not a complete checkpoint (no {COMPLETE_MARKER} marker)")
-    state_file = path / f"trainer_state_rank{_rank()}.pt"
+    state_file = path / f"trainer_state_rank{process_rank()}.pt"
     if not state_file.is_file():
         # Written by fewer ranks than this run has. Step, schedule and data position are the same
         # on every rank, and every rank seeds its RNGs alike, so rank 0's state serves any rank.
