@@ -9,6 +9,11 @@
 # "tests baseline ours noac vlm"); SUITE_SEQS the text sizes (BASE_SEQS, NOAC_SEQS per part);
 # SUITE_TESTS the pytest selection (default tests/gpu); T_<part> a part's time limit in seconds;
 # SUITE_QUICK=1 runs fewer steps.
+#
+# Triton's autotuning (fla's kernels) and Inductor's compiles take minutes on a fresh machine, so
+# both caches live in .gpu_cache/ (autotune results included: TRITON_CACHE_AUTOTUNING=1), which a
+# later run on the same machine reuses. To reuse them on a fresh machine, the run leaves them in
+# $OUT/gpu_cache.tgz; put that file at .gpu_cache.tgz in the checkout and it is unpacked first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_suite_out}
@@ -26,6 +31,11 @@ fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
 export PYTHONUNBUFFERED=1
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
+
+CACHE=$PWD/.gpu_cache
+if [ -f .gpu_cache.tgz ] && [ ! -d "$CACHE" ]; then mkdir -p "$CACHE" && tar xzf .gpu_cache.tgz -C "$CACHE"; fi
+mkdir -p "$CACHE"
+export TRITON_CACHE_DIR=$CACHE/triton TORCHINDUCTOR_CACHE_DIR=$CACHE/inductor TRITON_CACHE_AUTOTUNING=1
 
 seq_args() { for s in $1; do printf -- "--seq %s " "$s"; done; }
 
@@ -48,9 +58,9 @@ run_part() {
       timeout "$(t baseline 300)" python3 benchmarks/hf_baseline.py --seq ${BASE_SEQS:-$SEQS} --steps $STEPS --warmup $WARMUP \
         --json "$OUT/baseline.json" 2>&1 | grep -v "^\s*$" | tail -60 ;;
     ours)
-      echo "== ours: fast ops, compile, full activation checkpointing (memory capped to an 80 GB H100's 79 GiB)"
+      echo "== ours: fast ops, compile, full activation checkpointing (memory capped to 78 GiB, what an 80 GB H100 leaves a process)"
       timeout "$(t ours 360)" python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast $(seq_args "$SEQS") --steps $STEPS \
-        --warmup $WARMUP --memory-cap-gib 79 --label "ours, full AC" --json "$OUT/ours_full_ac.json" 2>&1 | tail -80
+        --warmup $WARMUP --memory-cap-gib 78 --label "ours, full AC" --json "$OUT/ours_full_ac.json" 2>&1 | tail -80
       if [ ! -f "$OUT/ours_full_ac.json" ]; then
         echo "== ours, compile failed or timed out: eager fast ops, full activation checkpointing"
         timeout "$(t eager 200)" python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast \
@@ -67,7 +77,17 @@ run_part() {
         --steps $STEPS --warmup $WARMUP --label "ours VLM, full AC" --json "$OUT/ours_vlm.json" 2>&1 | tail -40 ;;
   esac
 }
-for part in $PARTS; do run_part "$part"; done
+for part in $PARTS; do
+  start=$SECONDS
+  run_part "$part"
+  echo "== $part took $((SECONDS - start)) s" | tee -a "$OUT/timing.txt"
+done
+# The caches, for a later run on a fresh machine (only if they fit what a run may send back: 16 MiB).
+tar czf "$OUT/gpu_cache.tgz" -C "$CACHE" . 2>/dev/null
+if [ "$(stat -c %s "$OUT/gpu_cache.tgz" 2>/dev/null || echo 0)" -gt $((16 * 2**20)) ]; then
+  tar czf "$OUT/gpu_cache.tgz" -C "$CACHE" triton 2>/dev/null
+  [ "$(stat -c %s "$OUT/gpu_cache.tgz")" -gt $((16 * 2**20)) ] && rm -f "$OUT/gpu_cache.tgz"
+fi
 
 echo "== comparison (same run, same card)"
 cat "$OUT/env.txt" | head -3
@@ -76,4 +96,5 @@ if [ -f "$OUT/baseline.json" ]; then
 else
   for f in "$OUT"/ours_*.json; do [ -f "$f" ] && python3 -m assembler.bench.report "$f"; done
 fi
-[ -f "$OUT/tests.log" ] && tail -3 "$OUT/tests.log"
+[ -f "$OUT/tests.log" ] && grep -E "passed|failed|error" "$OUT/tests.log" | tail -3
+cat "$OUT/timing.txt"

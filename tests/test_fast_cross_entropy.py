@@ -11,7 +11,7 @@ from blocks.ops import fast_cross_entropy, hf_cross_entropy
 @pytest.mark.parametrize("num_items", [None, 37, torch.tensor(41)])
 def test_chunked_cross_entropy_matches_full_logits(num_items, monkeypatch):
     vocab, tokens, hidden_size = 300, 50, 16
-    monkeypatch.setattr(fast_cross_entropy, "CHUNK_LOGITS_BYTES", 4 * vocab * 13)  # 13-token chunks: 4 of them
+    monkeypatch.setattr(fast_cross_entropy, "CHUNK_LOGITS_BYTES", 4 * vocab * 13)  # 13-token chunks of fp32 logits: 4 of them
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(tokens, hidden_size, generator=generator, dtype=torch.float32).requires_grad_()
     weight = (0.3 * torch.randn(vocab, hidden_size, generator=generator, dtype=torch.float32)).requires_grad_()

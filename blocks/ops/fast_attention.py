@@ -6,6 +6,11 @@ backward, so a compiled layer keeps one graph). Text layers run causal, vision b
 `ctx.cu_seqlens` keeps every document (image) to itself. GQA runs natively where the kernel takes
 fewer key/value heads than query heads; on torch 2.11, whose `varlen_attn` has no `enable_gqa`, the
 key/value heads are repeated first (kv head h serves query heads h·G .. h·G + G - 1).
+
+When every row is one document (an unpacked batch, the benchmark's one sequence per step), there is
+no boundary to keep and PyTorch's `scaled_dot_product_attention` runs instead: it picks cuDNN's or
+FlashAttention's fused kernel and takes GQA natively, which on an H200 at Qwen3.5-4B's shapes was
+faster than the varlen kernel fed repeated key/value heads (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ def attention(
     num_kv_heads = k.shape[2]
     if num_kv_heads == 0 or num_heads % num_kv_heads:
         raise ValueError(f"attention: {num_heads} query heads is not a multiple of {num_kv_heads} key/value heads")
+    if ctx.num_documents == batch and _flash_attn_varlen is None:  # documents never span rows: one per row
+        return _dense_attention(q, k, v, scale=scale, causal=causal)
     q = q.reshape(batch * seq_len, num_heads, head_dim)
     k = k.reshape(batch * seq_len, num_kv_heads, head_dim)
     v = v.reshape(batch * seq_len, num_kv_heads, head_dim)
@@ -56,6 +63,15 @@ def attention(
             scale=scale, window_size=CAUSAL_WINDOW if causal else FULL_WINDOW, **extra,
         )
     return out.reshape(batch, seq_len, num_heads, head_dim)
+
+
+def _dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, causal: bool) -> torch.Tensor:
+    """Attention over whole rows. q: [B, T, Hq, D], k/v: [B, T, Hkv, D] -> [B, T, Hq, D]."""
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+        is_causal=causal, scale=scale, enable_gqa=k.shape[2] != q.shape[2],
+    )
+    return out.transpose(1, 2)
 
 
 def _load_flash_attn_varlen():  # noqa: ANN202

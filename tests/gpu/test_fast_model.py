@@ -86,13 +86,18 @@ def test_compiled_checkpointed_fast_backend_matches_hf_backend():
 
 
 def test_packed_documents_stay_apart_on_the_fast_path():
-    (_, _), (spec, model) = _pair("qwen3_5_tiny.yaml", [], dtype=torch.float32)
+    """The second document's logits do not depend on what the first one holds (bf16: FlashAttention
+    takes no fp32, so both sides run the same kernels on the same layout and only the first
+    document's tokens differ)."""
+    (_, _), (spec, model) = _pair("qwen3_5_tiny.yaml", [])
     vocab = spec.model["text"]["vocab_size"]
-    first, second = _batch(vocab, [150], seed=1), _batch(vocab, [106], seed=2)
-    packed_ids = torch.cat([first["input_ids"], second["input_ids"]], dim=1)
+    first, other_first, second = (_batch(vocab, [n], seed=s)["input_ids"] for n, s in ((150, 1), (150, 3), (106, 2)))
+    two_documents = PackingContext.from_document_lengths([[150, 106]]).to(CUDA)
+    one_document = PackingContext.from_document_lengths([[256]]).to(CUDA)
     with torch.no_grad():
-        alone = model(second["input_ids"], packing=second["packing"]).logits
-        packed = model(packed_ids, packing=PackingContext.from_document_lengths([[150, 106]]).to(CUDA)).logits
-        leaky = model(packed_ids, packing=PackingContext.from_document_lengths([[256]]).to(CUDA)).logits
-    torch.testing.assert_close(packed[:, 150:], alone, rtol=1e-4, atol=1e-4)
-    assert not torch.allclose(leaky[:, 150:], alone, rtol=1e-2, atol=1e-2)  # the check can fail
+        packed = model(torch.cat([first, second], dim=1), packing=two_documents).logits[:, 150:]
+        packed_other = model(torch.cat([other_first, second], dim=1), packing=two_documents).logits[:, 150:]
+        leaky = model(torch.cat([first, second], dim=1), packing=one_document).logits[:, 150:]
+        leaky_other = model(torch.cat([other_first, second], dim=1), packing=one_document).logits[:, 150:]
+    torch.testing.assert_close(packed, packed_other, rtol=1e-3, atol=1e-3)
+    assert not torch.allclose(leaky, leaky_other, rtol=1e-2, atol=1e-2)  # the check can fail
