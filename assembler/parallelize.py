@@ -4,6 +4,12 @@ Order (ARCHITECTURE.md): activation checkpointing → `torch.compile` per block 
 `fully_shard` per decoder layer, per vision block, embeddings, root. A "block" is one text decoder
 layer (type `linear` or `full`) or one vision block (type `vision`).
 
+`activation_checkpointing.placement: around_compile` swaps the first two: an eager non-reentrant
+checkpoint around the compiled forward. Its saved-tensor hooks drop whatever the compiled graph
+saves, so exactly the block's inputs stay alive, whatever AOTAutograd's partitioner would have
+chosen to save inside a traced checkpoint (on an H200 the fast backend's full-AC peak grew by
+~1 MiB per token with the default order, where the inputs alone are 0.16: BENCHMARKS.md).
+
 Checkpointing and compile replace a block's `forward` with a wrapper on the instance rather than
 wrapping the module in another one, so parameter names stay the HF checkpoint's
 (`model.language_model.layers.3.self_attn.q_proj.weight`, no `_checkpoint_wrapped_module.` or
@@ -75,10 +81,12 @@ def parallelize(model: nn.Module, spec: Spec, *, mesh: "dist.device_mesh.DeviceM
     nested_fp32_units = mesh is not None and param_dtype != torch.float32 and bool(fp32_names)
 
     blocks = list(iter_blocks(model))
-    checkpointed = blocks_to_checkpoint(blocks, policy.get("activation_checkpointing", {}))
+    ac_spec = policy.get("activation_checkpointing", {})
+    checkpointed = blocks_to_checkpoint(blocks, ac_spec)
+    checkpoint_around_compile = ac_spec.get("placement", "inside_compile") == "around_compile"
     for name, block, block_type in blocks:
         record = BlockPolicy(name=name, block_type=block_type)
-        if name in checkpointed:
+        if name in checkpointed and not checkpoint_around_compile:
             apply_activation_checkpointing(block)
             record.checkpointed = True
         compile_policy = policy.get("compile", {}).get(block_type, {})
@@ -92,6 +100,9 @@ def parallelize(model: nn.Module, spec: Spec, *, mesh: "dist.device_mesh.DeviceM
                 fullgraph = False
             apply_compile(block, fullgraph=fullgraph)
             record.compiled, record.fullgraph = True, fullgraph
+        if name in checkpointed and checkpoint_around_compile:
+            apply_activation_checkpointing(block)
+            record.checkpointed = True
         block.parallel_policy = record
 
     if mesh is not None:

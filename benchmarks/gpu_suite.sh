@@ -6,7 +6,7 @@
 # Needs wheels in .whl/: fla (../shared/gpu/wheels.sh) and, absent from the GPU image, jsonschema with
 # attrs, jsonschema-specifications, referencing and rpds-py (cp312 manylinux). Writes logs and JSON
 # rows into $OUT (default ./gpu_suite_out). SUITE_PARTS picks the parts and their order (default
-# "tests baseline ours noac vlm"); SUITE_SEQS the text sizes (BASE_SEQS, NOAC_SEQS per part);
+# "tests baseline ours acaround noac vlm"); SUITE_SEQS the text sizes (BASE_SEQS, NOAC_SEQS per part);
 # SUITE_TESTS the pytest selection (default tests/gpu); T_<part> a part's time limit in seconds;
 # SUITE_QUICK=1 runs fewer steps.
 #
@@ -19,7 +19,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_suite_out}
 mkdir -p "$OUT"
-PARTS=${SUITE_PARTS:-"tests baseline ours noac vlm"}
+PARTS=${SUITE_PARTS:-"tests baseline ours acaround noac vlm"}
 SEQS=${SUITE_SEQS:-"4096 8192 16384 32768"}
 STEPS=5; WARMUP=2
 [ "${SUITE_QUICK:-0}" = 1 ] && STEPS=3 && WARMUP=2
@@ -67,6 +67,11 @@ run_part() {
           -o "parallel.compile={linear: {enabled: false}, full: {enabled: false}, vision: {enabled: false}}" \
           --seq 8192 --seq 16384 --steps $STEPS --warmup $WARMUP --label "ours eager, full AC" --json "$OUT/ours_eager.json" 2>&1 | tail -60
       fi ;;
+    acaround)
+      echo "== ours: fast ops, compile, full activation checkpointing placed around the compiled blocks (78 GiB cap)"
+      timeout "$(t acaround 300)" python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast \
+        -o parallel.activation_checkpointing.placement=around_compile $(seq_args "$SEQS") --steps $STEPS --warmup $WARMUP \
+        --memory-cap-gib 78 --label "ours, full AC around compile" --json "$OUT/ours_ac_around.json" 2>&1 | tail -60 ;;
     noac)
       echo "== ours: fast ops, compile, no activation checkpointing"
       timeout "$(t noac 300)" python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast -o parallel.activation_checkpointing.mode=none \

@@ -69,9 +69,10 @@ def test_fast_backend_matches_hf_backend(spec_file, overrides, lengths):
     _assert_close(_loss_and_grads(fast_model, batch), _loss_and_grads(hf_model, batch))
 
 
-def test_compiled_checkpointed_fast_backend_matches_hf_backend():
+@pytest.mark.parametrize("placement", ["inside_compile", "around_compile"])
+def test_compiled_checkpointed_fast_backend_matches_hf_backend(placement):
     compile_both = [
-        "parallel.activation_checkpointing.mode=full",
+        f"parallel.activation_checkpointing={{mode: full, placement: {placement}}}",
         "parallel.compile.linear={enabled: true, fullgraph: true}",
         "parallel.compile.full={enabled: true, fullgraph: true}",
     ]
