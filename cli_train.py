@@ -27,9 +27,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Run folder (default: train.output_dir, else runs/<spec name>).")
 def train_command(spec: Path, overrides: tuple[str, ...], resume: Path | None, output_dir: Path | None) -> None:
     """Train the model SPEC describes: checkpoints, metrics and an HF export go to the run folder."""
-    import torch.distributed as dist
-
-    from assembler import load_spec
+    from assembler import distributed, load_spec
     from assembler.train.loop import train
 
     errors = user_error_types()
@@ -38,13 +36,16 @@ def train_command(spec: Path, overrides: tuple[str, ...], resume: Path | None, o
         loaded = load_spec(spec, list(overrides))
         result = train(loaded, output_dir=output_dir, resume=resume)
     except errors as error:
-        for line in str(error).splitlines() or [type(error).__name__]:
-            click.echo(f"error: {line}", err=True)
+        # Every rank hits the same user error (ranks read the same spec and data, and rank 0's
+        # verdicts are shared), so one copy is enough. `except` runs before `finally`, so the
+        # process group is still there to ask; before it exists, torchrun's RANK answers.
+        if distributed.launch_rank() == 0:
+            for line in str(error).splitlines() or [type(error).__name__]:
+                click.echo(f"error: {line}", err=True)
         sys.exit(USER_ERROR_EXIT_CODE)
     finally:
-        is_main = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        is_main = distributed.launch_rank() == 0  # before teardown: afterwards every rank reads as 0
+        distributed.teardown()
     if is_main:
         final = f", final loss {result.losses[max(result.losses)]:.4f}" if result.losses else ""
         click.echo(f"done in {time.monotonic() - start:.0f} s{final}: {result.run_dir}")

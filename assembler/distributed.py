@@ -48,6 +48,42 @@ def launched_by_torchrun() -> bool:
     return all(name in os.environ for name in TORCHRUN_ENV)
 
 
+def launch_rank() -> int:
+    """This process's rank, also before the process group is joined (or after a failed start):
+    the process group's when there is one, else torchrun's RANK, else 0 (a plain process).
+
+    For choosing the one process that speaks, e.g. which rank prints a user error that every rank
+    hit while reading the spec, before `init_world` ran."""
+    if not (dist.is_available() and dist.is_initialized()) and launched_by_torchrun():
+        return int(os.environ["RANK"])
+    return process_rank()
+
+
+def is_distributed_run() -> bool:
+    """A process group with more than one rank: collectives are needed to agree with the others."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def barrier() -> None:
+    """Wait for every rank of the default process group; a no-op for a single process."""
+    if is_distributed_run():
+        dist.barrier()
+
+
+def raise_on_every_rank(failure: str | None, error: type[Exception]) -> None:
+    """Raise `error(failure)` on every rank when rank 0's `failure` is a message (None: go on).
+
+    Rank 0 checks something alone (say, the output folder) and every rank must stop together, so
+    none is left waiting in a later collective. Every rank must call this; only rank 0's `failure`
+    counts."""
+    if is_distributed_run():
+        box = [failure]
+        dist.broadcast_object_list(box, src=0)
+        failure = box[0]
+    if failure is not None:
+        raise error(failure)
+
+
 def init_world() -> World:
     """Join torchrun's process group when launched by it (any world size, 1 included: the model is
     then sharded like any other); otherwise a single process on cuda:0 or the CPU."""

@@ -24,11 +24,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import save_file
 from torch import nn
 
-from assembler.distributed import process_rank
+from assembler.distributed import barrier, process_rank, raise_on_every_rank
 from assembler.durable_files import fsync_dir, fsync_file
 from assembler.hf_checkpoint.dtype_policy import EXPORT_DTYPE, TIED_HEAD_KEY, export_dtype, is_written
 from assembler.hf_checkpoint.errors import CheckpointError
@@ -86,7 +85,7 @@ def save_hf_checkpoint(
             config = _config_json(spec, dtype, extras)
         except CheckpointError as err:
             failure = str(err)
-    _raise_on_every_rank(failure)
+    raise_on_every_rank(failure, CheckpointError)
 
     sizes = [(entry.name, entry.tensor.numel() * export_dtype(entry.name, dtype).itemsize) for entry in entries]
     sizes += [(extra.name, extra.nbytes) for extra in extras.entries]
@@ -95,7 +94,7 @@ def save_hf_checkpoint(
     if not is_writer:
         for _ in tensors:  # take part in every all-gather, hold nothing
             pass
-        _barrier()
+        barrier()
         return out_dir
 
     partial = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
@@ -125,7 +124,7 @@ def save_hf_checkpoint(
         shutil.rmtree(partial, ignore_errors=True)
         raise
     finally:
-        _barrier()
+        barrier()
     return out_dir
 
 
@@ -251,21 +250,3 @@ def _copy_source_files(source_dir: Path, partial: Path) -> None:
 def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
     fsync_file(path)
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _barrier() -> None:
-    if _distributed():
-        dist.barrier()
-
-
-def _raise_on_every_rank(failure: str | None) -> None:
-    if _distributed():
-        box = [failure]
-        dist.broadcast_object_list(box, src=0)
-        failure = box[0]
-    if failure is not None:
-        raise CheckpointError(failure)
