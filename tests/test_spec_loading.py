@@ -26,8 +26,8 @@ def test_flagship_is_complete_after_defaults():
     assert spec.data["packing"]["overlong"] == "truncate" and spec.data["sources"] == []
     assert spec.ops == {"backend": "hf", "overrides": {}}
     assert spec.model["text"]["mixers"]["full"]["qk_norm"] is True
-    # what the file says wins over the defaults
-    assert spec.parallel["activation_checkpointing"] == {"mode": "full"}
+    # what the file says wins over the defaults; the fields it leaves out still get theirs
+    assert spec.parallel["activation_checkpointing"] == {"mode": "full", "placement": "inside_compile"}
     assert spec.parallel["fsdp"]["param_dtype"] == "bfloat16"
 
 
