@@ -16,18 +16,20 @@ import click
 @click.option("--images", default=None, metavar="COUNTxHxW",
               help="Put COUNT images of H x W pixels in every step (a VLM row, e.g. 4x448x448); default: text only.")
 @click.option("--profile/--no-profile", default=True, show_default=True, help="Profile one more step for the per-op breakdown.")
+@click.option("--memory-peak", is_flag=True,
+              help="Run one more step recording every allocation: what is alive at the memory peak, by source line.")
 @click.option("--label", default=None, help="Name of these rows in the table.")
 @click.option("--memory-cap-gib", type=float, default=None,
               help="Cap this process's GPU memory (e.g. 79 to check a run fits an 80 GB H100 on a bigger card).")
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Also write the rows as JSON.")
 def bench_command(spec_path: str, overrides: tuple[str, ...], seq_lens: tuple[int, ...], steps: int, warmup: int,
-                  images: str | None, profile: bool, label: str | None, memory_cap_gib: float | None,
+                  images: str | None, profile: bool, memory_peak: bool, label: str | None, memory_cap_gib: float | None,
                   json_path: str | None) -> None:
     """Benchmark training steps of SPEC's model (random init, bf16, fused AdamW) on this GPU."""
     import logging
 
     from assembler import load_spec
-    from assembler.bench.report import format_breakdown, format_rows, save
+    from assembler.bench.report import format_breakdown, format_memory_peak, format_rows, save
     from assembler.bench.run import bench_spec
     from assembler.bench.workload import ImageSpec
     from assembler.spec_errors import UserError
@@ -41,7 +43,7 @@ def bench_command(spec_path: str, overrides: tuple[str, ...], seq_lens: tuple[in
     except ValueError as error:
         raise UserError(str(error)) from None
     results = bench_spec(spec, list(seq_lens), steps=steps, warmup=warmup, images=image_spec, profile=profile,
-                         label=label, memory_cap_gib=memory_cap_gib,
+                         memory_peak=memory_peak, label=label, memory_cap_gib=memory_cap_gib,
                          on_result=(lambda rows: save(rows, json_path)) if json_path else None)
     import torch
 
@@ -50,6 +52,8 @@ def bench_command(spec_path: str, overrides: tuple[str, ...], seq_lens: tuple[in
     for result in results:
         if result.breakdown:
             click.echo(format_breakdown(result))
+        if result.memory_peak:
+            click.echo(format_memory_peak(result))
 
 
 if __name__ == "__main__":

@@ -56,11 +56,11 @@ run_part() {
     baseline)
       echo "== transformers baseline"
       timeout "$(t baseline 300)" python3 benchmarks/hf_baseline.py --seq ${BASE_SEQS:-$SEQS} --steps $STEPS --warmup $WARMUP \
-        --json "$OUT/baseline.json" 2>&1 | grep -v "^\s*$" | tail -60 ;;
+        --memory-peak --json "$OUT/baseline.json" 2>&1 | grep -v "^\s*$" | tail -60 ;;
     ours)
       echo "== ours: fast ops, compile, full activation checkpointing (memory capped to 78 GiB, what an 80 GB H100 leaves a process)"
       timeout "$(t ours 360)" python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast $(seq_args "$SEQS") --steps $STEPS \
-        --warmup $WARMUP --memory-cap-gib 78 --label "ours, full AC" --json "$OUT/ours_full_ac.json" 2>&1 | tail -80
+        --warmup $WARMUP --memory-cap-gib 78 --memory-peak --label "ours, full AC" --json "$OUT/ours_full_ac.json" 2>&1 | tail -80
       if [ ! -f "$OUT/ours_full_ac.json" ]; then
         echo "== ours, compile failed or timed out: eager fast ops, full activation checkpointing"
         timeout "$(t eager 200)" python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast \
@@ -71,7 +71,7 @@ run_part() {
       echo "== ours: fast ops, compile, full activation checkpointing placed around the compiled blocks (78 GiB cap)"
       timeout "$(t acaround 300)" python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast \
         -o parallel.activation_checkpointing.placement=around_compile $(seq_args "$SEQS") --steps $STEPS --warmup $WARMUP \
-        --memory-cap-gib 78 --label "ours, full AC around compile" --json "$OUT/ours_ac_around.json" 2>&1 | tail -60 ;;
+        --memory-cap-gib 78 --memory-peak --label "ours, full AC around compile" --json "$OUT/ours_ac_around.json" 2>&1 | tail -60 ;;
     noac)
       echo "== ours: fast ops, compile, no activation checkpointing"
       timeout "$(t noac 300)" python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast -o parallel.activation_checkpointing.mode=none \
@@ -91,7 +91,7 @@ done
 echo "== comparison (same run, same card)"
 cat "$OUT/env.txt" | head -3
 if [ -f "$OUT/baseline.json" ]; then
-  python3 -m assembler.bench.report "$OUT/baseline.json" $(ls "$OUT"/ours_*.json 2>/dev/null)
+  python3 -m assembler.bench.report "$OUT/baseline.json" $(ls "$OUT"/ours_*.json 2>/dev/null) --memory-at 16384
 else
   for f in "$OUT"/ours_*.json; do [ -f "$f" ] && python3 -m assembler.bench.report "$f"; done
 fi

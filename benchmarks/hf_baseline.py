@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from assembler import hf_config_from_spec, load_spec  # noqa: E402
 from assembler.bench.measure import measure_training_step  # noqa: E402
-from assembler.bench.report import format_breakdown, format_rows, save  # noqa: E402
+from assembler.bench.report import format_breakdown, format_memory_peak, format_rows, save  # noqa: E402
 from assembler.bench.workload import TEXT_TOKEN_RANGE, training_flops  # noqa: E402
 from assembler.train.metrics import matmul_parameter_count  # noqa: E402
 
@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--memory-peak", action="store_true", help="one more step: what is alive at the memory peak, by site")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -72,8 +73,11 @@ def main() -> None:
         generator = torch.Generator().manual_seed(0)
         input_ids = torch.randint(0, TEXT_TOKEN_RANGE, (1, seq_len), generator=generator).cuda()
 
-        def step(input_ids: torch.Tensor = input_ids) -> None:
-            model(input_ids=input_ids, labels=input_ids).loss.backward()
+        def step(mark=lambda phase: None, input_ids: torch.Tensor = input_ids) -> None:  # noqa: ANN001 (measure.py)
+            loss = model(input_ids=input_ids, labels=input_ids).loss
+            mark("backward")
+            loss.backward()
+            mark("optimizer")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
@@ -81,7 +85,7 @@ def main() -> None:
             step, label="transformers baseline", tokens_per_step=seq_len,
             flops_per_step=training_flops(n_matmul, spec.model["text"], seq_len),
             steps=args.steps, warmup=args.warmup, profile=not args.no_profile,
-            cleanup=lambda: optimizer.zero_grad(set_to_none=True),
+            memory_peak=args.memory_peak, cleanup=lambda: optimizer.zero_grad(set_to_none=True),
         ))
         print(format_rows(results[-1:]), flush=True)
         if args.json:
@@ -91,6 +95,8 @@ def main() -> None:
     for result in results:
         if result.breakdown:
             print(format_breakdown(result))
+        if result.memory_peak:
+            print(format_memory_peak(result))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,13 @@
 
 Warm-up steps first (compile, autotuning, optimizer state), then `steps` timed steps between two
 device synchronisations; the peak is the allocator's peak over the timed steps; one more step
-runs under the profiler for the per-op breakdown. Benchmarks print numbers, tests never assert
-on them.
+runs under the profiler for the per-op breakdown, and, when asked, one more with the allocator's
+history on, for what is alive at the memory peak (`memory_peak.py`). Benchmarks print numbers,
+tests never assert on them.
+
+A step is `step(mark=...)`: it calls `mark("backward")` before its backward and
+`mark("optimizer")` before its optimizer step, so the memory report can say in which phase the
+peak falls (the timed steps pass a no-op).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Callable
 import torch
 
 from assembler.bench.breakdown import kernel_breakdown
+from assembler.bench.memory_peak import MemoryPeak, record_memory_peak
 
 # Dense bf16 peak of H100 SXM and H200 (ARCHITECTURE.md, Measuring).
 PEAK_FLOPS = 989e12
@@ -34,6 +40,7 @@ class Measurement:
     peak_gib: float | None = None
     breakdown: list[tuple[str, float]] = field(default_factory=list)  # (op category, ms per step)
     top_kernels: list[tuple[str, float]] = field(default_factory=list)  # (kernel name, ms per step)
+    memory_peak: MemoryPeak | None = None  # what is alive at the peak, by allocation site
     error: str | None = None
 
     def to_dict(self) -> dict:
@@ -41,7 +48,7 @@ class Measurement:
 
 
 def measure_training_step(
-    step: Callable[[], None],
+    step: Callable[..., None],
     *,
     label: str,
     tokens_per_step: int,
@@ -49,9 +56,10 @@ def measure_training_step(
     steps: int = 5,
     warmup: int = 2,
     profile: bool = True,
+    memory_peak: bool = False,
     cleanup: Callable[[], None] | None = None,
 ) -> Measurement:
-    """Run `step` warmup + steps (+1 profiled) times on the current CUDA device and measure it.
+    """Run `step` warmup + steps (+1 profiled, +1 memory-recorded) times on the current CUDA device and measure it.
 
     An out-of-memory step gives a Measurement with error="OOM" (after `cleanup`, which should drop
     gradients) instead of raising, so one size too big does not end a benchmark table.
@@ -74,6 +82,8 @@ def measure_training_step(
         result.peak_gib = torch.cuda.max_memory_allocated() / 2**30
         if profile:
             result.breakdown, result.top_kernels = kernel_breakdown(step)
+        if memory_peak:
+            result.memory_peak = record_memory_peak(step)
     except torch.OutOfMemoryError:
         result.error = "OOM"
     finally:

@@ -1,7 +1,7 @@
 """Benchmark tables: one row per measurement, a baseline comparison, and per-op breakdowns.
 
-`python -m assembler.bench.report BASELINE.json OURS.json ...` prints the comparison of JSON files
-written by `assemble bench --json` and benchmarks/hf_baseline.py --json.
+`python -m assembler.bench.report BASELINE.json OURS.json ... [--memory-at 16384]` prints the
+comparison of JSON files written by `assemble bench --json` and benchmarks/hf_baseline.py --json.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from assembler.bench.measure import Measurement
+from assembler.bench.memory_peak import MemoryPeak
 
 
 def format_rows(results: list[Measurement]) -> str:
@@ -33,6 +34,16 @@ def format_breakdown(result: Measurement) -> str:
     lines += [f"  {category:<34} {ms:>9.1f} ms {ms / total:>6.1%}" for category, ms in result.breakdown]
     lines.append("  top kernels:")
     lines += [f"    {ms:>8.1f} ms  {name}" for name, ms in result.top_kernels]
+    return "\n".join(lines)
+
+
+def format_memory_peak(result: Measurement) -> str:
+    peak = result.memory_peak
+    if peak is None:
+        return ""
+    lines = [f"alive at the memory peak, {result.label} @ {result.tokens_per_step:,} tokens "
+             f"({peak.peak_gib:.1f} GiB, during the {peak.phase}):"]
+    lines += [f"  {gib:>7.2f} GiB  {site}" for site, gib in peak.sites]
     return "\n".join(lines)
 
 
@@ -64,7 +75,14 @@ def comparison_table(baseline: list[Measurement], ours: list[Measurement]) -> st
 def load(path: str | Path) -> list[Measurement]:
     rows = json.loads(Path(path).read_text())
     return [Measurement(**{**row, "breakdown": [tuple(x) for x in row["breakdown"]],
-                           "top_kernels": [tuple(x) for x in row["top_kernels"]]}) for row in rows]
+                           "top_kernels": [tuple(x) for x in row["top_kernels"]],
+                           "memory_peak": _memory_peak(row.get("memory_peak"))}) for row in rows]
+
+
+def _memory_peak(saved: dict | None) -> MemoryPeak | None:
+    if saved is None:
+        return None
+    return MemoryPeak(**{**saved, "sites": [tuple(site) for site in saved["sites"]]})
 
 
 def save(results: list[Measurement], path: str | Path) -> None:
@@ -72,13 +90,22 @@ def save(results: list[Measurement], path: str | Path) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if not argv:
-        raise SystemExit("usage: python -m assembler.bench.report BASELINE.json [OURS.json ...]")
-    baseline = load(argv[0])
-    ours = [r for path in argv[1:] for r in load(path)]
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m assembler.bench.report", description="Compare benchmark JSON files.")
+    parser.add_argument("baseline", help="rows of benchmarks/hf_baseline.py --json (or any one run)")
+    parser.add_argument("ours", nargs="*", help="rows of assemble bench --json")
+    parser.add_argument("--memory-at", type=int, default=None, metavar="TOKENS",
+                        help="also print what is alive at the memory peak of every row of this size (--memory-peak runs)")
+    args = parser.parse_args(argv)
+    baseline = load(args.baseline)
+    ours = [r for path in args.ours for r in load(path)]
     devices = sorted({r.device for r in baseline + ours if r.device})
     print(f"device: {', '.join(devices)}")
     print(comparison_table(baseline, ours))
+    for row in baseline + ours:
+        if row.tokens_per_step == args.memory_at and row.memory_peak is not None:
+            print(format_memory_peak(row))
 
 
 if __name__ == "__main__":

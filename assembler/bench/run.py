@@ -31,6 +31,7 @@ def bench_spec(
     warmup: int = 2,
     images: ImageSpec | None = None,
     profile: bool = True,
+    memory_peak: bool = False,
     label: str | None = None,
     memory_cap_gib: float | None = None,
     on_result: "Callable[[list[Measurement]], None] | None" = None,
@@ -73,14 +74,17 @@ def bench_spec(
         else:
             batch, flops, row_label = text_batch(seq_len, device), training_flops(n_text, text_spec, seq_len), label
 
-        def step(batch: dict = batch) -> None:
-            model(**batch).loss.backward()
+        def step(mark: Callable[[str], None] = lambda phase: None, batch: dict = batch) -> None:
+            loss = model(**batch).loss
+            mark("backward")
+            loss.backward()
+            mark("optimizer")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
         result = measure_training_step(
             step, label=row_label, tokens_per_step=seq_len, flops_per_step=flops, steps=steps, warmup=warmup,
-            profile=profile, cleanup=lambda: optimizer.zero_grad(set_to_none=True),
+            profile=profile, memory_peak=memory_peak, cleanup=lambda: optimizer.zero_grad(set_to_none=True),
         )
         log.info("%s @ %d: %s", row_label, seq_len, result.error or f"{result.tokens_per_s:,.0f} tokens/s")
         results.append(result)
