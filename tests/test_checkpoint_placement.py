@@ -99,3 +99,65 @@ def test_checkpoint_around_compiled_blocks_under_fsdp(single_rank_group):
     assert grads.keys() == reference_grads.keys()
     for name, grad in grads.items():
         torch.testing.assert_close(grad.full_tensor(), reference_grads[name].full_tensor(), rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _zeros_like_fake(fake):  # noqa: ANN001, ANN202
+    """A CPU stand-in for an fla kernel: the op's fake (shape) implementation, filled with zeros."""
+
+    def kernel(*args):  # noqa: ANN002, ANN202
+        outputs = fake(*args)
+        return tuple(t.zero_() for t in outputs) if isinstance(outputs, tuple) else outputs.zero_()
+
+    return kernel
+
+
+@pytest.fixture
+def fla_kernels_on_cpu():
+    """The fast backend's custom ops with CPU kernels (zeros of the right shapes), for this test only."""
+    import blocks.ops.fast_conv1d as conv1d
+    import blocks.ops.fast_delta_rule as delta_rule
+
+    with torch.library._scoped_library("assemble", "IMPL") as library:
+        library.impl("gated_delta_rule_fwd", _zeros_like_fake(delta_rule._gated_delta_rule_fwd_fake), "CPU")
+        library.impl("causal_conv1d_fwd", _zeros_like_fake(conv1d._causal_conv1d_fwd_fake), "CPU")
+        yield
+
+
+def test_checkpoint_inside_compiled_fast_block_keeps_only_inputs(fla_kernels_on_cpu):
+    """The default placement with the fast ops' structure (custom ops inside autograd.Functions,
+    SDPA, fullgraph): AOTAutograd's partitioner recomputes everything and keeps only each block's
+    inputs, as the eager checkpoint around the compiled block does. (Parameters, which the
+    compiled graph also saves, cost nothing and are not counted.) Forward only: the stand-in
+    kernels have no backward."""
+    spec = load_spec(TINY, [
+        "ops.backend=fast", "parallel.compile.linear={enabled: true, fullgraph: true}",
+        "parallel.compile.full={enabled: true, fullgraph: true}", "parallel.activation_checkpointing.mode=full",
+    ])
+    spec = dataclasses.replace(spec, model={**spec.model, "vision": None})
+    model = build_model(spec, seed=0, dtype=torch.bfloat16)
+    parallelize(model, spec)
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    ids = torch.randint(0, 1000, (1, 256), generator=torch.Generator().manual_seed(0))
+    tokens = ids.shape[1]
+
+    saved, current = {}, [None]
+
+    def pack(tensor):  # noqa: ANN001, ANN202
+        if current[0] is not None and tensor.untyped_storage().data_ptr() not in parameters and tokens in tensor.shape:
+            saved[current[0]] = saved.get(current[0], 0) + tensor.numel() * tensor.element_size()
+        return tensor
+
+    layers = model.model.language_model.layers
+    for index, layer in enumerate(layers):
+        layer.register_forward_pre_hook(lambda *_, index=index: current.__setitem__(0, index))
+        layer.register_forward_hook(lambda *_: current.__setitem__(0, None))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(ids, labels=ids)
+    # What each layer reads: its hidden-state input [1, T, H] bf16, and in full-attention layers the
+    # rotary cos and sin [1, T, rotary_dim] bf16 (from the text tower's context).
+    text = spec.model["text"]
+    head_dim = text["mixers"]["full"]["head_dim"]
+    rotary_bytes = 2 * tokens * int(head_dim * text["rope"]["partial_rotary_factor"]) * 2
+    hidden_bytes = tokens * text["hidden_size"] * 2
+    expected = {i: hidden_bytes + (rotary_bytes if layer.layer_type == "full" else 0) for i, layer in enumerate(layers)}
+    assert saved == expected
