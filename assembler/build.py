@@ -12,8 +12,9 @@ from torch import nn
 
 from assembler.initialize import initialize_weights
 from assembler.spec import Spec
+from assembler.spec_errors import UserError
 from blocks.decoder_layer import DecoderLayer
-from blocks.ops import OpTable, resolve_ops
+from blocks.ops import OpTable, chosen_backends, resolve_ops, unmet_fast_requirements
 from blocks.registry import get_block
 from blocks.rope import TextRotaryEmbedding
 from blocks.text_tower import TextTower
@@ -25,6 +26,15 @@ ZERO_CENTERED = "zero_centered"
 def resolve_spec_ops(spec: Spec) -> OpTable:
     """The op table the spec selects: `ops.backend` for all ops, then `ops.overrides` per op."""
     return resolve_ops(spec.ops["backend"], spec.ops.get("overrides") or {})
+
+
+def check_ops_can_train(spec: Spec, device_type: str) -> None:
+    """Refuse up front (UserError) a spec whose `fast` ops cannot run on `device_type` or lack fla,
+    rather than failing inside the first compiled step with a dispatcher error."""
+    chosen = chosen_backends(spec.ops["backend"], spec.ops.get("overrides") or {})
+    problems = unmet_fast_requirements(chosen, device_type)
+    if problems:
+        raise UserError(f"{spec.source or spec.name}: " + "; ".join(problems))
 
 
 def build_model(

@@ -6,9 +6,11 @@ layer (type `linear` or `full`) or one vision block (type `vision`).
 
 `activation_checkpointing.placement: around_compile` swaps the first two: an eager non-reentrant
 checkpoint around the compiled forward. Its saved-tensor hooks drop whatever the compiled graph
-saves, so exactly the block's inputs stay alive, whatever AOTAutograd's partitioner would have
-chosen to save inside a traced checkpoint (on an H200 the fast backend's full-AC peak grew by
-~1 MiB per token with the default order, where the inputs alone are 0.16: BENCHMARKS.md).
+saves, so exactly the block's inputs stay alive by construction, whatever AOTAutograd's
+partitioner would choose inside a traced checkpoint. On the CPU the two keep the same tensors
+(tests/test_checkpoint_placement.py); on an H200 the fast backend's full-AC peak grows by ~1 MiB
+per token where the inputs alone are 0.16, and BENCHMARKS.md lists what this option is to rule in
+or out.
 
 Checkpointing and compile replace a block's `forward` with a wrapper on the instance rather than
 wrapping the module in another one, so parameter names stay the HF checkpoint's

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from assembler.build import build_model
+from assembler.build import build_model, check_ops_can_train
 from assembler.distributed import World, all_reduce_sum, broadcast_from_main, init_world
 from assembler.spec import Spec
 from assembler.spec_errors import UserError
@@ -179,6 +179,7 @@ def train(
     from assembler.data import build_loader  # the data pipeline (tokenize, images, pack)
 
     world = world or init_world()
+    check_ops_can_train(spec, world.device.type)
     if world.device.type == "cpu":
         keep_freed_memory_for_reuse()
     cfg = spec.train

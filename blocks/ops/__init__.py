@@ -28,6 +28,7 @@ Every op of one name has the same signature on every backend (shapes below); blo
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass, fields
 from typing import Callable
 
@@ -67,6 +68,13 @@ def resolve_ops(backend: str = "hf", overrides: dict[str, str] | None = None) ->
 
     >>> resolve_ops("hf", {"attention": "fast"}).attention  # doctest: +SKIP
     """
+    chosen = chosen_backends(backend, overrides)
+    resolved = {name: _load(_IMPLEMENTATIONS[name][which]) for name, which in chosen.items()}
+    return OpTable(**resolved, backends=tuple(chosen.items()))
+
+
+def chosen_backends(backend: str = "hf", overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """op name -> backend: `backend` for all, then per-op `overrides`; imports nothing."""
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(OP_NAMES))
     if unknown:
@@ -75,8 +83,34 @@ def resolve_ops(backend: str = "hf", overrides: dict[str, str] | None = None) ->
     for name, which in chosen.items():
         if which not in BACKENDS:
             raise ValueError(f"op {name!r}: unknown backend {which!r}; known backends: {', '.join(BACKENDS)}")
-    resolved = {name: _load(_IMPLEMENTATIONS[name][which]) for name, which in chosen.items()}
-    return OpTable(**resolved, backends=tuple(chosen.items()))
+    return chosen
+
+
+# What the `fast` ops need beyond PyTorch to run a training step: a CUDA device (FlashAttention
+# varlen / cuDNN for packed attention, fla's Triton kernels) and fla. The fast norms and
+# cross-entropy fall back to torch math off CUDA, so they run anywhere.
+_FAST_NEEDS_CUDA = ("attention", "delta_rule", "conv1d")
+_FAST_NEEDS_FLA = ("delta_rule", "conv1d")
+
+
+def unmet_fast_requirements(chosen: dict[str, str], device_type: str) -> list[str]:
+    """Why the `fast` ops in `chosen` (from `chosen_backends`) cannot train on `device_type`: one
+    sentence per missing requirement, each saying what to do; empty when they can."""
+    fast = [name for name, which in chosen.items() if which == "fast"]
+    problems = []
+    on_cuda_only = [name for name in fast if name in _FAST_NEEDS_CUDA]
+    if on_cuda_only and device_type != "cuda":
+        problems.append(
+            f"ops {', '.join(on_cuda_only)} use the `fast` backend, which needs a CUDA GPU, and this process runs "
+            f"on {device_type}: use `-o ops.backend=hf` here (the hf ops compute the same model)"
+        )
+    need_fla = [name for name in fast if name in _FAST_NEEDS_FLA]
+    if need_fla and not problems and importlib.util.find_spec("fla") is None:  # off CUDA, fla would not help
+        problems.append(
+            f"ops {', '.join(need_fla)} use the `fast` backend, which needs flash-linear-attention (fla), not "
+            "installed here: `pip install 'assemble[gpu]'`, or `-o ops.backend=hf`"
+        )
+    return problems
 
 
 def _load(path: str) -> Callable:
