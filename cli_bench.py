@@ -9,17 +9,17 @@ import click
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=str))
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Dotted spec override, value parsed as YAML (e.g. -o ops.backend=fast).")
-@click.option("--seq", "seq_lens", multiple=True, type=int, default=(4096, 8192), show_default=True,
+@click.option("--seq", "seq_lens", multiple=True, type=click.IntRange(min=1), default=(4096, 8192), show_default=True,
               help="Tokens per step (one sequence); repeat for several rows.")
-@click.option("--steps", default=5, show_default=True, help="Timed steps per row.")
-@click.option("--warmup", default=2, show_default=True, help="Untimed steps first (compile, autotuning, optimizer state).")
+@click.option("--steps", default=5, type=click.IntRange(min=1), show_default=True, help="Timed steps per row.")
+@click.option("--warmup", default=2, type=click.IntRange(min=0), show_default=True, help="Untimed steps first (compile, autotuning, optimizer state).")
 @click.option("--images", default=None, metavar="COUNTxHxW",
               help="Put COUNT images of H x W pixels in every step (a VLM row, e.g. 4x448x448); default: text only.")
 @click.option("--profile/--no-profile", default=True, show_default=True, help="Profile one more step for the per-op breakdown.")
 @click.option("--memory-peak", is_flag=True,
               help="Run one more step recording every allocation: what is alive at the memory peak, by source line.")
 @click.option("--label", default=None, help="Name of these rows in the table.")
-@click.option("--memory-cap-gib", type=float, default=None,
+@click.option("--memory-cap-gib", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Cap this process's GPU memory (e.g. 79 to check a run fits an 80 GB H100 on a bigger card).")
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Also write the rows as JSON.")
 def bench_command(spec_path: str, overrides: tuple[str, ...], seq_lens: tuple[int, ...], steps: int, warmup: int,

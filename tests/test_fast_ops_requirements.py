@@ -1,6 +1,6 @@
-"""`fast` ops where they cannot run (no CUDA device, no fla): `assemble train` and `assemble bench`
-refuse before building anything, with what to do, and exit 2 — not a dispatcher error from inside
-the first compiled step."""
+"""`fast` ops where they cannot run (no CUDA device, no fla): `assemble train` (and `assemble bench`,
+tests/test_bench_cli.py) refuse before building anything, with what to do, and exit 2 — not a
+dispatcher error from inside the first compiled step."""
 
 from pathlib import Path
 
@@ -10,7 +10,6 @@ from click.testing import CliRunner
 
 import blocks.ops
 from blocks.ops import OP_NAMES, chosen_backends, unmet_fast_requirements
-from cli import assemble
 from cli_train import train_command
 
 TINY = Path(__file__).resolve().parents[1] / "specs" / "qwen3_5_tiny.yaml"
@@ -58,9 +57,3 @@ def test_train_with_fast_ops_on_cpu_stops_before_the_run_folder(tmp_path):
     assert "needs a CUDA GPU" in result.stderr and "-o ops.backend=hf" in result.stderr
     assert not (tmp_path / "run").exists()
 
-
-@no_cuda
-def test_bench_without_cuda_says_so():
-    result = CliRunner().invoke(assemble, ["bench", str(TINY)])
-    assert result.exit_code == 2, result.output
-    assert "no CUDA device" in result.stderr and "Traceback" not in result.output

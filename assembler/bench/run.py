@@ -82,6 +82,9 @@ def bench_spec(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
+        log.info("%s @ %d tokens: %d warm-up steps (compile and autotuning take minutes on a fresh machine), "
+                 "%d timed%s%s", row_label, seq_len, warmup, steps, ", 1 profiled" if profile else "",
+                 ", 1 recording the memory peak" if memory_peak else "")
         result = measure_training_step(
             step, label=row_label, tokens_per_step=seq_len, flops_per_step=flops, steps=steps, warmup=warmup,
             profile=profile, memory_peak=memory_peak, cleanup=lambda: optimizer.zero_grad(set_to_none=True),
