@@ -62,6 +62,8 @@ def record_memory_peak(step: Callable[[Callable[[str], None]], None], *, top: in
         _recording = False
         torch.cuda.memory._record_memory_history(None)
     trace = snapshot["device_traces"][torch.cuda.current_device()]
+    if len(trace) >= MAX_TRACE_ENTRIES:  # the ring buffer wrapped: the replay would start mid-step
+        raise RuntimeError(f"memory peak: the step made more than {MAX_TRACE_ENTRIES:,} allocator events; raise MAX_TRACE_ENTRIES")
     return peak_of_trace(trace, resident_bytes=resident, top=top)
 
 
