@@ -19,11 +19,14 @@ to 512 bytes, so it reads slightly higher.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+
+log = logging.getLogger(__name__)
 
 PHASES = ("forward", "backward", "optimizer")
 BEFORE_STEP = "allocated before the step (parameters, optimizer state)"
@@ -47,8 +50,9 @@ def mark(phase: str) -> None:
         _phase_marker(phase)
 
 
-def record_memory_peak(step: Callable[[Callable[[str], None]], None], *, top: int = 12) -> MemoryPeak:
-    """Run `step(mark)` once with the allocator's history on; the peak of that step and its sites."""
+def record_memory_peak(step: Callable[[Callable[[str], None]], None], *, top: int = 12) -> MemoryPeak | None:
+    """Run `step(mark)` once with the allocator's history on; the peak of that step and its sites
+    (None, logged, if the step outran the trace's ring buffer)."""
     torch.cuda.synchronize()
     resident = torch.cuda.memory_stats()["requested_bytes.all.current"]
     global _recording
@@ -62,8 +66,9 @@ def record_memory_peak(step: Callable[[Callable[[str], None]], None], *, top: in
         _recording = False
         torch.cuda.memory._record_memory_history(None)
     trace = snapshot["device_traces"][torch.cuda.current_device()]
-    if len(trace) >= MAX_TRACE_ENTRIES:  # the ring buffer wrapped: the replay would start mid-step
-        raise RuntimeError(f"memory peak: the step made more than {MAX_TRACE_ENTRIES:,} allocator events; raise MAX_TRACE_ENTRIES")
+    if len(trace) >= MAX_TRACE_ENTRIES:  # the ring buffer wrapped: a replay would start mid-step
+        log.warning("memory peak: the step made more than %s allocator events, no report (raise MAX_TRACE_ENTRIES)", f"{MAX_TRACE_ENTRIES:,}")
+        return None
     return peak_of_trace(trace, resident_bytes=resident, top=top)
 
 
