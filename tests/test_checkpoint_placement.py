@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from assembler import build_model, load_spec
 from assembler.parallelize import iter_blocks, parallelize
@@ -44,15 +43,23 @@ def _run(model, ids, labels):
     return sum(saved), loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_checkpoint_around_compiled_blocks_keeps_only_inputs_and_the_same_gradients():
-    spec = load_spec(TINY, [*COMPILE_TEXT, "parallel.activation_checkpointing={mode: full, placement: around_compile}"])
+@pytest.mark.parametrize("sharded", [False, True], ids=["one process", "fsdp world size 1"])
+def test_checkpoint_around_compiled_blocks_keeps_only_inputs_and_the_same_gradients(sharded, request):
+    """With FSDP2, its hooks sit on the block's __call__ and the checkpoint inside its forward: the
+    backward's recompute runs while FSDP holds the block's gathered parameters."""
+    sharding = []
+    if sharded:
+        request.getfixturevalue("single_rank_group")
+        sharding = ["parallel.fsdp.param_dtype=float32"]
+    spec = load_spec(TINY, [*COMPILE_TEXT, *sharding, "parallel.activation_checkpointing={mode: full, placement: around_compile}"])
     spec = dataclasses.replace(spec, model={**spec.model, "vision": None})
     reference_spec = dataclasses.replace(spec, parallel={**spec.parallel, "activation_checkpointing": {"mode": "none"}})
     model = build_model(spec, seed=0)
     reference = copy.deepcopy(model)
     parallelize(model, spec)
     parallelize(reference, reference_spec)
-    assert all(block.parallel_policy.checkpointed and block.parallel_policy.compiled for _, block, _ in iter_blocks(model))
+    policies = [block.parallel_policy for _, block, _ in iter_blocks(model)]
+    assert all(policy.checkpointed and policy.compiled and bool(policy.fsdp_units) == sharded for policy in policies)
 
     ids = torch.randint(0, 1000, (2, 32), generator=torch.Generator().manual_seed(0))
     labels = torch.randint(0, 1000, (2, 32), generator=torch.Generator().manual_seed(1))
@@ -65,40 +72,11 @@ def test_checkpoint_around_compiled_blocks_keeps_only_inputs_and_the_same_gradie
     torch.testing.assert_close(loss, reference_loss, rtol=1e-6, atol=1e-6)
     assert grads.keys() == reference_grads.keys()
     for name, grad in grads.items():
-        torch.testing.assert_close(grad, reference_grads[name], rtol=1e-5, atol=1e-6, msg=name)
-
-
-@pytest.fixture
-def single_rank_group():
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
-def test_checkpoint_around_compiled_blocks_under_fsdp(single_rank_group):
-    """FSDP2's hooks sit on the block's __call__, the checkpoint inside its forward: the backward's
-    recompute runs while FSDP holds the block's gathered parameters, and only the inputs stay."""
-    fsdp = ["parallel.fsdp.param_dtype=float32"]
-    spec = load_spec(TINY, [*COMPILE_TEXT, *fsdp, "parallel.activation_checkpointing={mode: full, placement: around_compile}"])
-    spec = dataclasses.replace(spec, model={**spec.model, "vision": None})
-    reference_spec = dataclasses.replace(spec, parallel={**spec.parallel, "activation_checkpointing": {"mode": "none"}})
-    model = build_model(spec, seed=0)
-    reference = copy.deepcopy(model)
-    parallelize(model, spec)
-    parallelize(reference, reference_spec)
-    assert all(block.parallel_policy.fsdp_units for _, block, _ in iter_blocks(model))
-
-    ids = torch.randint(0, 1000, (2, 32), generator=torch.Generator().manual_seed(0))
-    labels = torch.randint(0, 1000, (2, 32), generator=torch.Generator().manual_seed(1))
-    saved, loss, grads = _run(model, ids, labels)
-    _, reference_loss, reference_grads = _run(reference, ids, labels)
-
-    layer_input_bytes = ids.numel() * spec.model["text"]["hidden_size"] * 4
-    assert saved == len(model.model.language_model.layers) * layer_input_bytes
-    torch.testing.assert_close(loss, reference_loss, rtol=1e-6, atol=1e-6)
-    assert grads.keys() == reference_grads.keys()
-    for name, grad in grads.items():
-        torch.testing.assert_close(grad.full_tensor(), reference_grads[name].full_tensor(), rtol=1e-5, atol=1e-6, msg=name)
+        if sharded:
+            grad, reference_grad = grad.full_tensor(), reference_grads[name].full_tensor()
+        else:
+            reference_grad = reference_grads[name]
+        torch.testing.assert_close(grad, reference_grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def _zeros_like_fake(fake):  # noqa: ANN001, ANN202

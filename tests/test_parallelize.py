@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from assembler import build_model, load_spec
 from assembler.parallelize import blocks_to_checkpoint, iter_blocks, parallelize
@@ -77,13 +76,6 @@ def test_compile_policy_per_block_type():
     assert by_type == {"linear": {(True, True)}, "full": {(True, False)}, "vision": {(False, False)}}
     layer = model.model.language_model.layers[0]
     assert "forward" in vars(layer)  # an instance-level compiled forward, not a wrapper module
-
-
-@pytest.fixture
-def single_rank_group():
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 def test_fsdp_world_size_one_keeps_fp32_params_fp32(single_rank_group):
