@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from assembler import hf_config_from_spec, load_spec  # noqa: E402
 from assembler.bench.measure import measure_training_step  # noqa: E402
+from assembler.bench.memory_peak import mark  # noqa: E402
 from assembler.bench.report import format_breakdown, format_memory_peak, format_rows, save  # noqa: E402
 from assembler.bench.workload import TEXT_TOKEN_RANGE, training_flops  # noqa: E402
 from assembler.train.metrics import matmul_parameter_count  # noqa: E402
@@ -73,7 +74,7 @@ def main() -> None:
         generator = torch.Generator().manual_seed(0)
         input_ids = torch.randint(0, TEXT_TOKEN_RANGE, (1, seq_len), generator=generator).cuda()
 
-        def step(mark=lambda phase: None, input_ids: torch.Tensor = input_ids) -> None:  # noqa: ANN001 (measure.py)
+        def step(input_ids: torch.Tensor = input_ids) -> None:
             loss = model(input_ids=input_ids, labels=input_ids).loss
             mark("backward")
             loss.backward()

@@ -6,9 +6,8 @@ runs under the profiler for the per-op breakdown, and, when asked, one more with
 history on, for what is alive at the memory peak (`memory_peak.py`). Benchmarks print numbers,
 tests never assert on them.
 
-A step is `step(mark=...)`: it calls `mark("backward")` before its backward and
-`mark("optimizer")` before its optimizer step, so the memory report can say in which phase the
-peak falls (the timed steps pass a no-op).
+A step calls `memory_peak.mark("backward")` before its backward and `mark("optimizer")` before its
+optimizer step, so the memory report can say in which phase the peak falls (a no-op otherwise).
 """
 
 from __future__ import annotations
@@ -48,7 +47,7 @@ class Measurement:
 
 
 def measure_training_step(
-    step: Callable[..., None],
+    step: Callable[[], None],
     *,
     label: str,
     tokens_per_step: int,

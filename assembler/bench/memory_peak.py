@@ -6,9 +6,10 @@ back. PyTorch ships viewers for that trace (`torch.cuda._memory_viz`, pytorch.or
 no summary a benchmark can print, so this module replays the trace: it finds the moment the
 allocated bytes peak and sums the blocks alive then by the source line that allocated them.
 
-A step marks its phases (`mark("backward")` before `loss.backward()`, `mark("optimizer")` before
-the optimizer step) by allocating one tiny tensor from `_phase_marker`, which the replay finds by
-its frame name, so the peak is also placed in its phase.
+A step marks its phases by calling `mark("backward")` before `loss.backward()` and
+`mark("optimizer")` before the optimizer step: a no-op, except while `record_memory_peak` records,
+when it allocates one tiny tensor from `_phase_marker`, which the replay finds by its frame name,
+so the peak is also placed in its phase.
 
 Trace entries are dicts: action ("alloc", "free_requested", "free_completed", "segment_alloc", ...),
 addr, size, frames (innermost first: {"filename", "line", "name"}). A block counts from "alloc" to
@@ -50,8 +51,8 @@ def mark(phase: str) -> None:
         _phase_marker(phase)
 
 
-def record_memory_peak(step: Callable[[Callable[[str], None]], None], *, top: int = 12) -> MemoryPeak | None:
-    """Run `step(mark)` once with the allocator's history on; the peak of that step and its sites
+def record_memory_peak(step: Callable[[], None], *, top: int = 12) -> MemoryPeak | None:
+    """Run `step()` once with the allocator's history on; the peak of that step and its sites
     (None, logged, if the step outran the trace's ring buffer)."""
     torch.cuda.synchronize()
     resident = torch.cuda.memory_stats()["requested_bytes.all.current"]
@@ -59,7 +60,7 @@ def record_memory_peak(step: Callable[[Callable[[str], None]], None], *, top: in
     torch.cuda.memory._record_memory_history("all", context="alloc", stacks="python", max_entries=MAX_TRACE_ENTRIES)
     _recording = True
     try:
-        step(mark)
+        step()
         torch.cuda.synchronize()
         snapshot = torch.cuda.memory._snapshot()
     finally:

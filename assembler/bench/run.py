@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 
 from assembler.bench.measure import Measurement, measure_training_step
+from assembler.bench.memory_peak import mark
 from assembler.bench.workload import ImageSpec, text_batch, text_matmul_parameters, training_flops, vlm_batch
 from assembler.build import build_model
 from assembler.parallelize import parallelize
@@ -74,7 +75,7 @@ def bench_spec(
         else:
             batch, flops, row_label = text_batch(seq_len, device), training_flops(n_text, text_spec, seq_len), label
 
-        def step(mark: Callable[[str], None] = lambda phase: None, batch: dict = batch) -> None:
+        def step(batch: dict = batch) -> None:
             loss = model(**batch).loss
             mark("backward")
             loss.backward()

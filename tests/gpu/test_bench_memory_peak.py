@@ -4,7 +4,7 @@ peak of requested bytes for that step, and the bytes alive then are charged to t
 import pytest
 import torch
 
-from assembler.bench.memory_peak import BEFORE_STEP, record_memory_peak
+from assembler.bench.memory_peak import BEFORE_STEP, mark, record_memory_peak
 
 pytestmark = pytest.mark.gpu
 MIB = 2**20
@@ -18,7 +18,7 @@ def test_replayed_peak_is_the_allocators_peak_and_names_its_sites():
     weight = torch.randn(1024, 1024, device="cuda", requires_grad=True)
     optimizer = torch.optim.AdamW([weight], fused=True)
 
-    def step(mark):
+    def step():
         hidden = (weight * 2).sum() * _keep_activations(weight)
         loss = hidden.square().mean()
         mark("backward")
@@ -27,7 +27,7 @@ def test_replayed_peak_is_the_allocators_peak_and_names_its_sites():
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step(lambda phase: None)  # optimizer state exists before the measured step, as in the benchmark
+    step()  # optimizer state exists before the measured step, as in the benchmark
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     peak = record_memory_peak(step)
