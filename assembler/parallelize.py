@@ -61,6 +61,7 @@ class BlockPolicy:
     checkpointed: bool = False
     compiled: bool = False
     fullgraph: bool = False
+    compile_mode: str | None = None  # torch.compile mode; None = its default
     fsdp_units: list[str] = field(default_factory=list)  # module paths sharded as units inside this block
 
 
@@ -100,8 +101,9 @@ def parallelize(model: nn.Module, spec: Spec, *, mesh: "dist.device_mesh.DeviceM
                     "hooks torch.compile cannot trace (FSDP2 disables Dynamo on them)", name, block_type,
                 )
                 fullgraph = False
-            apply_compile(block, fullgraph=fullgraph)
-            record.compiled, record.fullgraph = True, fullgraph
+            mode = compile_policy.get("mode")
+            apply_compile(block, fullgraph=fullgraph, mode=mode)
+            record.compiled, record.fullgraph, record.compile_mode = True, fullgraph, mode
         if name in checkpointed and checkpoint_around_compile:
             apply_activation_checkpointing(block)
             record.checkpointed = True
@@ -161,9 +163,9 @@ def apply_activation_checkpointing(block: nn.Module) -> None:
     block.forward = checkpointed_forward
 
 
-def apply_compile(block: nn.Module, *, fullgraph: bool) -> None:
+def apply_compile(block: nn.Module, *, fullgraph: bool, mode: str | None = None) -> None:
     """Compile the block's (possibly checkpointed) forward; the module's hooks stay outside the graph."""
-    block.forward = torch.compile(block.forward, fullgraph=fullgraph)
+    block.forward = torch.compile(block.forward, fullgraph=fullgraph, mode=mode)
 
 
 def keep_fp32_params(model: nn.Module, patterns: list[str]) -> set[str]:

@@ -6,7 +6,7 @@
 # Needs wheels in .whl/: fla (../shared/gpu/wheels.sh) and, absent from the GPU image, jsonschema with
 # attrs, jsonschema-specifications, referencing and rpds-py (cp312 manylinux). Writes logs and JSON
 # rows into $OUT (default ./gpu_suite_out). SUITE_PARTS picks the parts and their order (default
-# "tests baseline ours acaround noac vlm"); SUITE_SEQS the text sizes (BASE_SEQS, NOAC_SEQS per part);
+# "tests baseline ours acaround noac vlm"; also "autotune": no AC with Inductor's max-autotune); SUITE_SEQS the text sizes (BASE_SEQS, NOAC_SEQS per part);
 # SUITE_TESTS the pytest selection (default tests/gpu); T_<part> a part's time limit in seconds;
 # SUITE_QUICK=1 runs fewer steps.
 #
@@ -76,6 +76,12 @@ run_part() {
       echo "== ours: fast ops, compile, no activation checkpointing"
       timeout "$(t noac 300)" python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast -o parallel.activation_checkpointing.mode=none \
         $(seq_args "${NOAC_SEQS:-4096 8192}") --steps $STEPS --warmup $WARMUP --label "ours, no AC" --json "$OUT/ours_no_ac.json" 2>&1 | tail -60 ;;
+    autotune)
+      echo "== ours: fast ops, no activation checkpointing, compile mode max-autotune-no-cudagraphs (Inductor's matmul templates)"
+      timeout "$(t autotune 500)" python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast -o parallel.activation_checkpointing.mode=none \
+        -o parallel.compile.linear.mode=max-autotune-no-cudagraphs -o parallel.compile.full.mode=max-autotune-no-cudagraphs \
+        $(seq_args "${NOAC_SEQS:-4096 8192}") --steps $STEPS --warmup $WARMUP --label "ours, no AC, max-autotune" \
+        --json "$OUT/ours_no_ac_autotune.json" 2>&1 | tail -60 ;;
     vlm)
       echo "== ours: VLM row, four 448x448 images in 8k tokens"
       timeout "$(t vlm 300)" python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast --seq 8192 --images 4x448x448 \

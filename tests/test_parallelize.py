@@ -78,6 +78,19 @@ def test_compile_policy_per_block_type():
     assert "forward" in vars(layer)  # an instance-level compiled forward, not a wrapper module
 
 
+def test_compile_mode_reaches_torch_compile(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: calls.append(options) or fn)
+    spec, model = _tiny(
+        "parallel.compile.linear={enabled: true, mode: max-autotune-no-cudagraphs}",
+        "parallel.compile.full={enabled: true}",
+    )
+    parallelize(model, spec)
+    modes = {(block_type, block.parallel_policy.compile_mode) for _, block, block_type in iter_blocks(model) if block_type != "vision"}
+    assert modes == {("linear", "max-autotune-no-cudagraphs"), ("full", None)}
+    assert sorted(str(call["mode"]) for call in calls) == ["None"] + ["max-autotune-no-cudagraphs"] * 3
+
+
 def test_fsdp_world_size_one_keeps_fp32_params_fp32(single_rank_group):
     spec, model = _tiny("parallel.fsdp.param_dtype=bfloat16")
     parallelize(model, spec)
