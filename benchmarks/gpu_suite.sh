@@ -6,9 +6,9 @@
 # Needs wheels in .whl/: fla (../shared/gpu/wheels.sh) and, absent from the GPU image, jsonschema with
 # attrs, jsonschema-specifications, referencing and rpds-py (cp312 manylinux). Writes logs and JSON
 # rows into $OUT (default ./gpu_suite_out). SUITE_PARTS picks the parts and their order (default
-# "tests baseline ours acaround noac vlm"; also "autotune": no AC with Inductor's max-autotune); SUITE_SEQS the text sizes (BASE_SEQS, NOAC_SEQS per part);
-# SUITE_TESTS the pytest selection (default tests/gpu); T_<part> a part's time limit in seconds;
-# SUITE_QUICK=1 runs fewer steps.
+# "tests baseline ours acaround noac vlm"; also "autotune": no AC with Inductor's max-autotune);
+# SUITE_SEQS the text sizes (BASE_SEQS, NOAC_SEQS per part); SUITE_TESTS the pytest selection
+# (default tests/gpu); T_<part> a part's time limit in seconds; SUITE_QUICK=1 runs fewer steps.
 #
 # Triton's autotuning (fla's kernels) and Inductor's compiles take minutes on a fresh machine, so
 # both caches live in .gpu_cache/ (autotune results included: TRITON_CACHE_AUTOTUNING=1), which a
