@@ -28,7 +28,10 @@ def bench_command(spec_path: str, overrides: tuple[str, ...], seq_lens: tuple[in
     """Benchmark training steps of SPEC's model (random init, bf16, fused AdamW) on this GPU."""
     import logging
 
+    import torch
+
     from assembler import load_spec
+    from assembler.build import check_ops_can_train
     from assembler.bench.report import format_breakdown, format_memory_peak, format_rows, save
     from assembler.bench.run import bench_spec
     from assembler.bench.workload import ImageSpec
@@ -38,17 +41,13 @@ def bench_command(spec_path: str, overrides: tuple[str, ...], seq_lens: tuple[in
     for name in ("assembler", "blocks"):
         logging.getLogger(name).setLevel(logging.INFO)
     spec = load_spec(spec_path, overrides=list(overrides))
-    import torch
-
-    from assembler.build import check_ops_can_train
-
-    if not torch.cuda.is_available():
-        raise UserError("assemble bench measures GPU training steps and this machine has no CUDA device: run it on a GPU machine")
-    check_ops_can_train(spec, "cuda")
     try:
         image_spec = ImageSpec.parse(images) if images else None
     except ValueError as error:
         raise UserError(str(error)) from None
+    if not torch.cuda.is_available():
+        raise UserError("assemble bench measures GPU training steps and this machine has no CUDA device: run it on a GPU machine")
+    check_ops_can_train(spec, "cuda")
     results = bench_spec(spec, list(seq_lens), steps=steps, warmup=warmup, images=image_spec, profile=profile,
                          memory_peak=memory_peak, label=label, memory_cap_gib=memory_cap_gib,
                          on_result=(lambda rows: save(rows, json_path)) if json_path else None)
