@@ -20,6 +20,7 @@ to 512 bytes, so it reads slightly higher.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -144,6 +145,7 @@ def _short_path(filename: str) -> str:
     return filename
 
 
+@functools.cache  # asked once per live block of a replay; the answer is fixed for the process
 def _inductor_cache_dir() -> str:
     """Where Inductor writes the Python of compiled graphs (TORCHINDUCTOR_CACHE_DIR or its default)."""
     from torch._inductor.runtime.cache_dir_utils import cache_dir
