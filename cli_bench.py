@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import click
 
+from assembler.bench.workload import LAYOUTS
+from assembler.train.metrics import WARMUP_STEPS
+
 
 @click.command("bench")
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=str))
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Dotted spec override, value parsed as YAML (e.g. -o ops.backend=fast).")
 @click.option("--seq", "seq_lens", multiple=True, type=click.IntRange(min=1), default=(4096, 8192), show_default=True,
-              help="Tokens per step (one sequence); repeat for several rows.")
+              help="Tokens per step (one row); repeat for several rows.")
+@click.option("--layout", "layouts", multiple=True, type=click.Choice(LAYOUTS), default=LAYOUTS, show_default=True,
+              help="Row layout: `packed` documents of realistic lengths, as assemble train packs data, or "
+                   "`one-document` per row; repeat for several.")
 @click.option("--steps", default=5, type=click.IntRange(min=1), show_default=True, help="Timed steps per row.")
-@click.option("--warmup", default=2, type=click.IntRange(min=0), show_default=True, help="Untimed steps first (compile, autotuning, optimizer state).")
+@click.option("--warmup", default=WARMUP_STEPS, type=click.IntRange(min=0), show_default=True, help="Untimed steps first (compile, autotuning, optimizer state).")
 @click.option("--images", default=None, metavar="COUNTxHxW",
               help="Put COUNT images of H x W pixels in every step (a VLM row, e.g. 4x448x448); default: text only.")
 @click.option("--profile/--no-profile", default=True, show_default=True, help="Profile one more step for the per-op breakdown.")
@@ -22,10 +28,10 @@ import click
 @click.option("--memory-cap-gib", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Cap this process's GPU memory (e.g. 79 to check a run fits an 80 GB H100 on a bigger card).")
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Also write the rows as JSON.")
-def bench_command(spec_path: str, overrides: tuple[str, ...], seq_lens: tuple[int, ...], steps: int, warmup: int,
+def bench_command(spec_path: str, overrides: tuple[str, ...], seq_lens: tuple[int, ...], layouts: tuple[str, ...], steps: int, warmup: int,
                   images: str | None, profile: bool, memory_peak: bool, label: str | None, memory_cap_gib: float | None,
                   json_path: str | None) -> None:
-    """Benchmark training steps of SPEC's model (random init, bf16, fused AdamW) on this GPU."""
+    """Time `assemble train`'s training step for SPEC on this GPU (random init, synthetic rows)."""
     import logging
 
     import torch
@@ -48,7 +54,7 @@ def bench_command(spec_path: str, overrides: tuple[str, ...], seq_lens: tuple[in
     if not torch.cuda.is_available():
         raise UserError("assemble bench measures GPU training steps and this machine has no CUDA device: run it on a GPU machine")
     check_ops_can_train(spec, "cuda")
-    results = bench_spec(spec, list(seq_lens), steps=steps, warmup=warmup, images=image_spec, profile=profile,
+    results = bench_spec(spec, list(seq_lens), layouts=layouts, steps=steps, warmup=warmup, images=image_spec, profile=profile,
                          memory_peak=memory_peak, label=label, memory_cap_gib=memory_cap_gib,
                          on_result=(lambda rows: save(rows, json_path)) if json_path else None)
     click.echo(f"device: {torch.cuda.get_device_name()}")

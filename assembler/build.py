@@ -7,6 +7,8 @@ are added here, in one visible place.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -14,7 +16,7 @@ from assembler.initialize import initialize_weights
 from assembler.spec import Spec
 from assembler.spec_errors import UserError
 from blocks.decoder_layer import DecoderLayer
-from blocks.ops import OpTable, chosen_backends, resolve_ops, unmet_fast_requirements
+from blocks.ops import AUTO, OpTable, chosen_backends, resolve_ops, unmet_fast_requirements
 from blocks.registry import get_block
 from blocks.rope import TextRotaryEmbedding
 from blocks.text_tower import TextTower
@@ -24,15 +26,41 @@ ZERO_CENTERED = "zero_centered"
 
 
 def resolve_spec_ops(spec: Spec) -> OpTable:
-    """The op table the spec selects: `ops.backend` for all ops, then `ops.overrides` per op."""
-    return resolve_ops(spec.ops["backend"], spec.ops.get("overrides") or {})
+    """The op table the spec selects: `ops.backend` for all ops, then `ops.overrides` per op
+    (`auto` decided for this machine; `assemble train` decides it first, in `decide_auto_ops`)."""
+    return resolve_ops(spec.ops["backend"], spec.ops.get("overrides") or {}, compute_dtype=compute_dtype(spec, sharded=True))
 
 
-def check_ops_can_train(spec: Spec, device_type: str) -> None:
-    """Refuse up front (UserError) a spec whose `fast` ops cannot run on `device_type` or lack fla,
-    rather than failing inside the first compiled step with a dispatcher error."""
-    chosen = chosen_backends(spec.ops["backend"], spec.ops.get("overrides") or {})
-    problems = unmet_fast_requirements(chosen, device_type)
+def compute_dtype(spec: Spec, *, sharded: bool) -> str:
+    """The dtype the model's matmuls run in: FSDP2's `parallel.fsdp.param_dtype` when sharded (every
+    GPU run), else the parameters' own `train.dtype` (a plain CPU process; no autocast anywhere)."""
+    return spec.parallel["fsdp"]["param_dtype"] if sharded else spec.train["dtype"]
+
+
+def decide_auto_ops(spec: Spec, device_type: str, *, sharded: bool) -> tuple[Spec, str | None]:
+    """`ops.backend: auto` decided for `device_type`: (the spec with every op's choice written into
+    `ops.overrides`, so its resolved YAML names the ops that ran; a one-line summary for the log).
+    Other backends: (spec, None) unchanged."""
+    if spec.ops["backend"] != AUTO:
+        return spec, None
+    chosen = chosen_backends(
+        AUTO, spec.ops.get("overrides") or {}, device_type=device_type, compute_dtype=compute_dtype(spec, sharded=sharded)
+    )
+    decided = dataclasses.replace(spec, ops={**spec.ops, "overrides": chosen})
+    fast = [name for name, which in chosen.items() if which == "fast"]
+    hf = [name for name, which in chosen.items() if which == "hf"]
+    summary = f"ops (auto, {device_type}): fast {', '.join(fast) or '-'}; hf {', '.join(hf) or '-'}"
+    return decided, summary
+
+
+def check_ops_can_train(spec: Spec, device_type: str, *, sharded: bool | None = None) -> None:
+    """Refuse up front (UserError) a spec whose `fast` ops cannot run on `device_type` (no CUDA, no
+    fla, an fp32 compute dtype for FlashAttention), rather than failing inside the first step.
+    `sharded` (default: on CUDA, as every GPU run is) picks the compute dtype, see `compute_dtype`."""
+    sharded = device_type == "cuda" if sharded is None else sharded
+    dtype = compute_dtype(spec, sharded=sharded)
+    chosen = chosen_backends(spec.ops["backend"], spec.ops.get("overrides") or {}, device_type=device_type, compute_dtype=dtype)
+    problems = unmet_fast_requirements(chosen, device_type, dtype)
     if problems:
         raise UserError(f"{spec.source or spec.name}: " + "; ".join(problems))
 

@@ -3,8 +3,14 @@
 `torchrun` (one node or many, `--nnodes` + `--rdzv-backend c10d --rdzv-endpoint host:port`)
 starts the processes and sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT. Here we
 only read them: join the default process group (NCCL on CUDA, gloo on CPU), pick the device by
-LOCAL_RANK, and make the 1-D device mesh FSDP2 shards over. A plain `python`/`assemble` launch (no
-torchrun environment) is one process with no process group, and nothing is sharded.
+LOCAL_RANK, and make the 1-D device mesh FSDP2 shards over.
+
+A plain `python`/`assemble` launch (no torchrun environment) on a CUDA machine joins a process
+group of one (an in-memory store, nothing to rendezvous with) and shards over it, as torchtitan
+applies `fully_shard` at degree 1: one GPU and N GPUs then run the same code (FSDP2's mixed
+precision: fp32 master parameters, compute in `param_dtype`; no autocast path to diverge). A plain
+launch on the CPU stays one process with no process group and nothing sharded, the path whose
+steps are bitwise transformers'.
 """
 
 from __future__ import annotations
@@ -86,10 +92,16 @@ def raise_on_every_rank(failure: str | None, error: type[Exception]) -> None:
 
 def init_world() -> World:
     """Join torchrun's process group when launched by it (any world size, 1 included: the model is
-    then sharded like any other); otherwise a single process on cuda:0 or the CPU."""
+    then sharded like any other). Otherwise: on a CUDA machine a world of one on cuda:0 (sharded
+    the same way), on the CPU a single plain process."""
     if not launched_by_torchrun():
-        device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-        return World(rank=0, world_size=1, local_rank=0, device=device)
+        if not torch.cuda.is_available():
+            return World(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+        device = torch.device("cuda", 0)
+        torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl", store=dist.HashStore(), rank=0, world_size=1, device_id=device)
+        return World(rank=0, world_size=1, local_rank=0, device=device, mesh=device_mesh(device))
 
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])

@@ -223,7 +223,13 @@ def apply_fsdp(
     text = model.model.language_model
     if not getattr(model, "tie_word_embeddings", False):
         fully_shard(text.embed_tokens, mp_policy=mixed, **common)
-    fully_shard(model, mp_policy=mixed, **common)
+    # The root unit is never resharded after forward. FSDP2 re-gathers a resharded unit in backward
+    # from a hook on its forward's output tensors, and the model returns a dataclass, which FSDP2
+    # does not look into: resharded, the root's parameters (the patch merger's, the final norm's)
+    # were freed storage by the time backward read them ("setStorage: ... storage of size 0" in
+    # linear_fc2's backward on CUDA). FSDP2 keeps a root unsharded by default too, unless
+    # reshard_after_forward is passed, as `common` does for every other unit.
+    fully_shard(model, mp_policy=mixed, **{**common, "reshard_after_forward": False})
 
 
 def sum_gradients_across_ranks(model: nn.Module) -> None:

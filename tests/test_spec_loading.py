@@ -24,7 +24,7 @@ def test_flagship_is_complete_after_defaults():
     assert spec.train["optimizer"]["name"] == "adamw" and spec.train["schedule"]["name"] == "cosine"
     assert spec.train["checkpoint"] == {"every": 500, "keep_last": 2}
     assert spec.data["packing"]["overlong"] == "truncate" and spec.data["sources"] == []
-    assert spec.ops == {"backend": "hf", "overrides": {}}
+    assert spec.ops == {"backend": "auto", "overrides": {}}
     assert spec.model["text"]["mixers"]["full"]["qk_norm"] is True
     # what the file says wins over the defaults; the fields it leaves out still get theirs
     assert spec.parallel["activation_checkpointing"] == {"mode": "full", "placement": "inside_compile"}

@@ -100,10 +100,11 @@ def test_block_fields_cover_every_block_field_of_the_schema():
 
 
 def test_ops_section_matches_the_op_table():
-    from blocks.ops import BACKENDS, OP_NAMES
+    from blocks.ops import AUTO, BACKENDS, OP_NAMES
 
     ops = load_schema()["properties"]["ops"]
-    assert ops["properties"]["backend"]["enum"] == list(BACKENDS)
+    assert ops["properties"]["backend"]["enum"] == [AUTO, *BACKENDS]
+    assert ops["properties"]["backend"]["default"] == AUTO
     assert list(ops["properties"]["overrides"]["properties"]) == list(OP_NAMES)
     assert all(sub["enum"] == list(BACKENDS) for sub in ops["properties"]["overrides"]["properties"].values())
 

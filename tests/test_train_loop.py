@@ -10,7 +10,8 @@ import torch
 from assembler import load_spec
 from assembler.build import build_model
 from assembler.data import build_loader
-from assembler.train.loop import IGNORE_INDEX, train
+from assembler.train.loop import train
+from assembler.train.step import IGNORE_INDEX
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,9 @@ import json
 import pytest
 from torch import nn
 
-from assembler.train.metrics import METRICS_FILE, MetricsLogger, ThroughputMeter, flops_per_token, matmul_parameter_count
+from assembler.train.metrics import (
+    METRICS_FILE, WARMUP_STEPS, MetricsLogger, StepTimer, flops_per_token, format_duration, matmul_parameter_count,
+)
 
 
 class TinyLM(nn.Module):
@@ -32,12 +34,28 @@ def test_flops_per_token_formula():
     assert flops_per_token(TinyLM(True), text, seq) == 6 * 864 + 12 * 2 * 4 * 32 * seq
 
 
-def test_mfu_uses_peak():
-    meter = ThroughputMeter(flops_per_token=1e9, peak_flops=1e12)
-    meter.add_tokens(1000)
-    tokens_per_s, mfu = meter.read_and_reset()
-    assert mfu == pytest.approx(tokens_per_s * 1e9 / 1e12)
-    assert ThroughputMeter(1e9, None).read_and_reset()[1] is None
+def test_steady_state_skips_the_warm_up_and_counts_the_step_alone():
+    # Hand-computed: 3 warm-up steps (compile), then 4 steps of 1000 tokens in 0.5 s + 0.1 s of data.
+    timer = StepTimer(flops_per_token=1e9, peak_flops=1e12)
+    assert WARMUP_STEPS == 3
+    for step_s in (30.0, 5.0, 2.0):
+        timer.add_step(1000, step_s, 0.1)
+    for _ in range(4):
+        timer.add_step(1000, 0.5, 0.1)
+    steady = timer.steady_state()
+    assert steady.steps == 4 and steady.tokens_per_s == pytest.approx(2000.0) and steady.mfu == pytest.approx(2.0)
+    assert steady.data_share == pytest.approx(0.1 / 0.6)
+    assert StepTimer(1e9, None).steady_state() is None
+
+
+def test_interval_throughput_and_eta():
+    timer = StepTimer(flops_per_token=1e9, peak_flops=None)
+    for _ in range(5):
+        timer.add_step(600, 0.5, 0.1)
+    interval = timer.read_interval(steps_left=10)
+    assert interval["tokens_per_s"] == pytest.approx(1000.0) and "mfu" not in interval
+    assert interval["eta_s"] == pytest.approx(6.0)  # 10 steps of 0.6 s
+    assert format_duration(6.0) == "6s" and format_duration(185) == "3m05s" and format_duration(3720) == "1h02m"
 
 
 def _record(step, loss, total=10):

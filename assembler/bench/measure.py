@@ -21,9 +21,8 @@ import torch
 
 from assembler.bench.breakdown import kernel_breakdown
 from assembler.bench.memory_peak import MemoryPeak, record_memory_peak
+from assembler.train.metrics import peak_flops
 
-# Dense bf16 peak of H100 SXM and H200 (ARCHITECTURE.md, Measuring).
-PEAK_FLOPS = 989e12
 
 
 @dataclass
@@ -77,7 +76,8 @@ def measure_training_step(
         elapsed = (time.perf_counter() - start) / steps
         result.step_s = elapsed
         result.tokens_per_s = tokens_per_step / elapsed
-        result.mfu = flops_per_step / elapsed / PEAK_FLOPS
+        peak = peak_flops(torch.device("cuda"))  # the one table of peaks `assemble train` uses too
+        result.mfu = flops_per_step / elapsed / peak if peak else None
         result.peak_gib = torch.cuda.max_memory_allocated() / 2**30
         if profile:
             result.breakdown, result.top_kernels = kernel_breakdown(step)

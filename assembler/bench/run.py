@@ -1,9 +1,16 @@
-"""Benchmark our model from a spec: random init, bf16 parameters, fused AdamW, the spec's parallel
-policy (checkpointing, compile; no sharding in one process), one sequence per step."""
+"""Benchmark `assemble train`'s own training step from a spec, on synthetic rows shaped like real data.
+
+The model, its parallelization and optimizer come from the training loop's functions
+(`build_for_world` → FSDP2 over this GPU's world of one, fp32 master parameters, compute in
+`parallel.fsdp.param_dtype`; `build_optimizer` and `build_lr_schedule` from `train:`) and every
+timed step is `training_step`, the function `assemble train` calls: a benchmark number is a
+number of the user's command. The rows come from `workload.synthetic_row` through the data
+pipeline's collator: packed documents (the varlen attention and delta-rule path that real data
+takes), or one document per row (labelled as such), optionally with images.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Callable
 
@@ -11,25 +18,31 @@ import torch
 
 from assembler.bench.measure import Measurement, measure_training_step
 from assembler.bench.memory_peak import mark
-from assembler.bench.workload import ImageSpec, text_batch, text_matmul_parameters, training_flops, vlm_batch
-from assembler.build import build_model
-from assembler.parallelize import parallelize
+from assembler.bench.workload import ImageSpec, synthetic_row, text_matmul_parameters, training_flops
+from assembler.build import decide_auto_ops
+from assembler.distributed import init_world
 from assembler.spec import Spec
-from assembler.train.metrics import matmul_parameter_count
+from assembler.train.loop import build_for_world, seed_everything
+from assembler.train.metrics import WARMUP_STEPS, matmul_parameter_count
+from assembler.train.optim import build_lr_schedule, build_optimizer
+from assembler.train.step import training_step
 
 log = logging.getLogger(__name__)
 
 # Dynamo keeps one compiled graph per layer type and shape regime; the default limit (8) would
 # silently fall back to eager once a few sequence lengths and both layer types have been seen.
 RECOMPILE_LIMIT = 64
+# The schedule's horizon: long enough that no benchmark step reaches the end of its decay.
+SCHEDULE_STEPS = 10_000
 
 
 def bench_spec(
     spec: Spec,
     seq_lens: list[int],
     *,
+    layouts: tuple[str, ...] = ("packed",),
     steps: int = 5,
-    warmup: int = 2,
+    warmup: int = WARMUP_STEPS,
     images: ImageSpec | None = None,
     profile: bool = True,
     memory_peak: bool = False,
@@ -37,11 +50,9 @@ def bench_spec(
     memory_cap_gib: float | None = None,
     on_result: "Callable[[list[Measurement]], None] | None" = None,
 ) -> list[Measurement]:
-    """Train-step measurements of the spec's model at each sequence length, on the current GPU.
+    """Measurements of `training_step` for each sequence length × layout, on this GPU.
 
     `on_result` gets the rows so far after each one (so a run cut short still leaves its rows).
-    Text-only runs (no `images`) build the model without its vision tower, so the measured model is
-    the text tower + LM head, the same model as transformers' Qwen3_5ForCausalLM baseline.
     """
     if not torch.cuda.is_available():
         raise RuntimeError("assemble bench needs a CUDA GPU")
@@ -51,47 +62,45 @@ def bench_spec(
     if memory_cap_gib is not None:
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, memory_cap_gib * 2**30 / total))
-    device = torch.device("cuda")
-    build_spec = spec if images else dataclasses.replace(spec, model={**spec.model, "vision": None})
-    model = build_model(build_spec, device=device, dtype=torch.bfloat16, seed=0)
-    parallelize(model, spec)
+    world = init_world()
+    spec, ops_choice = decide_auto_ops(spec, world.device.type, sharded=world.is_distributed)
+    if ops_choice:
+        log.info("%s", ops_choice)
+    seed_everything(int(spec.train["seed"]))
+    model = build_for_world(spec, world)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0, fused=True)
+    optimizer = build_optimizer(model, spec.train["optimizer"])
+    scheduler = build_lr_schedule(optimizer, spec.train["schedule"], SCHEDULE_STEPS)
+    grad_clip = float(spec.train["grad_clip"])
     n_text = text_matmul_parameters(model)
     text_spec = spec.model["text"]
     label = label or f"{spec.name} ({spec.ops['backend']}, AC {spec.parallel['activation_checkpointing'].get('mode', 'none')})"
 
     results = []
     for seq_len in seq_lens:
-        if images:
-            batch, patches = vlm_batch(spec.model, seq_len, images, device)
-            vision_spec = spec.model["vision"]
-            per_image = patches // images.count
-            flops = training_flops(
-                n_text, text_spec, seq_len,
-                vision=(matmul_parameter_count(model.model.visual), vision_spec, patches, per_image),
+        for layout in layouts:
+            row, patches = synthetic_row(spec.model, seq_len, layout=layout, images=images)
+            vision = None
+            if patches:
+                vision = (matmul_parameter_count(model.model.visual), spec.model["vision"], patches, patches // images.count)
+            flops = training_flops(n_text, text_spec, seq_len, vision=vision)
+            documents = row["packing"].num_documents
+            row_label = f"{label}, {'packed ' + str(documents) + ' docs' if layout == 'packed' else 'one document'}"
+            if images:
+                row_label += f" + {images.count}x{images.height}x{images.width}"
+
+            def step(row: dict = row) -> None:
+                training_step(model, optimizer, scheduler, [row], world=world, grad_clip=grad_clip, on_phase=mark)
+
+            log.info("%s @ %d tokens: %d warm-up steps (compile and autotuning take minutes on a fresh machine), "
+                     "%d timed%s%s", row_label, seq_len, warmup, steps, ", 1 profiled" if profile else "",
+                     ", 1 recording the memory peak" if memory_peak else "")
+            result = measure_training_step(
+                step, label=row_label, tokens_per_step=seq_len, flops_per_step=flops, steps=steps, warmup=warmup,
+                profile=profile, memory_peak=memory_peak, cleanup=lambda: optimizer.zero_grad(set_to_none=True),
             )
-            row_label = f"{label} + {images.count}x{images.height}x{images.width}"
-        else:
-            batch, flops, row_label = text_batch(seq_len, device), training_flops(n_text, text_spec, seq_len), label
-
-        def step(batch: dict = batch) -> None:
-            loss = model(**batch).loss
-            mark("backward")
-            loss.backward()
-            mark("optimizer")
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        log.info("%s @ %d tokens: %d warm-up steps (compile and autotuning take minutes on a fresh machine), "
-                 "%d timed%s%s", row_label, seq_len, warmup, steps, ", 1 profiled" if profile else "",
-                 ", 1 recording the memory peak" if memory_peak else "")
-        result = measure_training_step(
-            step, label=row_label, tokens_per_step=seq_len, flops_per_step=flops, steps=steps, warmup=warmup,
-            profile=profile, memory_peak=memory_peak, cleanup=lambda: optimizer.zero_grad(set_to_none=True),
-        )
-        log.info("%s @ %d: %s", row_label, seq_len, result.error or f"{result.tokens_per_s:,.0f} tokens/s")
-        results.append(result)
-        if on_result is not None:
-            on_result(results)
+            log.info("%s @ %d: %s", row_label, seq_len, result.error or f"{result.tokens_per_s:,.0f} tokens/s")
+            results.append(result)
+            if on_result is not None:
+                on_result(results)
     return results

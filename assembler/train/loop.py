@@ -1,16 +1,16 @@
-"""The training loop of `assemble train`: build → (parallelize) → optimizer → steps → checkpoints →
+"""The training loop of `assemble train`: build → parallelize → optimizer → steps → checkpoints →
 HF export.
 
-One optimizer step = `train.grad_accumulation` micro-batches on every rank. The loss is the sum of
-per-token losses divided by the number of target tokens of the whole step (all micro-batches, all
-ranks), so accumulation and data parallelism give the gradient one big batch would.
+One optimizer step (`assembler.train.step.training_step`, also what `assemble bench` times) =
+`train.grad_accumulation` micro-batches on every rank, the loss normalised by the step's global
+target-token count.
 
-Under torchrun (assembler.distributed) the model is FSDP2-sharded over all ranks, whose gradients
-are summed, not averaged (each rank's loss is already its share of the global one); rank r takes
-every world_size-th row of the global stream, so W ranks with accumulation A see the rows of one
-process with accumulation W·A. Only rank 0 logs and writes metrics. Every rank runs the vision
-tower on every micro-batch in which any rank has an image (on a blank one when it has none), so
-the ranks' FSDP collectives always match.
+On a CUDA machine every run is FSDP2-sharded (assembler.distributed): over torchrun's ranks, or
+over a world of one for a plain process, so one GPU and N GPUs run the same code. Gradients are
+summed over ranks, not averaged (each rank's loss is already its share of the global one); rank r
+takes every world_size-th row of the global stream, so W ranks with accumulation A see the rows of
+one process with accumulation W·A. Only rank 0 logs and writes metrics. A plain CPU process is not
+sharded (the path that is bitwise transformers').
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import ctypes.util
 import math
 import random
 import sys
-from contextlib import nullcontext
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, TextIO
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from assembler.build import build_model, check_ops_can_train
-from assembler.distributed import World, all_reduce_sum, broadcast_from_main, init_world
+from assembler.build import build_model, check_ops_can_train, decide_auto_ops
+from assembler.distributed import World, broadcast_from_main, init_world
 from assembler.spec import Spec
 from assembler.spec_errors import UserError
 from assembler.train.checkpoint import (
@@ -42,11 +42,11 @@ from assembler.train.checkpoint import (
     resolve_resume_path,
     save_checkpoint,
 )
-from assembler.train.metrics import MetricsLogger, ThroughputMeter, flops_per_token, peak_flops, peak_memory_gib
+from assembler.train.metrics import MetricsLogger, StepTimer, flops_per_token, peak_flops, peak_memory_gib
 from assembler.train.optim import build_lr_schedule, build_optimizer
 from assembler.train.run_dir import check_same_model, run_folder, save_resolved_spec
+from assembler.train.step import NonFiniteStep, training_step
 
-IGNORE_INDEX = -100
 HF_EXPORT_FOLDER = "hf"
 
 
@@ -131,38 +131,6 @@ def _dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def _autocast(spec: Spec, world: World):
-    """bf16 autocast for one unsharded GPU whose spec computes in bf16 (FSDP2 casts by itself)."""
-    compute_dtype = _dtype(spec.parallel["fsdp"]["param_dtype"])
-    if world.device.type == "cuda" and not world.is_distributed and compute_dtype != torch.float32:
-        return torch.autocast("cuda", dtype=compute_dtype)
-    return nullcontext()
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """The collator's row (the model's keyword arguments) on `device`."""
-    return {
-        key: (value.to(device) if value is not None else None)
-        for key, value in batch.items()
-        if key in ("input_ids", "shift_labels", "pixel_values", "image_grid_thw", "packing")
-    }
-
-
-def _step_totals(micro_batches: list[dict[str, Any]], device: torch.device) -> tuple[torch.Tensor, list[bool]]:
-    """One all-reduce per step: the target tokens of the whole step (every micro-batch on every
-    rank, a [] int64 tensor), and for each micro-batch index whether any rank's has an image."""
-    local = [sum(int((mb["shift_labels"] != IGNORE_INDEX).sum()) for mb in micro_batches)]
-    local += [int(mb.get("pixel_values") is not None) for mb in micro_batches]
-    totals = all_reduce_sum(torch.tensor(local, dtype=torch.int64, device=device)).tolist()
-    return torch.tensor(totals[0], dtype=torch.int64, device=device), [count > 0 for count in totals[1:]]
-
-
-def _grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
-    params = [p for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else math.inf, foreach=True)
-    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # a DTensor under FSDP2
-
-
 def train(
     spec: Spec,
     *,
@@ -179,7 +147,8 @@ def train(
     from assembler.data import build_loader  # the data pipeline (tokenize, images, pack)
 
     world = world or init_world()
-    check_ops_can_train(spec, world.device.type)
+    check_ops_can_train(spec, world.device.type, sharded=world.is_distributed)
+    spec, ops_choice = decide_auto_ops(spec, world.device.type, sharded=world.is_distributed)
     if world.device.type == "cpu":
         keep_freed_memory_for_reuse()
     cfg = spec.train
@@ -203,6 +172,8 @@ def train(
         raise error
     logger = MetricsLogger(run_dir, enabled=world.is_main, stream=stream)
     try:
+        if ops_choice:
+            logger.message(ops_choice)
         return _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, logger, build_loader)
     finally:
         logger.close()
@@ -236,7 +207,7 @@ def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, lo
     log_every = max(int(cfg["log_every"]), 1)
     accumulation = int(cfg["grad_accumulation"])
     batches: Iterator[dict[str, Any]] = iter(loader)
-    meter: ThroughputMeter | None = None
+    timer: StepTimer | None = None
     losses: dict[int, float] = {}
 
     def save(step: int) -> Path:
@@ -254,54 +225,42 @@ def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, lo
         return path
 
     for step in range(start_step + 1, total_steps + 1):
+        data_start = time.perf_counter()
         micro_batches = [next(batches) for _ in range(accumulation)]
-        if meter is None:
+        if timer is None:
             seq_len = micro_batches[0]["input_ids"].shape[-1]
-            meter = ThroughputMeter(flops_per_token(model, spec.model["text"], seq_len), peak_flops(world.device))
-        num_items, images_anywhere = _step_totals(micro_batches, world.device)
-        num_items = num_items.clamp_min(1)
-        lr = scheduler.get_last_lr()[0]
-        step_loss = torch.zeros((), dtype=torch.float32, device=world.device)
-        for micro_batch, any_rank_has_images in zip(micro_batches, images_anywhere):
-            # Only under FSDP: one process keeps the exact single-process path (no idle vision).
-            idle_vision = world.is_distributed and any_rank_has_images and micro_batch.get("pixel_values") is None
-            with _autocast(spec, world):
-                out = model(**_to_device(micro_batch, world.device), num_items_in_batch=num_items, idle_vision=idle_vision)
-            out.loss.backward()
-            step_loss += out.loss.detach().float()
-            meter.add_tokens(micro_batch["input_ids"].numel())
-        grad_norm = _grad_norm(model, float(cfg["grad_clip"]))
-        loss = float(all_reduce_sum(step_loss))
-        if not (math.isfinite(loss) and math.isfinite(float(grad_norm))):
+            timer = StepTimer(flops_per_token(model, spec.model["text"], seq_len), peak_flops(world.device))
+        step_start = time.perf_counter()
+        try:
+            outcome = training_step(model, optimizer, scheduler, micro_batches, world=world, grad_clip=float(cfg["grad_clip"]))
+        except NonFiniteStep as bad:
             kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
             raise NonFiniteLossError(
-                f"step {step}: the {'loss' if not math.isfinite(loss) else 'gradient norm'} is "
-                f"{loss if not math.isfinite(loss) else float(grad_norm)}; training stopped before this update, "
+                f"step {step}: {bad}; training stopped before this update, "
                 f"{kept}. Lower train.optimizer.lr or check the data, then run again: a run resumes from its folder's "
                 f"latest checkpoint (or name one with --resume)."
-            )
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses[step] = loss
+            ) from None
+        timer.add_step(outcome.tokens, time.perf_counter() - step_start, step_start - data_start)
+        losses[step] = outcome.loss
 
         if step % log_every == 0 or step == 1 or step == total_steps:
-            tokens_per_s, mfu = meter.read_and_reset()
             record = {
                 "step": step,
                 "total_steps": total_steps,
-                "loss": loss,
-                "lr": lr,
-                "grad_norm": float(grad_norm),
-                "tokens_per_s": tokens_per_s,
+                "loss": outcome.loss,
+                "lr": outcome.lr,
+                "grad_norm": outcome.grad_norm,
+                **timer.read_interval(steps_left=total_steps - step),
                 "peak_memory_gib": peak_memory_gib(world.device),
             }
-            if mfu is not None:
-                record["mfu"] = mfu
             logger.log(record)
         if step % every == 0 or step == total_steps:
             last_checkpoint = save(step)
 
+    if timer is not None and timer.steady_state() is not None:
+        steady = timer.steady_state()
+        logger.message(f"steady state ({steady.describe()}), peak memory {peak_memory_gib(world.device):.1f} GiB")
+        logger.summary({"steady_state": {**steady.to_dict(), "peak_memory_gib": peak_memory_gib(world.device)}})
     hf_export = None
     if cfg.get("export_hf"):
         hf_export = export_hf(model, spec, run_dir / HF_EXPORT_FOLDER)

@@ -13,6 +13,7 @@ import math
 import resource
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
 
 # Dense bf16 peak per GPU. Unknown devices (and CPUs) report no MFU rather than a made-up one.
 PEAK_FLOPS_BY_DEVICE_NAME = {"H100": 989e12, "H200": 989e12}
@@ -63,24 +65,86 @@ def peak_memory_gib(device: torch.device) -> float:
     return kib / 2**20
 
 
-class ThroughputMeter:
-    """Tokens/s and MFU over the interval since the last logging step (per device)."""
+# Steps before the steady state: the first compiles every block and autotunes the kernels, the
+# next ones recompile for shapes seen anew (another image count, dynamic sizes). `assemble train`'s
+# steady-state figures and `assemble bench`'s default warm-up both skip this many steps.
+WARMUP_STEPS = 3
+
+
+@dataclass(frozen=True)
+class SteadyState:
+    """Throughput over a run's steps after the warm-up: what `assemble bench` measures of a step.
+
+    tokens_per_s counts the training step only (forward, backward, optimizer), as the benchmark
+    does; data_share is the data pipeline's time as a fraction of the whole (step + data)."""
+
+    steps: int
+    tokens_per_s: float
+    mfu: float | None
+    step_s: float
+    data_share: float
+
+    def describe(self) -> str:
+        mfu = f", MFU {100 * self.mfu:.1f}%" if self.mfu is not None else ""
+        return (f"{self.steps} steps after {WARMUP_STEPS} warm-up: {self.tokens_per_s:,.0f} tok/s{mfu}, "
+                f"{self.step_s:.3f} s/step, data {100 * self.data_share:.1f}% of the time")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class StepTimer:
+    """Per-step times of a run (per device): interval tokens/s, MFU and ETA for the progress line,
+    and the steady state at the end. Step times are exact because every step ends by reading its
+    loss on the host (a device sync)."""
 
     def __init__(self, flops_per_token: float, peak_flops: float | None):
         self.flops_per_token = flops_per_token
         self.peak_flops = peak_flops
-        self._tokens = 0
-        self._start = time.perf_counter()
+        self._steps: list[tuple[int, float, float]] = []  # (tokens, step seconds, data seconds)
+        self._interval_start = 0  # index into _steps of the first step since the last read
 
-    def add_tokens(self, n: int) -> None:
-        self._tokens += n
+    def add_step(self, tokens: int, step_s: float, data_s: float) -> None:
+        self._steps.append((tokens, step_s, data_s))
 
-    def read_and_reset(self) -> tuple[float, float | None]:
-        elapsed = max(time.perf_counter() - self._start, 1e-9)
-        tokens_per_s = self._tokens / elapsed
+    def read_interval(self, *, steps_left: int) -> dict[str, float]:
+        """tokens_per_s (step + data time), mfu (when the peak is known) and eta_s since the last read."""
+        interval = self._steps[self._interval_start:]
+        self._interval_start = len(self._steps)
+        tokens = sum(t for t, _, _ in interval)
+        seconds = max(sum(s + d for _, s, d in interval), 1e-9)
+        tokens_per_s = tokens / seconds
+        recent = self._steps[WARMUP_STEPS:] or self._steps  # compile steps would inflate the ETA
+        per_step = sum(s + d for _, s, d in recent) / len(recent)
+        record = {"tokens_per_s": tokens_per_s, "eta_s": per_step * steps_left}
+        if self.peak_flops:
+            record["mfu"] = tokens_per_s * self.flops_per_token / self.peak_flops
+        return record
+
+    def steady_state(self) -> SteadyState | None:
+        """Over the steps after WARMUP_STEPS (None when the run had no more)."""
+        steady = self._steps[WARMUP_STEPS:]
+        if not steady:
+            return None
+        tokens = sum(t for t, _, _ in steady)
+        step_s = sum(s for _, s, _ in steady)
+        data_s = sum(d for _, _, d in steady)
+        tokens_per_s = tokens / max(step_s, 1e-9)
         mfu = tokens_per_s * self.flops_per_token / self.peak_flops if self.peak_flops else None
-        self._tokens, self._start = 0, time.perf_counter()
-        return tokens_per_s, mfu
+        return SteadyState(
+            steps=len(steady), tokens_per_s=tokens_per_s, mfu=mfu, step_s=step_s / len(steady),
+            data_share=data_s / max(step_s + data_s, 1e-9),
+        )
+
+
+def format_duration(seconds: float) -> str:
+    """1h02m, 3m05s, 42s."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
 
 
 def _format_record(record: dict[str, Any]) -> str:
@@ -95,6 +159,8 @@ def _format_record(record: dict[str, Any]) -> str:
         parts.append(f"MFU {100 * record['mfu']:.1f}%")
     if "peak_memory_gib" in record:
         parts.append(f"mem {record['peak_memory_gib']:.2f} GiB")
+    if record.get("eta_s") is not None and record["step"] < record["total_steps"]:
+        parts.append(f"ETA {format_duration(record['eta_s'])}")
     return "  ".join(parts)
 
 
@@ -154,6 +220,14 @@ class MetricsLogger:
             self.stream.write(("\n" if self._bar_open else "") + text + "\n")
             self._bar_open = False
             self.stream.flush()
+
+    def summary(self, fields: dict[str, Any]) -> None:
+        """Merge `fields` into the run folder's summary.json (the run's end figures, for scripts)."""
+        if not self.enabled:
+            return
+        path = self.path.parent / SUMMARY_FILE
+        current = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        path.write_text(json.dumps({**current, **fields}, indent=2) + "\n", encoding="utf-8")
 
     def close(self) -> None:
         if self._bar_open:

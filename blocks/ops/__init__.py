@@ -33,7 +33,9 @@ from dataclasses import dataclass, fields
 from typing import Callable
 
 OP_NAMES = ("attention", "delta_rule", "conv1d", "rms_norm", "gated_rms_norm", "cross_entropy")
-BACKENDS = ("hf", "fast")
+BACKENDS = ("hf", "fast")  # what an op resolves to
+AUTO = "auto"  # `ops.backend: auto`: each op `fast` where this machine meets its needs, else `hf`
+LOW_PRECISION = ("bfloat16", "float16")  # compute dtypes FlashAttention accepts
 
 # name -> backend -> "module:function" inside blocks.ops. A path, not an imported function, so
 # that resolving `hf` never imports a GPU package.
@@ -63,27 +65,70 @@ class OpTable:
     backends: tuple[tuple[str, str], ...] = ()  # (op name, backend) for logs and summaries
 
 
-def resolve_ops(backend: str = "hf", overrides: dict[str, str] | None = None) -> OpTable:
+def resolve_ops(
+    backend: str = "hf",
+    overrides: dict[str, str] | None = None,
+    *,
+    device_type: str | None = None,
+    compute_dtype: str = "bfloat16",
+) -> OpTable:
     """Resolve every op to its implementation: `backend` for all, then per-op `overrides`.
+
+    `auto` is decided for `device_type` (default: cuda when this machine has it, else cpu) and the
+    dtype the model computes in; see `chosen_backends`.
 
     >>> resolve_ops("hf", {"attention": "fast"}).attention  # doctest: +SKIP
     """
-    chosen = chosen_backends(backend, overrides)
+    chosen = chosen_backends(backend, overrides, device_type=device_type, compute_dtype=compute_dtype)
     resolved = {name: _load(_IMPLEMENTATIONS[name][which]) for name, which in chosen.items()}
     return OpTable(**resolved, backends=tuple(chosen.items()))
 
 
-def chosen_backends(backend: str = "hf", overrides: dict[str, str] | None = None) -> dict[str, str]:
-    """op name -> backend: `backend` for all, then per-op `overrides`; imports nothing."""
+def chosen_backends(
+    backend: str = "hf",
+    overrides: dict[str, str] | None = None,
+    *,
+    device_type: str | None = None,
+    compute_dtype: str = "bfloat16",
+) -> dict[str, str]:
+    """op name -> `hf` | `fast`: `backend` for all, then per-op `overrides`; imports nothing.
+
+    `backend: auto` gives each op not overridden `fast` where `fast_is_usable` says this machine
+    (`device_type`, default cuda when available) and `compute_dtype` meet its needs, else `hf`.
+    """
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(OP_NAMES))
     if unknown:
         raise ValueError(f"unknown op(s) {unknown} in ops overrides; known ops: {', '.join(OP_NAMES)}")
-    chosen = {name: overrides.get(name, backend) for name in OP_NAMES}
+    if backend == AUTO:
+        device_type = device_type or _this_machine()
+        chosen = {
+            name: overrides.get(name, "fast" if fast_is_usable(name, device_type, compute_dtype) else "hf")
+            for name in OP_NAMES
+        }
+    else:
+        chosen = {name: overrides.get(name, backend) for name in OP_NAMES}
     for name, which in chosen.items():
         if which not in BACKENDS:
-            raise ValueError(f"op {name!r}: unknown backend {which!r}; known backends: {', '.join(BACKENDS)}")
+            raise ValueError(f"op {name!r}: unknown backend {which!r}; known backends: {', '.join((*BACKENDS, AUTO))}")
     return chosen
+
+
+def fast_is_usable(name: str, device_type: str, compute_dtype: str) -> bool:
+    """Whether op `name`'s `fast` implementation can train here: every fast op wants CUDA (off it
+    the fast norms and cross-entropy are torch math, and `hf` keeps a CPU run bitwise
+    transformers'); the delta rule and conv1d also want fla; attention a bf16/fp16 compute dtype."""
+    if device_type != "cuda":
+        return False
+    if name in _FAST_NEEDS_FLA and importlib.util.find_spec("fla") is None:
+        return False
+    return not (name == "attention" and compute_dtype not in LOW_PRECISION)
+
+
+def _this_machine() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # What the `fast` ops need beyond PyTorch to run a training step: a CUDA device (FlashAttention
@@ -93,9 +138,9 @@ _FAST_NEEDS_CUDA = ("attention", "delta_rule", "conv1d")
 _FAST_NEEDS_FLA = ("delta_rule", "conv1d")
 
 
-def unmet_fast_requirements(chosen: dict[str, str], device_type: str) -> list[str]:
-    """Why the `fast` ops in `chosen` (from `chosen_backends`) cannot train on `device_type`: one
-    sentence per missing requirement, each saying what to do; empty when they can."""
+def unmet_fast_requirements(chosen: dict[str, str], device_type: str, compute_dtype: str = "bfloat16") -> list[str]:
+    """Why the `fast` ops in `chosen` (from `chosen_backends`) cannot train on `device_type` in
+    `compute_dtype`: one sentence per missing requirement, each saying what to do; empty when they can."""
     fast = [name for name, which in chosen.items() if which == "fast"]
     problems = []
     on_cuda_only = [name for name in fast if name in _FAST_NEEDS_CUDA]
@@ -109,6 +154,12 @@ def unmet_fast_requirements(chosen: dict[str, str], device_type: str) -> list[st
         problems.append(
             f"ops {', '.join(need_fla)} use the `fast` backend, which needs flash-linear-attention (fla), not "
             "installed here: `pip install 'assemble[gpu]'`, or `-o ops.backend=hf`"
+        )
+    if chosen["attention"] == "fast" and compute_dtype not in LOW_PRECISION:
+        # FlashAttention has no fp32 kernel, and autocast does not cast a custom op's inputs.
+        problems.append(
+            f"op attention uses the `fast` backend (FlashAttention), which computes in bf16/fp16 only, and this run "
+            f"computes in {compute_dtype}: set `parallel.fsdp.param_dtype: bfloat16`, or `-o ops.overrides.attention=hf`"
         )
     return problems
 
