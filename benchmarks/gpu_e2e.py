@@ -40,7 +40,8 @@ def cell_command(launch: str, backend: str, data: str, steps: int, extra: list[s
     args = ["train", str(SPEC), *[f"-o{o}" for o in overrides]]
     if launch == "one":
         return [sys.executable, str(ROOT / "cli.py"), *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", str(ROOT / "cli.py"), *args]
+    # --standalone: a free local port, so a cell never meets the last one's rendezvous.
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", str(ROOT / "cli.py"), *args]
 
 
 def read_metrics(run_dir: Path) -> dict[int, dict]:
@@ -67,11 +68,16 @@ def run_cell(name: str, cmd: list[str], run_dir: Path, log_path: Path, *, kill_a
         proc = subprocess.Popen([*cmd, "--output-dir", str(run_dir)], stdout=log, stderr=subprocess.STDOUT,
                                 cwd=ROOT, start_new_session=True)
         killed = False
-        while proc.poll() is None:
-            time.sleep(0.5)
-            if kill_after_step is not None and max(read_metrics(run_dir), default=0) >= kill_after_step:
+        try:
+            while proc.poll() is None:
+                time.sleep(0.5)
+                if kill_after_step is not None and max(read_metrics(run_dir), default=0) >= kill_after_step:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    killed = True
+                    proc.wait()
+        finally:  # the cell runs in its own session: never leave it behind (a timeout, Ctrl-C)
+            if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
-                killed = True
                 proc.wait()
     print(f"[{name}] rc {proc.returncode}{' (killed)' if killed else ''} in {time.monotonic() - start:.0f} s", flush=True)
     return {"rc": proc.returncode, "killed": killed, "wall_s": time.monotonic() - start, "metrics": read_metrics(run_dir)}
@@ -147,8 +153,11 @@ def main() -> None:
         "one/hf/images", "torchrun/hf/images", "one/hf/text", "torchrun/hf/text"])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "e2e_out")))
     parser.add_argument("--runs", type=Path, default=Path("/root/e2e_runs"))
-    parser.add_argument("--export-dir", type=Path, default=Path("/root/e2e_export"))
+    # The 64 GB disk holds one 4B checkpoint (~54 GB: fp32 masters + AdamW states); the export
+    # (8.5 GB) goes to memory.
+    parser.add_argument("--export-dir", type=Path, default=Path("/dev/shm/e2e_export"))
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` ends us: clean up the cell (finally)
     args.out.mkdir(parents=True, exist_ok=True)
     args.runs.mkdir(parents=True, exist_ok=True)
     table_path = args.out / "e2e.json"
