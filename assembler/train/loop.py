@@ -254,7 +254,7 @@ def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, lo
                 "peak_memory_gib": peak_memory_gib(world.device),
             }
             logger.log(record)
-        if step % every == 0 or step == total_steps:
+        if every and (step % every == 0 or step == total_steps):
             last_checkpoint = save(step)
 
     if timer is not None and timer.steady_state() is not None:
