@@ -36,7 +36,7 @@ def bench_command(spec_path: str, overrides: tuple[str, ...], seq_lens: tuple[in
 
     import torch
 
-    from assembler import load_spec
+    from assembler import distributed, load_spec
     from assembler.build import check_ops_can_train
     from assembler.bench.report import format_breakdown, format_memory_peak, format_rows, save
     from assembler.bench.run import bench_spec
@@ -54,9 +54,12 @@ def bench_command(spec_path: str, overrides: tuple[str, ...], seq_lens: tuple[in
     if not torch.cuda.is_available():
         raise UserError("assemble bench measures GPU training steps and this machine has no CUDA device: run it on a GPU machine")
     check_ops_can_train(spec, "cuda")
-    results = bench_spec(spec, list(seq_lens), layouts=layouts, steps=steps, warmup=warmup, images=image_spec, profile=profile,
-                         memory_peak=memory_peak, label=label, memory_cap_gib=memory_cap_gib,
-                         on_result=(lambda rows: save(rows, json_path)) if json_path else None)
+    try:
+        results = bench_spec(spec, list(seq_lens), layouts=layouts, steps=steps, warmup=warmup, images=image_spec,
+                             profile=profile, memory_peak=memory_peak, label=label, memory_cap_gib=memory_cap_gib,
+                             on_result=(lambda rows: save(rows, json_path)) if json_path else None)
+    finally:
+        distributed.teardown()  # the world of one the training step runs in
     click.echo(f"device: {torch.cuda.get_device_name()}")
     click.echo(format_rows(results))
     for result in results:

@@ -58,6 +58,17 @@ def read_metrics(run_dir: Path) -> dict[int, dict]:
     return records
 
 
+def kill_run(proc: subprocess.Popen, run_dir: Path) -> None:
+    """SIGKILL the launcher's process group and every trainer process of `run_dir`: torchrun starts
+    its workers in sessions of their own, so killing its group alone leaves the training running
+    (seen on the H200: the worker trained on and filled the disk)."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    subprocess.run(["pkill", "-9", "-f", "--", f"--output-dir {run_dir}"], check=False)
+    proc.wait()
+    while subprocess.run(["pgrep", "-f", "--", f"--output-dir {run_dir}"], capture_output=True).returncode == 0:
+        time.sleep(0.5)
+
+
 def run_cell(name: str, cmd: list[str], run_dir: Path, log_path: Path, *, kill_after_step: int | None = None) -> dict:
     """Run `cmd` with its run folder `run_dir`; SIGKILL its whole process group once metrics.jsonl
     shows `kill_after_step`. Returns rc, wall seconds and the metrics records."""
@@ -72,13 +83,11 @@ def run_cell(name: str, cmd: list[str], run_dir: Path, log_path: Path, *, kill_a
             while proc.poll() is None:
                 time.sleep(0.5)
                 if kill_after_step is not None and max(read_metrics(run_dir), default=0) >= kill_after_step:
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    kill_run(proc, run_dir)
                     killed = True
-                    proc.wait()
         finally:  # the cell runs in its own session: never leave it behind (a timeout, Ctrl-C)
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                kill_run(proc, run_dir)
     print(f"[{name}] rc {proc.returncode}{' (killed)' if killed else ''} in {time.monotonic() - start:.0f} s", flush=True)
     return {"rc": proc.returncode, "killed": killed, "wall_s": time.monotonic() - start, "metrics": read_metrics(run_dir)}
 
