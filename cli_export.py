@@ -42,7 +42,8 @@ class ExportSource:
 @click.option("--shard-size", default="5GB", show_default=True, help="Largest shard file, e.g. 500MB, 5GB, 2GiB.")
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="bfloat16", show_default=True,
               help="Dtype of every tensor but A_log and linear_attn.norm.weight (always float32).")
-@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it holds an earlier export.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it holds an earlier export (one with the "
+              ".assemble-export marker); any other folder, the source, or a folder containing it is refused.")
 def export_command(checkpoint_or_run_dir: Path, out_dir: Path, shard_size: str, dtype: str, overwrite: bool) -> None:
     """Export CHECKPOINT_OR_RUN_DIR (HF folder, training checkpoint or run folder) as an HF folder at OUT_DIR."""
     from assembler.spec_errors import UserError
@@ -61,14 +62,19 @@ def export(path: Path, out_dir: Path, *, shard_size: int | str, dtype: torch.dty
     from assembler.build import build_model
     from assembler.hf_checkpoint import load_hf_checkpoint, save_hf_checkpoint
 
+    from assembler.hf_checkpoint.writing import check_export_target
+
     source = resolve_export_source(Path(path))
+    inputs = tuple(p for p in (Path(path), source.hf_dir, source.dcp_dir, source.source_dir) if p is not None)
+    check_export_target(Path(out_dir), overwrite, inputs=inputs)  # before loading: a refusal costs nothing
     model = build_model(source.spec, device="meta")
     if source.hf_dir is not None:
         _keep_export_dtypes_on_meta(model, dtype)  # materialise straight into the written dtypes: half the memory
         load_hf_checkpoint(model, source.hf_dir, source.spec)
     else:
         _load_training_checkpoint(model, source.dcp_dir)
-    return save_hf_checkpoint(model, out_dir, source.spec, source_dir=source.source_dir, shard_size=shard_size, dtype=dtype, overwrite=overwrite)
+    return save_hf_checkpoint(model, out_dir, source.spec, source_dir=source.source_dir, shard_size=shard_size, dtype=dtype,
+                              overwrite=overwrite, inputs=inputs)
 
 
 def resolve_export_source(path: Path) -> ExportSource:

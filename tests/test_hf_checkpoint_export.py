@@ -103,7 +103,7 @@ def test_overwrite_replaces_an_earlier_export_whole(source, tmp_path):
     save_hf_checkpoint(model, tmp_path / "out", spec, source_dir=source, shard_size="40KB")
     save_hf_checkpoint(model, tmp_path / "out", spec, shard_size="1GB", overwrite=True)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "config.json", "model-00001-of-00001.safetensors", "model.safetensors.index.json"
+        ".assemble-export", "config.json", "model-00001-of-00001.safetensors", "model.safetensors.index.json"
     ]
     assert not list(tmp_path.glob(".out.*"))  # neither the partial folder nor the old export is left
 

@@ -177,6 +177,7 @@ def train(
     the run folder (if any) is resumed from; `resume` names a checkpoint or run folder instead.
     """
     from assembler.data import build_loader  # the data pipeline (tokenize, images, pack)
+    from assembler.hf_checkpoint.writing import check_export_target
 
     world = world or init_world()
     check_ops_can_train(spec, world.device.type)
@@ -194,6 +195,8 @@ def train(
             resume_from = resolve_resume_path(Path(resume)) if resume is not None else latest_checkpoint(checkpoints_dir)
             if resume_from is not None and resume_from.parent == checkpoints_dir:
                 check_same_model(run_dir, resolved_yaml)
+            if cfg.get("export_hf"):  # refused now, not after the whole run
+                check_export_target(run_dir / HF_EXPORT_FOLDER, True, inputs=_export_inputs(spec))
             save_resolved_spec(run_dir, resolved_yaml)
             decision = (resume_from, None)
         except UserError as error:
@@ -318,3 +321,8 @@ def export_hf(model: nn.Module, spec: Spec, out_dir: Path) -> Path:
     dtype = _dtype(spec.parallel["fsdp"]["param_dtype"])
     source_dir = spec.resolve_path(spec.train["init_from"]) if spec.train.get("init_from") else None
     return save_hf_checkpoint(model, out_dir, spec, source_dir=source_dir, dtype=dtype, overwrite=True)
+
+
+def _export_inputs(spec: Spec) -> tuple[Path, ...]:
+    """Folders the run's HF export reads from (it may not replace them): `train.init_from`."""
+    return (spec.resolve_path(spec.train["init_from"]),) if spec.train.get("init_from") else ()
