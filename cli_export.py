@@ -81,13 +81,17 @@ def resolve_export_source(path: Path) -> ExportSource:
     from assembler.hf_checkpoint import CheckpointError
     from assembler.hf_checkpoint.reading import read_config
     from assembler.hf_config import spec_from_hf_config
-    from assembler.train.checkpoint import is_complete, latest_checkpoint
+    from assembler.train.checkpoint import is_complete, latest_loadable_checkpoint, verify_checkpoint
 
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such folder; expected an HF model folder, a training checkpoint or a run folder")
     if (path / "config.json").is_file():
         return ExportSource(spec=spec_from_hf_config(read_config(path)), hf_dir=path, dcp_dir=None, source_dir=path)
-    checkpoint = path if is_complete(path) else latest_checkpoint(path / "checkpoints")
+    if is_complete(path):
+        verify_checkpoint(path)  # named: a damaged one is an error naming the file
+        checkpoint = path
+    else:  # a run folder: its newest whole checkpoint, damaged newer ones reported
+        checkpoint = latest_loadable_checkpoint(path / "checkpoints", lambda note: click.echo(note, err=True))
     if checkpoint is not None:
         spec = _load_resolved_spec(checkpoint / RESOLVED_SPEC_FILE)
         init_from = spec.train.get("init_from")
