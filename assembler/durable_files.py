@@ -35,3 +35,12 @@ def write_durably(path: Path, write: Callable[[BinaryIO], object]) -> None:
         write(f)
         f.flush()
         os.fsync(f.fileno())
+
+
+def replace_durably(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` atomically: a kill leaves the old file or the new one, never a torn one."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write_durably(temporary, lambda f: f.write(data))
+    os.replace(temporary, path)
+    fsync_dir(path.parent)

@@ -154,10 +154,11 @@ def _load_trainer_state(file: Path) -> dict[str, Any]:
 
 
 def abandon_newer_checkpoints(checkpoints_dir: Path, step: int) -> Path | None:
-    """Move every step folder newer than `step` into `checkpoints/abandoned-<time>/` (resuming from an
+    """Move every complete checkpoint newer than `step` into `checkpoints/abandoned-<time>/` (resuming from an
     older step starts another history; the newer checkpoints are kept, but never resumed from or
     pruned). Returns the folder they went to, or None when there were none."""
-    newer = [path for folder_step, path in _step_folders(checkpoints_dir) if folder_step > step]
+    # Incomplete ones are no history, only a killed save's leftovers: the next save or prune removes them.
+    newer = [path for folder_step, path in _step_folders(checkpoints_dir) if folder_step > step and is_complete(path)]
     if not newer:
         return None
     folder = Path(checkpoints_dir) / f"{ABANDONED_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}"
@@ -207,6 +208,10 @@ def prune_checkpoints(checkpoints_dir: Path, keep_last: int, *, just_written: Pa
             continue
         # An incomplete folder newer than every complete one may still be being written.
         if step not in keep and (is_complete(path) or step < newest_complete):
+            # The marker goes first: a kill mid-removal leaves an incomplete folder, never a
+            # complete-marked one with files missing.
+            (path / COMPLETE_MARKER).unlink(missing_ok=True)
+            fsync_dir(path)
             shutil.rmtree(path, ignore_errors=True)
 
 

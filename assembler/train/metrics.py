@@ -19,6 +19,8 @@ from typing import Any, TextIO
 import torch
 from torch import nn
 
+from assembler.durable_files import replace_durably
+
 METRICS_FILE = "metrics.jsonl"
 
 # Dense bf16 peak per GPU. Unknown devices (and CPUs) report no MFU rather than a made-up one.
@@ -134,7 +136,8 @@ class MetricsLogger:
                 continue
             if record_step <= step:
                 kept.append(line)
-        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        # Atomic: a kill during the rewrite must not lose the records kept.
+        replace_durably(self.path, "".join(line + "\n" for line in kept).encode("utf-8"))
         self._file = open(self.path, "a", encoding="utf-8")
 
     def log(self, record: dict[str, Any]) -> None:

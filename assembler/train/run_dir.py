@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from assembler.durable_files import replace_durably
 from assembler.spec_errors import UserError
 
 RESOLVED_SPEC_FILE = "resolved_spec.yaml"
@@ -108,5 +109,5 @@ def _show(value) -> str:
 def save_resolved_spec(folder: Path, resolved_spec_yaml: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / RESOLVED_SPEC_FILE
-    path.write_text(resolved_spec_yaml, encoding="utf-8")
+    replace_durably(path, resolved_spec_yaml.encode("utf-8"))  # a kill here must not leave half a spec
     return path
