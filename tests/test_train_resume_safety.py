@@ -163,3 +163,29 @@ def test_trainer_state_is_not_unpickled(run, tmp_path, monkeypatch):
     assert not sentinel.exists()
     assert result.exit_code == 2, result.output
     assert str(state_file) in result.output
+
+
+@pytest.mark.parametrize("where", ["dcp", "trainer_state"])
+def test_full_disk_during_a_save_is_exit_2_and_keeps_the_earlier_checkpoints(run, monkeypatch, where):
+    """A full disk while saving step 4: exit 2 saying so, the half-written step 4 removed, step 3
+    kept whole and resumed from by the next run."""
+    import errno
+
+    from assembler.train import checkpoint
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if where == "dcp":
+        from torch.distributed.checkpoint import filesystem
+        monkeypatch.setattr(filesystem, "_write_item", full)
+    else:
+        monkeypatch.setattr(checkpoint, "write_durably", full)
+    result = _train(run, "-o", "train.steps=4")
+    assert result.exit_code == 2, result.output
+    assert "the disk is full" in result.output and "step-4 checkpoint" in result.output
+    assert not _step(run, 4).exists()
+    checkpoint.verify_checkpoint(_step(run, 3))
+    monkeypatch.undo()
+    again = _train(run, "-o", "train.steps=4")
+    assert again.exit_code == 0 and f"resumed from {_step(run, 3)} at step 3" in again.output, again.output

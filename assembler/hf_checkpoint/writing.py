@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from assembler.distributed import barrier, process_rank, raise_on_every_rank
-from assembler.durable_files import fsync_dir, fsync_file
+from assembler.durable_files import fsync_dir, fsync_file, is_disk_full
 from assembler.hf_checkpoint.dtype_policy import EXPORT_DTYPE, TIED_HEAD_KEY, export_dtype, is_written
 from assembler.hf_checkpoint.errors import CheckpointError
 from assembler.hf_checkpoint.extra_tensors import ExtraTensorSource, carry_extra_config
@@ -138,8 +138,14 @@ def save_hf_checkpoint(
         _write_json(partial / EXPORT_MARKER, {"written_by": "assemble export", "format": 1})
         fsync_dir(partial)
         _publish(partial, out_dir, overwrite)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(partial, ignore_errors=True)
+        if is_disk_full(error):
+            raise CheckpointError(
+                f"{given_out_dir}: the disk is full (no space left) while exporting; nothing was written there "
+                f"({'the earlier export is untouched' if out_dir.exists() else 'the partial folder was removed'}). "
+                "Free space or choose another export path, and run the export again"
+            ) from None
         raise
     finally:
         barrier()

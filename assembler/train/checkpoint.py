@@ -34,17 +34,22 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict
 
 from assembler.distributed import process_rank
-from assembler.durable_files import fsync_dir, write_durably
+from assembler.durable_files import fsync_dir, is_disk_full, write_durably
 from assembler.spec_errors import UserError
 
 COMPLETE_MARKER = "COMPLETE"
 CHECKPOINTS_FOLDER = "checkpoints"
 ABANDONED_PREFIX = "abandoned-"
 _STEP_FOLDER = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointSaveError(UserError):
+    """A checkpoint could not be written for a reason the user fixes (a full disk)."""
 
 
 class ResumeError(UserError):
@@ -272,18 +277,29 @@ def save_checkpoint(
     if process_rank() == 0 and path.exists():
         shutil.rmtree(path)  # a stale incomplete attempt at this step
     _barrier()
-    path.mkdir(parents=True, exist_ok=True)
-    model_state, optim_state = get_state_dict(model, optimizer)
-    with _single_process_quiet():
-        dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(path))
-    trainer_state = {"step": step, "scheduler": scheduler.state_dict(), "rng": rng_states(), "data": data_state}
-    write_durably(path / f"trainer_state_rank{process_rank()}.pt", lambda f: torch.save(trainer_state, f))
-    _barrier()
-    if process_rank() == 0:
-        write_durably(path / "resolved_spec.yaml", lambda f: f.write(resolved_spec_yaml.encode()))
-        fsync_dir(path)
-        write_durably(path / COMPLETE_MARKER, lambda f: f.write(f"step {step}\n".encode()))
-        fsync_dir(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        model_state, optim_state = get_state_dict(model, optimizer)
+        with _single_process_quiet():
+            dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(path))
+        trainer_state = {"step": step, "scheduler": scheduler.state_dict(), "rng": rng_states(), "data": data_state}
+        write_durably(path / f"trainer_state_rank{process_rank()}.pt", lambda f: torch.save(trainer_state, f))
+        _barrier()
+        if process_rank() == 0:
+            write_durably(path / "resolved_spec.yaml", lambda f: f.write(resolved_spec_yaml.encode()))
+            fsync_dir(path)
+            write_durably(path / COMPLETE_MARKER, lambda f: f.write(f"step {step}\n".encode()))
+            fsync_dir(path)
+    except (Exception, CheckpointException) as error:
+        if not is_disk_full(error):
+            raise
+        (path / COMPLETE_MARKER).unlink(missing_ok=True)
+        shutil.rmtree(path, ignore_errors=True)  # an incomplete folder only takes space
+        raise CheckpointSaveError(
+            f"{path}: the disk is full (no space left) while writing the step-{step} checkpoint; it was removed, "
+            f"the earlier checkpoints are untouched. Free space (or lower train.checkpoint.keep_last) and run the "
+            f"same command again: it resumes from the latest complete checkpoint"
+        ) from None
     _barrier()
     return path
 
@@ -319,7 +335,7 @@ def load_checkpoint(
     try:
         with _single_process_quiet():
             dcp.load(state, checkpoint_id=str(path))
-    except Exception as error:  # noqa: BLE001 - DCP wraps file errors in many types
+    except (Exception, CheckpointException) as error:  # DCP wraps file errors (in a BaseException)
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ResumeError(
             f"{path}: the model and optimizer state cannot be loaded ({first[:300]}); the checkpoint is damaged "
