@@ -41,6 +41,7 @@ from assembler.durable_files import fsync_dir, fsync_file, is_disk_full
 from assembler.hf_checkpoint.dtype_policy import EXPORT_DTYPE, TIED_HEAD_KEY, export_dtype, is_written
 from assembler.hf_checkpoint.errors import CheckpointError
 from assembler.hf_checkpoint.extra_tensors import ExtraTensorSource, carry_extra_config
+from assembler.hf_checkpoint.loading import HF_SOURCE_ATTRIBUTE
 from assembler.hf_checkpoint.model_tensors import ModelTensor, full_tensor, model_tensors
 from assembler.hf_checkpoint.reading import CONFIG_FILE, INDEX_FILE
 
@@ -73,7 +74,8 @@ def save_hf_checkpoint(
     """Write `model` as an HF folder at `out_dir` (see the module docstring); returns `out_dir`.
 
     `source_dir`: the HF folder the model was loaded from, if any; its tokenizer/processor files
-    are copied and its `mtp.*` tensors carried through. `shard_size`: bytes, or "500MB" / "5GB".
+    are copied and its `mtp.*` tensors carried through. Default: the folder `load_hf_checkpoint`
+    last loaded `model` from. `shard_size`: bytes, or "500MB" / "5GB".
     `dtype`: the dtype of every tensor but the fp32 ones of the policy. An existing non-empty
     `out_dir` is an error unless `overwrite`, and even then unless it is an earlier export (it holds
     EXPORT_MARKER). `inputs`: folders the weights were read from (besides `source_dir`); `out_dir`
@@ -81,6 +83,8 @@ def save_hf_checkpoint(
     """
     given_out_dir = Path(out_dir)
     out_dir = export_target(given_out_dir)
+    if source_dir is None:  # the folder the model was loaded from, if any: its mtp.* and side files
+        source_dir = getattr(model, HF_SOURCE_ATTRIBUTE, None)
     limit = parse_size(shard_size)
     tie = bool(spec.model["text"].get("tie_word_embeddings", False))
     tensors_by_name = model_tensors(model)
