@@ -189,3 +189,12 @@ def test_full_disk_during_a_save_is_exit_2_and_keeps_the_earlier_checkpoints(run
     monkeypatch.undo()
     again = _train(run, "-o", "train.steps=4")
     assert again.exit_code == 0 and f"resumed from {_step(run, 3)} at step 3" in again.output, again.output
+
+
+def test_every_checkpoint_damaged_is_refused_not_restarted(run):
+    for step in (1, 2, 3):
+        (_step(run, step) / "trainer_state_rank0.pt").write_bytes(b"torn")
+    result = _train(run)
+    assert result.exit_code == 2, result.output
+    assert "every checkpoint" in result.output and "is damaged" in result.output
+    assert all((_step(run, step) / "COMPLETE").is_file() for step in (1, 2, 3))  # nothing moved or pruned

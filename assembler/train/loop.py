@@ -35,9 +35,11 @@ from assembler.spec import Spec
 from assembler.spec_errors import UserError
 from assembler.train.checkpoint import (
     CHECKPOINTS_FOLDER,
+    ResumeError,
     abandon_newer_checkpoints,
     checkpoint_folder,
     checkpoint_step,
+    complete_checkpoints,
     latest_loadable_checkpoint,
     load_checkpoint,
     prune_checkpoints,
@@ -200,6 +202,11 @@ def train(
                 resume_from = resolve_resume_path(Path(resume))
             else:  # the newest whole one; damaged newer ones are reported and skipped
                 resume_from = latest_loadable_checkpoint(checkpoints_dir, notes.append)
+                if resume_from is None and complete_checkpoints(checkpoints_dir):
+                    raise ResumeError(
+                        "\n".join(notes + [f"every checkpoint in {checkpoints_dir} is damaged, so this run would start "
+                                            "over; to do that, choose a new folder with --output-dir (or move these away)"])
+                    )
             resumed_step = checkpoint_step(resume_from) if resume_from is not None else 0
             if resume_from is not None:
                 notes += resume_changes(resume_from / RESOLVED_SPEC_FILE, resolved_yaml, resumed_step)
@@ -300,7 +307,7 @@ def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, lo
                 f"step {step}: the {'loss' if not math.isfinite(loss) else 'gradient norm'} is "
                 f"{loss if not math.isfinite(loss) else float(grad_norm)}; training stopped before this update, "
                 f"{kept}. Lower train.optimizer.lr or check the data, then run again: a run resumes from its folder's "
-                f"latest checkpoint (or name one with --resume)."
+                f"latest checkpoint (or name one with --resume), and a changed lr takes effect from there."
             )
         optimizer.step()
         scheduler.step()
