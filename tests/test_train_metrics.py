@@ -6,6 +6,7 @@ import json
 import pytest
 from torch import nn
 
+from assembler.train import metrics
 from assembler.train.metrics import METRICS_FILE, MetricsLogger, ThroughputMeter, flops_per_token, matmul_parameter_count
 
 
@@ -32,11 +33,15 @@ def test_flops_per_token_formula():
     assert flops_per_token(TinyLM(True), text, seq) == 6 * 864 + 12 * 2 * 4 * 32 * seq
 
 
-def test_mfu_uses_peak():
+def test_mfu_uses_peak(monkeypatch):
+    """Hand-computed: 1000 tokens in 2 s = 500 tokens/s; x 1e9 flops/token = 5e11 FLOP/s; / 1e12 peak = 50%."""
+    clock = iter([10.0, 12.0, 12.0])
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
     meter = ThroughputMeter(flops_per_token=1e9, peak_flops=1e12)
     meter.add_tokens(1000)
     tokens_per_s, mfu = meter.read_and_reset()
-    assert mfu == pytest.approx(tokens_per_s * 1e9 / 1e12)
+    assert tokens_per_s == 500.0 and mfu == 0.5
+    monkeypatch.undo()
     assert ThroughputMeter(1e9, None).read_and_reset()[1] is None
 
 
