@@ -42,7 +42,8 @@ class ExportSource:
 @click.option("--shard-size", default="5GB", show_default=True, help="Largest shard file, e.g. 500MB, 5GB, 2GiB.")
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="bfloat16", show_default=True,
               help="Dtype of every tensor but A_log and linear_attn.norm.weight (always float32).")
-@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it holds an earlier export.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it holds an earlier export (one with the "
+              ".assemble-export marker); any other folder, the source, or a folder containing it is refused.")
 def export_command(checkpoint_or_run_dir: Path, out_dir: Path, shard_size: str, dtype: str, overwrite: bool) -> None:
     """Export CHECKPOINT_OR_RUN_DIR (HF folder, training checkpoint or run folder) as an HF folder at OUT_DIR."""
     from assembler.spec_errors import UserError
@@ -61,27 +62,36 @@ def export(path: Path, out_dir: Path, *, shard_size: int | str, dtype: torch.dty
     from assembler.build import build_model
     from assembler.hf_checkpoint import load_hf_checkpoint, save_hf_checkpoint
 
+    from assembler.hf_checkpoint.writing import check_export_target
+
     source = resolve_export_source(Path(path))
+    inputs = tuple(p for p in (Path(path), source.hf_dir, source.dcp_dir, source.source_dir) if p is not None)
+    check_export_target(Path(out_dir), overwrite, inputs=inputs)  # before loading: a refusal costs nothing
     model = build_model(source.spec, device="meta")
     if source.hf_dir is not None:
         _keep_export_dtypes_on_meta(model, dtype)  # materialise straight into the written dtypes: half the memory
         load_hf_checkpoint(model, source.hf_dir, source.spec)
     else:
         _load_training_checkpoint(model, source.dcp_dir)
-    return save_hf_checkpoint(model, out_dir, source.spec, source_dir=source.source_dir, shard_size=shard_size, dtype=dtype, overwrite=overwrite)
+    return save_hf_checkpoint(model, out_dir, source.spec, source_dir=source.source_dir, shard_size=shard_size, dtype=dtype,
+                              overwrite=overwrite, inputs=inputs)
 
 
 def resolve_export_source(path: Path) -> ExportSource:
     from assembler.hf_checkpoint import CheckpointError
     from assembler.hf_checkpoint.reading import read_config
     from assembler.hf_config import spec_from_hf_config
-    from assembler.train.checkpoint import is_complete, latest_checkpoint
+    from assembler.train.checkpoint import is_complete, latest_loadable_checkpoint, verify_checkpoint
 
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such folder; expected an HF model folder, a training checkpoint or a run folder")
     if (path / "config.json").is_file():
         return ExportSource(spec=spec_from_hf_config(read_config(path)), hf_dir=path, dcp_dir=None, source_dir=path)
-    checkpoint = path if is_complete(path) else latest_checkpoint(path / "checkpoints")
+    if is_complete(path):
+        verify_checkpoint(path)  # named: a damaged one is an error naming the file
+        checkpoint = path
+    else:  # a run folder: its newest whole checkpoint, damaged newer ones reported
+        checkpoint = latest_loadable_checkpoint(path / "checkpoints", lambda note: click.echo(note, err=True))
     if checkpoint is not None:
         spec = _load_resolved_spec(checkpoint / RESOLVED_SPEC_FILE)
         init_from = spec.train.get("init_from")

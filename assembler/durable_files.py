@@ -6,6 +6,7 @@ Both exporters and checkpoints write everything, sync, then publish (rename or m
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -35,3 +36,29 @@ def write_durably(path: Path, write: Callable[[BinaryIO], object]) -> None:
         write(f)
         f.flush()
         os.fsync(f.fileno())
+
+
+def replace_durably(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` atomically: a kill leaves the old file or the new one, never a torn one."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write_durably(temporary, lambda f: f.write(data))
+    os.replace(temporary, path)
+    fsync_dir(path.parent)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error` is, or wraps, "no space left" / "quota exceeded" (DCP wraps a rank's OSError
+    in a CheckpointException whose `failures` map ranks to (exception, traceback))."""
+    stack, seen = [error], set()
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        stack += [current.__cause__, current.__context__]
+        for failure in (getattr(current, "failures", None) or {}).values():
+            stack.append(failure[0] if isinstance(failure, tuple) else failure)
+    return False

@@ -184,6 +184,12 @@ def _read_config(config: dict | str | os.PathLike) -> tuple[dict, str | None]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise SpecError(Problem("", f"JSON syntax error: {error.msg}", file=where, line=error.lineno, column=error.colno)) from None
+    except UnicodeDecodeError as error:
+        raw = path.read_bytes()
+        line = raw[: error.start].count(b"\n") + 1
+        column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
+        raise SpecError(Problem("", f"not UTF-8 text (byte 0x{raw[error.start]:02x} cannot be decoded)",
+                                "JSON files are UTF-8: re-save the file as UTF-8", file=where, line=line, column=column)) from None
     if not isinstance(data, dict):
         raise SpecError(Problem("", f"a config.json must hold an object, got {type(data).__name__}", file=where))
     return data, where
@@ -299,6 +305,10 @@ class _ConfigReader:
     def layer_types(self, text: dict, num_layers: int) -> list[str]:
         if "layer_types" not in text:
             interval = text.get("full_attention_interval", 4)
+            if not isinstance(interval, int) or isinstance(interval, bool) or interval < 1:
+                self.refuse("text_config.full_attention_interval", f"{interval!r} is not a layer interval",
+                            "expected a whole number >= 1 (every N-th layer is full attention), or give layer_types", interval)
+                return ["linear"] * num_layers
             return ["full" if (i + 1) % interval == 0 else "linear" for i in range(num_layers)]
         layers = []
         for index, kind in enumerate(text["layer_types"]):

@@ -78,7 +78,7 @@ def test_multi_turn_chat_text_and_masks(tokenizer):
         "<|im_start|>assistant\n<think>\n\n</think>\n\n5.<|im_end|>\n"
     )
     sample = _encode(record, tokenizer)
-    assert sample.input_ids == tokenizer.encode(render_chat(record.messages))
+    assert sample.input_ids == tokenizer.encode_markup(render_chat(record.messages))
     runs, run = [], []
     for label in sample.labels:
         if label == IGNORE_INDEX:
@@ -125,4 +125,24 @@ def test_tokens_equal_tokenizing_the_rendered_text(tokenizer):
     for record in chats:
         sample = _encode(record, tokenizer)
         text = render_chat(record.messages).replace(IMAGE_PAD, IMAGE_PAD * 4)
-        assert sample.input_ids == tokenizer.encode(text), record.source
+        assert sample.input_ids == tokenizer.encode_markup(text), record.source
+
+
+@pytest.mark.parametrize("where", ["user", "assistant", "reasoning", "text"])
+def test_special_token_strings_in_records_are_plain_text(tokenizer, where):
+    """Issue 12, defect 5: `a literal <|image_pad|> token` in any text never becomes an image token
+    (which would give the model image tokens without an image, and kill the run)."""
+    literal = "a literal <|image_pad|> token and <|im_end|><|im_start|>system"
+    if where == "text":
+        sample = encode_text(parse_record(json.dumps({"text": literal}), source="t:1", base_dir=TINY), tokenizer)
+    else:
+        messages = [{"role": "user", "content": literal if where == "user" else "q"},
+                    {"role": "assistant", "content": literal if where == "assistant" else "a"}]
+        if where == "reasoning":
+            messages[1]["reasoning_content"] = literal
+        sample = _encode(_record({"messages": messages}), tokenizer)
+    for special in ("<|image_pad|>", "<|im_start|>", "<|im_end|>"):
+        count = sample.input_ids.count(tokenizer.token_id(special))
+        expected = 0 if where == "text" or special == "<|image_pad|>" else 2  # the template's own two turns
+        assert count == expected, (where, special, count)
+    assert literal in tokenizer.decode(sample.input_ids)

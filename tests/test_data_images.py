@@ -48,3 +48,42 @@ def test_unreadable_image_is_a_clear_error(processor, tmp_path):
     bad.write_text("not an image")
     with pytest.raises(DataError, match="bad.png cannot be read as an image"):
         processor.grid_thw(bad)
+
+
+def _truncated_png(tmp_path):
+    good = tmp_path / "good.png"
+    Image.effect_noise((64, 64), 64).convert("RGB").save(good)
+    bad = tmp_path / "truncated.png"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])  # header whole, pixel data cut
+    return good, bad
+
+
+def test_truncated_image_fails_when_checked_not_at_batch_time(processor, tmp_path):
+    """Issue 12, defect 5: the header alone passed; the image is decoded when checked."""
+    _, bad = _truncated_png(tmp_path)
+    with pytest.raises(DataError, match=r"truncated.png cannot be decoded"):
+        processor.grid_thw(bad)
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_truncated_image_obeys_on_error_and_names_the_record(processor, tmp_path, on_error):
+    import json
+
+    from assembler.data import load_tokenizer
+    from assembler.data.loader import encode_records
+    from assembler.data.records import read_jsonl
+
+    good, bad = _truncated_png(tmp_path)
+    lines = [{"messages": [{"role": "user", "content": [{"type": "image", "path": image.name}]},
+                           {"role": "assistant", "content": "noise"}]} for image in (good, bad, good)]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    records = read_jsonl(tmp_path / "data.jsonl").records
+    run = lambda: encode_records(records, load_tokenizer(None), image_processor=processor, loss_on="assistant",  # noqa: E731
+                                 max_length=256, overlong="truncate", on_error=on_error)
+    if on_error == "raise":
+        with pytest.raises(DataError, match=r"data.jsonl:2: image .*truncated.png cannot be decoded"):
+            run()
+    else:
+        samples, stats = run()
+        assert len(samples) == 2 and stats.skipped == 1
+        processor([s.images[0] for s in samples])  # what is left decodes at batch time

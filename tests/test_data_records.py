@@ -103,3 +103,15 @@ def test_data_errors_are_user_errors():
     from assembler.spec_errors import UserError
 
     assert issubclass(DataError, UserError)
+
+
+def test_latin1_jsonl_is_a_data_error_naming_the_line(tmp_path):
+    """Issue 12, defect 6: a Latin-1 file raised UnicodeDecodeError outside the per-line check."""
+    from assembler.data.records import read_jsonl as read
+
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"text": "fine"}\n' + '{"text": "caf\u00e9"}\n'.encode("latin-1") + b'{"text": "also fine"}\n')
+    with pytest.raises(DataError, match=r"latin1.jsonl:2: not UTF-8 text \(byte 0xe9 at column 14\).*re-save the file as UTF-8"):
+        read(path)
+    skipped = read(path, on_error="skip")
+    assert [r.text for r in skipped.records] == ["fine", "also fine"] and len(skipped.skipped) == 1

@@ -40,10 +40,19 @@ def test_chat_special_ids(tokenizer):
 
 
 def test_encode_decode(tokenizer):
-    ids = tokenizer.encode("<|im_start|>user\nHello world<|im_end|>")
+    ids = tokenizer.encode_markup("<|im_start|>user\nHello world<|im_end|>")
     assert ids == [248045, 846, 198, 9419, 1814, 248046]
     assert tokenizer.decode(ids) == "<|im_start|>user\nHello world<|im_end|>"
     assert tokenizer.decode(tokenizer.encode("A red circle. Ünïcödé ✓")) == "A red circle. Ünïcödé ✓"
+
+
+def test_special_token_strings_in_text_are_plain_text(tokenizer):
+    """Issue 12, defect 5: text naming a control token never becomes that token."""
+    ids = tokenizer.encode("a literal <|image_pad|> token")
+    special = set(tokenizer._special_tokens.values())
+    assert not special & set(ids)
+    assert tokenizer.decode(ids) == "a literal <|image_pad|> token"
+    assert tokenizer.encode_markup("<|image_pad|>") == [tokenizer.token_id("<|image_pad|>")]
 
 
 def test_unknown_special_token_is_a_clear_error(tokenizer):
@@ -70,7 +79,8 @@ def test_hf_tokenizer_folder(tmp_path):
 
     tok = load_tokenizer(tmp_path.name, base_dir=tmp_path.parent)  # relative to the spec's folder
     assert tok.token_id("<|im_start|>") == 5
-    assert tok.encode("ab<|im_start|>a") == [2, 5, 0]
+    assert tok.encode_markup("ab<|im_start|>a") == [2, 5, 0]
+    assert 5 not in tok.encode("ab<|im_start|>a")  # the user's text: the special string is plain text
     assert tok.decode([2, 5]) == "ab<|im_start|>"
     assert tok.vocab_size == 6
 

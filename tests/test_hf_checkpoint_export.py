@@ -102,9 +102,10 @@ def test_overwrite_replaces_an_earlier_export_whole(source, tmp_path):
     model = _loaded(source, spec)
     save_hf_checkpoint(model, tmp_path / "out", spec, source_dir=source, shard_size="40KB")
     save_hf_checkpoint(model, tmp_path / "out", spec, shard_size="1GB", overwrite=True)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "config.json", "model-00001-of-00001.safetensors", "model.safetensors.index.json"
-    ]
+    side_files = [p.name for p in source.iterdir() if writing.SOURCE_FILE_PATTERN.match(p.name)]  # the model remembers its source
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([
+        ".assemble-export", "config.json", "model-00001-of-00001.safetensors", "model.safetensors.index.json", *side_files
+    ])  # none of the first export's 40KB shards is left
     assert not list(tmp_path.glob(".out.*"))  # neither the partial folder nor the old export is left
 
 
@@ -120,7 +121,7 @@ def test_crash_mid_export_leaves_nothing(source, tmp_path, monkeypatch):
         real_save(tensors, path, metadata=metadata)
 
     monkeypatch.setattr(writing, "save_file", failing_save)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointError, match="out: the disk is full .* nothing was written there"):  # exit 2
         save_hf_checkpoint(model, tmp_path / "out", spec, source_dir=source, shard_size="40KB")
     assert len(calls) == 3
     assert _no_output(tmp_path, "out")
@@ -160,3 +161,16 @@ def test_existing_empty_folder_is_filled(source, tmp_path):
     (tmp_path / "out").mkdir()
     save_hf_checkpoint(_loaded(source, spec), tmp_path / "out", spec)
     assert (tmp_path / "out" / "config.json").is_file() and not list(tmp_path.glob(".out.*"))
+
+
+def test_a_loaded_model_remembers_its_source_for_every_export(source, tmp_path):
+    """Issue 12, defect 9: save_hf_checkpoint(model, out, spec) after load_hf_checkpoint(model, src)
+    carries src's mtp.* tensors and tokenizer files without source_dir= being passed again."""
+    from tests.hf_checkpoint_fixtures import SIDE_FILES
+
+    mtp = add_mtp_tensors(source)
+    spec = _spec(source)
+    out = save_hf_checkpoint(_loaded(source, spec), tmp_path / "out", spec)
+    folder = open_checkpoint_folder(out)
+    assert {n for n in folder.tensors if n.startswith("mtp.")} == set(mtp)
+    assert all((out / name).read_text() == text for name, text in SIDE_FILES.items())

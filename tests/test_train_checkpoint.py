@@ -75,10 +75,18 @@ def test_round_trip_continues_bitwise(tmp_path):
     assert sched2.last_epoch == sched.last_epoch
 
 
-def test_marker_is_written_last_and_incomplete_is_ignored(tmp_path):
+def test_marker_is_written_last_and_incomplete_is_ignored(tmp_path, monkeypatch):
+    from assembler.train import checkpoint
+
     model, opt, sched = _setup(0)
     _step(model, opt, sched)
+    written = []  # every file a save writes, in order (DCP's files as one entry)
+    real_save, real_write = checkpoint.dcp.save, checkpoint.write_durably
+    monkeypatch.setattr(checkpoint.dcp, "save", lambda *a, **k: (real_save(*a, **k), written.append("dcp"))[0])
+    monkeypatch.setattr(checkpoint, "write_durably", lambda path, fill: (real_write(path, fill), written.append(path.name))[0])
     done = _save(checkpoint_folder(tmp_path, 1), model, opt, sched, 1)
+    monkeypatch.undo()
+    assert written == ["dcp", "trainer_state_rank0.pt", "resolved_spec.yaml", COMPLETE_MARKER]
     assert (done / COMPLETE_MARKER).read_text() == "step 1\n"
     assert {p.name for p in done.iterdir()} >= {".metadata", "trainer_state_rank0.pt", "resolved_spec.yaml", COMPLETE_MARKER}
     half = checkpoint_folder(tmp_path, 2)

@@ -68,7 +68,12 @@ class EncodedSample:
         return len(self.input_ids)
 
 
-# A rendered chat: (piece, trained) in order; a piece is text or an image.
+class Markup(str):
+    """Text the template itself writes (`<|im_start|>user\\n`): its special-token strings are
+    special tokens. Every other piece of text is the user's, tokenized as plain text."""
+
+
+# A rendered chat: (piece, trained) in order; a piece is markup, the user's text or an image.
 Segment = tuple[str | ImagePart, bool]
 
 
@@ -86,17 +91,18 @@ def chat_segments(messages: tuple[Message, ...] | list[Message]) -> list[Segment
     for index, message in enumerate(messages):
         content = _trim(list(message.content))
         if message.role in ("system", "user"):
-            segments.append((f"{IM_START}{message.role}\n", False))
+            segments.append((Markup(f"{IM_START}{message.role}\n"), False))
             segments += [(part, False) for part in content]
-            segments.append((f"{IM_END}\n", False))
+            segments.append((Markup(f"{IM_END}\n"), False))
             continue
         content, reasoning = _split_reasoning(content, message.reasoning_content)
-        segments.append((f"{IM_START}assistant\n", False))
-        if index > last_query:
-            segments.append((f"{THINK_START}\n{reasoning}\n{THINK_END}\n\n", True))
+        segments.append((Markup(f"{IM_START}assistant\n"), False))
+        if index > last_query:  # split at the special tokens, so the reasoning stays plain text
+            segments += [(Markup(THINK_START), True), (f"\n{reasoning}\n", True), (Markup(THINK_END), True),
+                         (Markup("\n\n"), True)]
         segments += [(part, True) for part in content]
-        segments.append((IM_END, True))
-        segments.append(("\n", False))
+        segments.append((Markup(IM_END), True))
+        segments.append((Markup("\n"), False))
     return segments
 
 
@@ -121,12 +127,17 @@ def encode_chat(
     images, grids = [], []
     for piece, is_answer in segments:
         if isinstance(piece, ImagePart):
-            grid = image_grid(piece.path)
+            try:
+                grid = image_grid(piece.path)
+            except DataError as error:
+                raise DataError(f"{record.source}: {error}") from None
             images.append(piece.path)
             grids.append(grid)
             piece_ids = [vision_start] + [image_pad] * image_tokens(grid) + [vision_end]
+        elif isinstance(piece, Markup):
+            piece_ids = tokenizer.encode_markup(piece)
         else:
-            piece_ids = tokenizer.encode(piece)
+            piece_ids = tokenizer.encode(piece)  # the user's text: special-token strings stay text
         ids += piece_ids
         trained += [is_answer or loss_on == "all"] * len(piece_ids)
     trained = [t and i != image_pad for t, i in zip(trained, ids)]

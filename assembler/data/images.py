@@ -37,11 +37,14 @@ class ImageProcessor:
         self._processor = None
 
     def grid_thw(self, path: Path) -> tuple[int, int, int]:
-        """The patch grid (t, h, w) of an image, from its header alone (no decoding)."""
+        """The patch grid (t, h, w) of an image. The image is decoded whole, once, here (while the
+        data is checked, before training): a truncated or corrupt file fails now, as a DataError
+        naming it, not at batch time hours later."""
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
         with _open(path) as image:
             width, height = image.size
+            _decode(image, path)
         factor = self.patch_size * self.merge_size
         try:
             resized_h, resized_w = smart_resize(height, width, factor, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
@@ -59,6 +62,7 @@ class ImageProcessor:
         images = []
         for path in paths:
             with _open(path) as image:
+                _decode(image, path)  # it decoded when checked; a file changed since fails here, named
                 images.append(image.convert("RGB"))
         out = self._image_processor()(images, return_tensors="pt")
         return out["pixel_values"].to(torch.float32), out["image_grid_thw"].to(torch.long)
@@ -77,6 +81,13 @@ class ImageProcessor:
                 image_std=list(QWEN3_5_IMAGE_STD),
             )
         return self._processor
+
+
+def _decode(image, path: Path) -> None:
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:  # PIL: truncated data, broken chunks
+        raise DataError(f"image {path} cannot be decoded ({error}); replace or remove it") from None
 
 
 def _open(path: Path):

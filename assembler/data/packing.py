@@ -20,6 +20,7 @@ import torch
 
 from assembler.data.chat_template import IGNORE_INDEX, EncodedSample
 from assembler.data.images import ImageProcessor
+from assembler.data.records import DataError
 from blocks.packing import PackingContext
 from blocks.position_ids import mrope_position_ids
 
@@ -149,7 +150,11 @@ def collate_row(
     if images:
         if image_processor is None:
             raise ValueError("the row holds images but no image processor was given (does the spec have model.vision?)")
-        pixel_values, image_grid_thw = image_processor(images)
+        try:
+            pixel_values, image_grid_thw = image_processor(images)
+        except DataError as error:  # the file changed after it was checked: say which record holds it
+            sources = ", ".join(s.source for s in samples if s.images)
+            raise DataError(f"{error} (in the record at {sources}; it changed after the data was checked)") from None
         expected = torch.tensor([g for s in samples for g in s.image_grids], dtype=torch.long)
         if not torch.equal(image_grid_thw, expected):
             raise ValueError(f"image grids changed since encoding: {image_grid_thw.tolist()} != {expected.tolist()}")

@@ -98,18 +98,29 @@ def read_jsonl(path: Path, *, on_error: str = "raise", into: ReadResult | None =
     result = into if into is not None else ReadResult()
     if not path.is_file():
         raise DataError(f"data source {path} does not exist; check data.sources (paths are relative to the spec file)")
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
+    with path.open("rb") as lines:  # decoded line by line: a bad byte is that line's error, not a crash
+        for number, raw in enumerate(lines, start=1):
             source = f"{path}:{number}"
             try:
+                line = _decode_line(raw, source)
+                if not line.strip():
+                    continue
                 result.records.append(parse_record(line, source=source, base_dir=path.parent))
             except DataError as error:
                 if on_error == "raise":
                     raise DataError(f"{error} (set data.on_error: skip to skip bad records)") from None
                 result.skipped.append(str(error))
     return result
+
+
+def _decode_line(raw: bytes, source: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{source}: not UTF-8 text (byte 0x{raw[error.start]:02x} at column {error.start + 1}); JSONL files are "
+            "UTF-8: re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+        ) from None
 
 
 def parse_record(line: str, *, source: str, base_dir: Path) -> Record:

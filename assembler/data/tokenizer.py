@@ -6,9 +6,11 @@
   embedded default needs no download. Same regex, ranks and special-token ids as Qwen3.5's
   `tokenizer.json` (special tokens from id 248044: `<|endoftext|>`, `<|im_start|>`, ...).
 
-Both parse special-token strings inside text as special tokens, as HF's tokenizer does when it
-tokenizes a rendered chat template; special tokens always split pre-tokenization, so encoding a
-text piece by piece at special-token boundaries equals encoding it whole.
+`encode` tokenizes text as plain text: a special-token string inside a user's text (`a literal
+<|image_pad|> token`) becomes ordinary tokens, never the control token (as HF's
+`split_special_tokens=True` does). Only `encode_markup`, for the chat template's own markup, turns
+`<|im_start|>` and the like into special tokens; special tokens always split pre-tokenization, so
+encoding a chat piece by piece at special-token boundaries equals encoding it whole.
 """
 
 from __future__ import annotations
@@ -28,17 +30,22 @@ class Tokenizer:
     picks between them from the spec value.
     """
 
-    def __init__(self, *, encode: Callable[[str], list[int]], decode: Callable[[list[int]], str],
-                 special_tokens: dict[str, int], vocab_size: int, name: str):
+    def __init__(self, *, encode: Callable[[str], list[int]], encode_markup: Callable[[str], list[int]],
+                 decode: Callable[[list[int]], str], special_tokens: dict[str, int], vocab_size: int, name: str):
         self._encode = encode
+        self._encode_markup = encode_markup
         self._decode = decode
         self._special_tokens = special_tokens
         self.vocab_size = vocab_size
         self.name = name
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text`; no BOS/EOS is added."""
+        """Token ids of `text` as plain text (special-token strings in it are not special); no BOS/EOS is added."""
         return self._encode(text)
+
+    def encode_markup(self, text: str) -> list[int]:
+        """Token ids of template markup, where `<|im_start|>` etc. are the special tokens."""
+        return self._encode_markup(text)
 
     def decode(self, ids: list[int]) -> str:
         return self._decode(list(ids))
@@ -60,7 +67,9 @@ class Tokenizer:
 
         qwen = get_tokenizer(QWEN3_5_PACKAGE_MODEL)
         return cls(
-            encode=qwen.encode,  # allows special tokens in text, NFC-normalises like tokenizer.json
+            # Both NFC-normalise like tokenizer.json; only markup may hold special tokens.
+            encode=lambda text: qwen.encode(text, allowed_special=set(), disallowed_special=()),
+            encode_markup=qwen.encode,
             decode=qwen.decode,
             special_tokens=dict(qwen._special_tokens),
             vocab_size=qwen._tokenizer.n_vocab,
@@ -79,10 +88,19 @@ class Tokenizer:
             )
         from tokenizers import Tokenizer as HFTokenizer
 
-        hf = HFTokenizer.from_file(str(file))
+        try:
+            hf = HFTokenizer.from_file(str(file))
+        except Exception as error:  # the tokenizers library raises plain Exceptions for a bad file
+            raise DataError(f"data.tokenizer: {file} cannot be read as a tokenizer.json ({error})") from None
         special = {token.content: index for index, token in hf.get_added_tokens_decoder().items()}
+
+        def encode(text: str, *, markup: bool) -> list[int]:
+            hf.encode_special_tokens = not markup  # True: special-token strings are split as plain text
+            return hf.encode(text, add_special_tokens=False).ids
+
         return cls(
-            encode=lambda text: hf.encode(text, add_special_tokens=False).ids,
+            encode=lambda text: encode(text, markup=False),
+            encode_markup=lambda text: encode(text, markup=True),
             decode=lambda ids: hf.decode(ids, skip_special_tokens=False),
             special_tokens=special,
             vocab_size=hf.get_vocab_size(with_added_tokens=True),

@@ -22,6 +22,11 @@ from assembler.hf_checkpoint.model_tensors import fill_tensor, materialize_meta_
 from assembler.hf_checkpoint.reading import CheckpointFolder, open_checkpoint_folder, stream_tensors
 
 
+# Set on a model by load_hf_checkpoint: the folder it was loaded from, so every later export carries
+# that folder's mtp.* tensors and tokenizer / processor files without being told again.
+HF_SOURCE_ATTRIBUTE = "assemble_hf_source_dir"
+
+
 @dataclass(frozen=True)
 class LoadedCheckpoint:
     """What a load read: the folder (the `source_dir` of later exports), its config, the carried extras."""
@@ -45,6 +50,8 @@ def load_hf_checkpoint(
     With `spec`, the folder's config.json must describe the same architecture. Missing or
     unexpected tensors are an error listing them, except `mtp.*`, which are carried to exports
     (see extra_tensors). Raises CheckpointError before touching the model if anything is wrong.
+    The model remembers the folder (HF_SOURCE_ATTRIBUTE): `save_hf_checkpoint` uses it as the
+    default `source_dir`.
     """
     folder = open_checkpoint_folder(checkpoint_dir)
     if spec is not None:
@@ -62,6 +69,7 @@ def load_hf_checkpoint(
 
     extras = ExtraTensorSource(folder)
     extras.log_carried()
+    setattr(model, HF_SOURCE_ATTRIBUTE, folder.path)  # later exports carry mtp.* and the side files from it
     return LoadedCheckpoint(source_dir=folder.path, config=folder.config, extra_tensor_names=extras.names)
 
 

@@ -6,8 +6,15 @@ tokenizer / processor / generation files copied from the source folder + the sou
 tensors, verbatim. Dtypes follow dtype_policy.
 
 Atomic: everything is written into a hidden temporary folder beside the target, fsynced, then
-renamed onto the final name; on any error the temporary folder is removed, and a crash leaves at
-most a `.NAME.partial-*` folder, never a half-written NAME.
+renamed onto the final name (swapped with an earlier export in one `renameat2(RENAME_EXCHANGE)`
+where the OS has it); on any error the temporary folder is removed, and a crash leaves at most a
+`.NAME.partial-*` / `.NAME.old-*` folder beside NAME, never a half-written NAME. The next export
+to NAME removes those leftovers.
+
+What is replaced: an export carries the marker file `.assemble-export`, and `overwrite` replaces
+only a folder holding it (or an empty one). Anything else, a folder the export reads from, or a
+folder containing one, is refused. A symlinked NAME is followed: the folder it points to is the
+target (the same rules apply to it) and the link itself is left as it is; a dangling link is refused.
 
 FSDP2: every rank calls this (each tensor is all-gathered with `full_tensor`, in the same order on
 every rank); only rank 0 holds a gathered shard and writes, so N ranks give the files one rank gives.
@@ -15,6 +22,8 @@ every rank); only rank 0 holds a gathered shard and writes, so N ranks give the 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import re
@@ -28,10 +37,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from assembler.distributed import barrier, process_rank, raise_on_every_rank
-from assembler.durable_files import fsync_dir, fsync_file
+from assembler.durable_files import fsync_dir, fsync_file, is_disk_full
 from assembler.hf_checkpoint.dtype_policy import EXPORT_DTYPE, TIED_HEAD_KEY, export_dtype, is_written
 from assembler.hf_checkpoint.errors import CheckpointError
 from assembler.hf_checkpoint.extra_tensors import ExtraTensorSource, carry_extra_config
+from assembler.hf_checkpoint.loading import HF_SOURCE_ATTRIBUTE
 from assembler.hf_checkpoint.model_tensors import ModelTensor, full_tensor, model_tensors
 from assembler.hf_checkpoint.reading import CONFIG_FILE, INDEX_FILE
 
@@ -44,6 +54,9 @@ SOURCE_FILE_PATTERN = re.compile(
     r"|preprocessor_config\.json|video_preprocessor_config\.json|processor_config\.json"
     r"|generation_config\.json|LICENSE.*)$"
 )
+# Written into every export: `overwrite` replaces only a folder that holds it (a folder this
+# project wrote), never a user's folder that happens to be named like the target.
+EXPORT_MARKER = ".assemble-export"
 SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
@@ -56,15 +69,22 @@ def save_hf_checkpoint(
     *,
     dtype: torch.dtype = EXPORT_DTYPE,
     overwrite: bool = False,
+    inputs: tuple[str | Path, ...] = (),
 ) -> Path:
     """Write `model` as an HF folder at `out_dir` (see the module docstring); returns `out_dir`.
 
     `source_dir`: the HF folder the model was loaded from, if any; its tokenizer/processor files
-    are copied and its `mtp.*` tensors carried through. `shard_size`: bytes, or "500MB" / "5GB".
+    are copied and its `mtp.*` tensors carried through. Default: the folder `load_hf_checkpoint`
+    last loaded `model` from. `shard_size`: bytes, or "500MB" / "5GB".
     `dtype`: the dtype of every tensor but the fp32 ones of the policy. An existing non-empty
-    `out_dir` is an error unless `overwrite`.
+    `out_dir` is an error unless `overwrite`, and even then unless it is an earlier export (it holds
+    EXPORT_MARKER). `inputs`: folders the weights were read from (besides `source_dir`); `out_dir`
+    may be neither one of them nor a folder containing one.
     """
-    out_dir = Path(out_dir)
+    given_out_dir = Path(out_dir)
+    out_dir = export_target(given_out_dir)
+    if source_dir is None:  # the folder the model was loaded from, if any: its mtp.* and side files
+        source_dir = getattr(model, HF_SOURCE_ATTRIBUTE, None)
     limit = parse_size(shard_size)
     tie = bool(spec.model["text"].get("tie_word_embeddings", False))
     tensors_by_name = model_tensors(model)
@@ -77,7 +97,8 @@ def save_hf_checkpoint(
     failure, extras, config = None, ExtraTensorSource(None), {}
     if is_writer:
         try:
-            _check_target(out_dir, overwrite)
+            check_export_target(given_out_dir, overwrite, inputs=(*inputs, *((source_dir,) if source_dir else ())))
+            remove_stale_siblings(out_dir)
             extras = _open_source(source_dir)
             collisions = sorted(set(extras.names) & {entry.name for entry in entries})
             if collisions:
@@ -95,7 +116,7 @@ def save_hf_checkpoint(
         for _ in tensors:  # take part in every all-gather, hold nothing
             pass
         barrier()
-        return out_dir
+        return given_out_dir
 
     partial = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
@@ -118,14 +139,21 @@ def save_hf_checkpoint(
         if source_dir is not None:
             _copy_source_files(Path(source_dir), partial)
         extras.log_carried()
+        _write_json(partial / EXPORT_MARKER, {"written_by": "assemble export", "format": 1})
         fsync_dir(partial)
         _publish(partial, out_dir, overwrite)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(partial, ignore_errors=True)
+        if is_disk_full(error):
+            raise CheckpointError(
+                f"{given_out_dir}: the disk is full (no space left) while exporting; nothing was written there "
+                f"({'the earlier export is untouched' if out_dir.exists() else 'the partial folder was removed'}). "
+                "Free space or choose another export path, and run the export again"
+            ) from None
         raise
     finally:
         barrier()
-    return out_dir
+    return given_out_dir
 
 
 def plan_shards(sizes: list[tuple[str, int]], shard_size: int) -> list[list[str]]:
@@ -218,26 +246,87 @@ def _config_json(spec, dtype: torch.dtype, extras: ExtraTensorSource) -> dict:
     return config
 
 
-def _check_target(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CheckpointError(f"{out_dir}: exists and is not a folder; choose another export path")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise CheckpointError(f"{out_dir}: already exists and is not empty; choose another path or pass overwrite (--overwrite)")
+def export_target(out_dir: Path) -> Path:
+    """The folder an export to `out_dir` replaces: `out_dir`, or where it points when it is a symlink."""
+    out_dir = Path(out_dir)
+    return out_dir.resolve() if out_dir.is_symlink() else out_dir
+
+
+def check_export_target(out_dir: Path, overwrite: bool, *, inputs: tuple[str | Path, ...] = ()) -> None:
+    """Refuse (CheckpointError) an export target that is not ours to replace; see the module docstring."""
+    given = Path(out_dir)
+    if given.is_symlink() and not given.exists():
+        raise CheckpointError(f"{given}: is a symlink to {os.readlink(given)}, which does not exist; "
+                              "point it at an existing folder or choose another export path")
+    target = export_target(given)
+    shown = f"{given} (a symlink to {target})" if target != given else f"{given}"
+    real = target.resolve()
+    for source in inputs:
+        source = Path(source).resolve()
+        if real == source or real in source.parents:
+            what = "is" if real == source else "contains"
+            raise CheckpointError(
+                f"{shown}: {what} the folder the export reads from ({source}); replacing it would delete the "
+                "source. Choose another export path"
+            )
+    if target.exists() and not target.is_dir():
+        raise CheckpointError(f"{shown}: exists and is not a folder; choose another export path")
+    if not target.is_dir() or not any(target.iterdir()):
+        return
+    if not overwrite:
+        raise CheckpointError(f"{shown}: already exists and is not empty; choose another path or pass overwrite (--overwrite)")
+    if not (target / EXPORT_MARKER).is_file():
+        raise CheckpointError(
+            f"{shown}: is not a folder `assemble export` wrote (it has no {EXPORT_MARKER} marker), so --overwrite "
+            "will not replace it; choose another export path, or empty or remove that folder yourself"
+        )
+
+
+def remove_stale_siblings(out_dir: Path) -> None:
+    """Remove the `.NAME.partial-*` / `.NAME.old-*` folders that killed exports to `out_dir` left."""
+    parent = out_dir.parent
+    if not parent.is_dir():
+        return
+    stale = re.compile(rf"^\.{re.escape(out_dir.name)}\.(partial|old)-[0-9a-f]{{8}}$")
+    for sibling in parent.iterdir():
+        if stale.match(sibling.name) and sibling.is_dir() and not sibling.is_symlink():
+            shutil.rmtree(sibling, ignore_errors=True)
 
 
 def _publish(partial: Path, out_dir: Path, overwrite: bool) -> None:
-    """Rename the finished folder onto `out_dir`. An old export is moved aside first and removed
-    after, so `out_dir` is always either the old export or the new one, never a mix."""
-    old = None
+    """Put the finished folder at `out_dir`. An earlier export there is swapped with it in one atomic
+    rename where the OS can (Linux renameat2 RENAME_EXCHANGE), else moved aside first; it is
+    removed after, so `out_dir` is always either the old export or the new one, never a mix."""
     if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not overwrite:  # re-checked: it may have appeared while we were writing
-            raise CheckpointError(f"{out_dir}: appeared while exporting; the export was not written")
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out_dir, old)
-    os.rename(partial, out_dir)  # POSIX: replaces an empty folder atomically
+        if not overwrite or not (out_dir / EXPORT_MARKER).is_file():  # re-checked: it may have changed meanwhile
+            raise CheckpointError(f"{out_dir}: changed while exporting (it is no longer an earlier export); the export was not written")
+        if _rename_exchange(partial, out_dir):
+            old = partial  # now holds the earlier export
+        else:
+            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(out_dir, old)
+            os.rename(partial, out_dir)
+    else:
+        old = None
+        os.rename(partial, out_dir)  # POSIX: replaces an empty folder atomically
     fsync_dir(out_dir.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2); False where the OS or filesystem cannot."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
 def _copy_source_files(source_dir: Path, partial: Path) -> None:

@@ -8,7 +8,12 @@ Layout of one checkpoint, `<run>/checkpoints/step_000060/`:
     resolved_spec.yaml             the spec that wrote it
     COMPLETE                       written last, after everything above is on disk
 
-A folder without `COMPLETE` (a run killed mid-save) is not a checkpoint: resuming ignores it.
+A folder without `COMPLETE` (a run killed mid-save) is not a checkpoint: resuming ignores it. A
+folder with it whose files are damaged (truncated by a full disk, say) fails `verify_checkpoint`,
+which checks every file DCP's metadata names is whole and the trainer state loads; auto-resume then
+falls back to the previous complete checkpoint. The trainer state loads with `weights_only=True`
+(plain containers and tensors, no arbitrary pickled objects), but DCP's `.metadata` is a pickle:
+resume only from checkpoints you trust.
 `get_state_dict`/`set_state_dict` give the same code path for a plain module and an FSDP2 one,
 and DCP reshards on load: a checkpoint written by N ranks resumes on M ranks (M = 1 included).
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 import random
 import re
 import shutil
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,16 +34,22 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict
 
 from assembler.distributed import process_rank
-from assembler.durable_files import fsync_dir, write_durably
+from assembler.durable_files import fsync_dir, is_disk_full, write_durably
 from assembler.spec_errors import UserError
 
 COMPLETE_MARKER = "COMPLETE"
 CHECKPOINTS_FOLDER = "checkpoints"
+ABANDONED_PREFIX = "abandoned-"
 _STEP_FOLDER = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointSaveError(UserError):
+    """A checkpoint could not be written for a reason the user fixes (a full disk)."""
 
 
 class ResumeError(UserError):
@@ -73,18 +85,110 @@ def _step_folders(checkpoints_dir: Path) -> list[tuple[int, Path]]:
 
 def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
     """The complete checkpoint with the highest step under `checkpoints_dir`, or None."""
-    complete = [path for _, path in _step_folders(checkpoints_dir) if is_complete(path)]
+    complete = complete_checkpoints(checkpoints_dir)
     return complete[-1] if complete else None
+
+
+def complete_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """The complete checkpoints under `checkpoints_dir`, oldest first."""
+    return [path for _, path in _step_folders(checkpoints_dir) if is_complete(path)]
+
+
+def latest_loadable_checkpoint(checkpoints_dir: Path, warn) -> Path | None:
+    """The newest complete checkpoint that passes `verify_checkpoint`; `warn(message)` is told about
+    each newer one skipped as damaged."""
+    for path in reversed(complete_checkpoints(checkpoints_dir)):
+        try:
+            verify_checkpoint(path)
+            return path
+        except ResumeError as error:
+            warn(f"warning: {error}; falling back to the previous complete checkpoint")
+    return None
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a complete checkpoint was written at (from its COMPLETE marker, `step N`)."""
+    try:
+        return int((Path(path) / COMPLETE_MARKER).read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        match = _STEP_FOLDER.match(Path(path).name)
+        if match:
+            return int(match.group(1))
+        raise ResumeError(f"{path / COMPLETE_MARKER}: unreadable; the checkpoint is damaged, resume from another one") from None
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise ResumeError naming the file when a complete-marked checkpoint cannot be loaded whole:
+    its DCP metadata is unreadable, a data file it names is missing or shorter than the metadata
+    says, or a trainer state does not load. Reads the small files only."""
+    path = Path(path)
+    advice = "resume from an earlier checkpoint (--resume), or delete this one"
+    try:
+        metadata = dcp.FileSystemReader(str(path)).read_metadata()
+    except Exception as error:  # a torn or missing pickle: any exception means unreadable
+        raise ResumeError(f"{path / '.metadata'}: cannot be read ({type(error).__name__}: {error}); {advice}") from None
+    needed: dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), int(info.offset) + int(info.length))
+    for name, size in sorted(needed.items()):
+        file = path / name
+        have = file.stat().st_size if file.is_file() else None
+        if have is None or have < size:
+            state = "is missing" if have is None else f"holds {have} bytes, {size} expected (truncated)"
+            raise ResumeError(f"{file}: {state}; {advice}")
+    states = sorted(path.glob("trainer_state_rank*.pt"))
+    if not states:
+        raise ResumeError(f"{path} has no trainer_state_rank0.pt: the checkpoint is damaged; {advice}")
+    for file in states:
+        _load_trainer_state(file)
+
+
+def _load_trainer_state(file: Path) -> dict[str, Any]:
+    """A trainer state: plain containers, numbers and tensors only (`weights_only=True`)."""
+    try:
+        state = torch.load(file, weights_only=True)
+    except Exception as error:  # truncated, or holds objects weights_only refuses to unpickle
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ResumeError(
+            f"{file}: cannot be loaded as a trainer state ({first}); it is damaged or not this project's; "
+            "resume from an earlier checkpoint (--resume), or delete this one"
+        ) from None
+    if not isinstance(state, dict) or not {"step", "scheduler", "rng", "data"} <= set(state):
+        raise ResumeError(f"{file}: not a trainer state (expected step, scheduler, rng, data)")
+    return state
+
+
+def abandon_newer_checkpoints(checkpoints_dir: Path, step: int) -> Path | None:
+    """Move every complete checkpoint newer than `step` into `checkpoints/abandoned-<time>/` (resuming from an
+    older step starts another history; the newer checkpoints are kept, but never resumed from or
+    pruned). Returns the folder they went to, or None when there were none."""
+    # Incomplete ones are no history, only a killed save's leftovers: the next save or prune removes them.
+    newer = [path for folder_step, path in _step_folders(checkpoints_dir) if folder_step > step and is_complete(path)]
+    if not newer:
+        return None
+    folder = Path(checkpoints_dir) / f"{ABANDONED_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}"
+    suffix = 1
+    while folder.exists():
+        suffix += 1
+        folder = folder.with_name(f"{folder.name.split('.')[0]}.{suffix}")
+    folder.mkdir()
+    for path in newer:
+        path.rename(folder / path.name)
+    fsync_dir(folder)
+    fsync_dir(Path(checkpoints_dir))
+    return folder
 
 
 def resolve_resume_path(path: Path) -> Path:
     """`--resume PATH` accepts a checkpoint folder, a run's `checkpoints/` folder, or a run folder."""
     path = Path(path)
     if is_complete(path):
+        verify_checkpoint(path)
         return path
     for candidate in (path, path / CHECKPOINTS_FOLDER):
         latest = latest_checkpoint(candidate)
         if latest is not None:
+            verify_checkpoint(latest)
             return latest
     if not path.exists():
         raise ResumeError(f"--resume {path}: no such file or folder")
@@ -96,15 +200,23 @@ def resolve_resume_path(path: Path) -> Path:
     raise ResumeError(f"--resume {path}: no complete checkpoint found here (expected a step_NNNNNN folder holding {COMPLETE_MARKER})")
 
 
-def prune_checkpoints(checkpoints_dir: Path, keep_last: int) -> None:
-    """Keep the newest `keep_last` complete checkpoints; drop older ones and stale incomplete ones."""
+def prune_checkpoints(checkpoints_dir: Path, keep_last: int, *, just_written: Path | None = None) -> None:
+    """Keep the newest `keep_last` complete checkpoints (and `just_written`, always); drop older
+    ones and stale incomplete ones. Only step folders are touched, never `abandoned-*`."""
     folders = _step_folders(checkpoints_dir)
     complete_steps = [step for step, path in folders if is_complete(path)]
     keep = set(complete_steps[-keep_last:]) if keep_last > 0 else set()
     newest_complete = complete_steps[-1] if complete_steps else -1
+    protected = Path(just_written).resolve() if just_written is not None else None
     for step, path in folders:
+        if protected is not None and path.resolve() == protected:
+            continue
         # An incomplete folder newer than every complete one may still be being written.
         if step not in keep and (is_complete(path) or step < newest_complete):
+            # The marker goes first: a kill mid-removal leaves an incomplete folder, never a
+            # complete-marked one with files missing.
+            (path / COMPLETE_MARKER).unlink(missing_ok=True)
+            fsync_dir(path)
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -165,18 +277,29 @@ def save_checkpoint(
     if process_rank() == 0 and path.exists():
         shutil.rmtree(path)  # a stale incomplete attempt at this step
     _barrier()
-    path.mkdir(parents=True, exist_ok=True)
-    model_state, optim_state = get_state_dict(model, optimizer)
-    with _single_process_quiet():
-        dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(path))
-    trainer_state = {"step": step, "scheduler": scheduler.state_dict(), "rng": rng_states(), "data": data_state}
-    write_durably(path / f"trainer_state_rank{process_rank()}.pt", lambda f: torch.save(trainer_state, f))
-    _barrier()
-    if process_rank() == 0:
-        write_durably(path / "resolved_spec.yaml", lambda f: f.write(resolved_spec_yaml.encode()))
-        fsync_dir(path)
-        write_durably(path / COMPLETE_MARKER, lambda f: f.write(f"step {step}\n".encode()))
-        fsync_dir(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        model_state, optim_state = get_state_dict(model, optimizer)
+        with _single_process_quiet():
+            dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(path))
+        trainer_state = {"step": step, "scheduler": scheduler.state_dict(), "rng": rng_states(), "data": data_state}
+        write_durably(path / f"trainer_state_rank{process_rank()}.pt", lambda f: torch.save(trainer_state, f))
+        _barrier()
+        if process_rank() == 0:
+            write_durably(path / "resolved_spec.yaml", lambda f: f.write(resolved_spec_yaml.encode()))
+            fsync_dir(path)
+            write_durably(path / COMPLETE_MARKER, lambda f: f.write(f"step {step}\n".encode()))
+            fsync_dir(path)
+    except (Exception, CheckpointException) as error:
+        if not is_disk_full(error):
+            raise
+        (path / COMPLETE_MARKER).unlink(missing_ok=True)
+        shutil.rmtree(path, ignore_errors=True)  # an incomplete folder only takes space
+        raise CheckpointSaveError(
+            f"{path}: the disk is full (no space left) while writing the step-{step} checkpoint; it was removed, "
+            f"the earlier checkpoints are untouched. Free space (or lower train.checkpoint.keep_last) and run the "
+            f"same command again: it resumes from the latest complete checkpoint"
+        ) from None
     _barrier()
     return path
 
@@ -188,7 +311,12 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> ResumedState:
-    """Restore model, optimizer, scheduler and RNG states in place from a complete checkpoint."""
+    """Restore model, optimizer, scheduler and RNG states in place from a complete checkpoint.
+
+    The optimizer's and scheduler's state (moments, step count) comes from the checkpoint, but their
+    settings are the ones `optimizer` and `scheduler` were built with, i.e. the spec in force now:
+    a changed lr, betas, weight decay, schedule or step count takes effect from the next step.
+    """
     path = Path(path)
     if not is_complete(path):
         raise ResumeError(f"{path} is not a complete checkpoint (no {COMPLETE_MARKER} marker)")
@@ -199,16 +327,38 @@ def load_checkpoint(
         state_file = path / "trainer_state_rank0.pt"
     if not state_file.is_file():
         raise ResumeError(f"{path} has no trainer_state_rank0.pt: the checkpoint is damaged; resume from another one")
+    trainer_state = _load_trainer_state(state_file)
+    settings_now = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+    base_lrs_now = list(scheduler.base_lrs)
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optim_state}
-    with _single_process_quiet():
-        dcp.load(state, checkpoint_id=str(path))
+    try:
+        with _single_process_quiet():
+            dcp.load(state, checkpoint_id=str(path))
+    except (Exception, CheckpointException) as error:  # DCP wraps file errors (in a BaseException)
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ResumeError(
+            f"{path}: the model and optimizer state cannot be loaded ({first[:300]}); the checkpoint is damaged "
+            "or was written for another model; resume from an earlier checkpoint (--resume)"
+        ) from None
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-    # Our own file (never a downloaded one); it holds python's RNG tuple, so not weights-only.
-    trainer_state = torch.load(state_file, weights_only=False)
     scheduler.load_state_dict(trainer_state["scheduler"])
+    _apply_current_settings(optimizer, scheduler, settings_now, base_lrs_now)
     set_rng_states(trainer_state["rng"])
     return ResumedState(step=int(trainer_state["step"]), data_state=trainer_state["data"])
+
+
+def _apply_current_settings(optimizer, scheduler, settings_now: list[dict], base_lrs_now: list[float]) -> None:
+    """Put the settings the optimizer and scheduler were built with back over the restored ones, and
+    set each group's lr to what the current schedule gives at the restored step (exactly the value
+    an uninterrupted run computes: base_lr · multiplier(step), as LambdaLR does)."""
+    for group, settings in zip(optimizer.param_groups, settings_now):
+        group.update(settings)
+    scheduler.base_lrs = base_lrs_now
+    lrs = [base_lr * multiplier(scheduler.last_epoch) for multiplier, base_lr in zip(scheduler.lr_lambdas, scheduler.base_lrs)]
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs  # what get_last_lr() reports (the lr of the next step)
 
 
 def load_model_weights(path: Path, model: nn.Module) -> None:

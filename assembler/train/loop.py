@@ -35,8 +35,12 @@ from assembler.spec import Spec
 from assembler.spec_errors import UserError
 from assembler.train.checkpoint import (
     CHECKPOINTS_FOLDER,
+    ResumeError,
+    abandon_newer_checkpoints,
     checkpoint_folder,
-    latest_checkpoint,
+    checkpoint_step,
+    complete_checkpoints,
+    latest_loadable_checkpoint,
     load_checkpoint,
     prune_checkpoints,
     resolve_resume_path,
@@ -44,7 +48,7 @@ from assembler.train.checkpoint import (
 )
 from assembler.train.metrics import MetricsLogger, StepTimer, flops_per_token, peak_flops, peak_memory_gib
 from assembler.train.optim import build_lr_schedule, build_optimizer
-from assembler.train.run_dir import check_same_model, run_folder, save_resolved_spec
+from assembler.train.run_dir import RESOLVED_SPEC_FILE, check_same_model, resume_changes, run_folder, save_resolved_spec
 from assembler.train.step import NonFiniteStep, training_step
 
 HF_EXPORT_FOLDER = "hf"
@@ -145,6 +149,7 @@ def train(
     the run folder (if any) is resumed from; `resume` names a checkpoint or run folder instead.
     """
     from assembler.data import build_loader  # the data pipeline (tokenize, images, pack)
+    from assembler.hf_checkpoint.writing import check_export_target
 
     world = world or init_world()
     check_ops_can_train(spec, world.device.type, sharded=world.is_distributed)
@@ -156,21 +161,45 @@ def train(
     checkpoints_dir = run_dir / CHECKPOINTS_FOLDER
     resolved_yaml = spec.to_yaml()
     # Rank 0 decides (what to resume, whether the folder is this model's) and every rank follows,
-    # so a refusal stops all ranks instead of leaving the others waiting in a collective.
-    decision: tuple[Path | None, UserError | None] = (None, None)
+    # so a refusal stops all ranks instead of leaving the others waiting in a collective. Every
+    # check comes before the first write to the run folder.
+    decision: tuple[Path | None, UserError | None, list[str]] = (None, None, [])
     if world.is_main:
+        notes: list[str] = []
         try:
-            resume_from = resolve_resume_path(Path(resume)) if resume is not None else latest_checkpoint(checkpoints_dir)
-            if resume_from is not None and resume_from.parent == checkpoints_dir:
-                check_same_model(run_dir, resolved_yaml)
+            if resume is not None:  # named by the user: a damaged checkpoint is an error naming the file
+                resume_from = resolve_resume_path(Path(resume))
+            else:  # the newest whole one; damaged newer ones are reported and skipped
+                resume_from = latest_loadable_checkpoint(checkpoints_dir, notes.append)
+                if resume_from is None and complete_checkpoints(checkpoints_dir):
+                    raise ResumeError(
+                        "\n".join(notes + [f"every checkpoint in {checkpoints_dir} is damaged, so this run would start "
+                                            "over; to do that, choose a new folder with --output-dir (or move these away)"])
+                    )
+            resumed_step = checkpoint_step(resume_from) if resume_from is not None else 0
+            if resume_from is not None:
+                notes += resume_changes(resume_from / RESOLVED_SPEC_FILE, resolved_yaml, resumed_step)
+                if resume_from.parent == checkpoints_dir:
+                    check_same_model(run_dir, resolved_yaml)
+            if cfg.get("export_hf"):  # refused now, not after the whole run
+                check_export_target(run_dir / HF_EXPORT_FOLDER, True, inputs=_export_inputs(spec))
+            abandoned = abandon_newer_checkpoints(checkpoints_dir, resumed_step)
+            if abandoned is not None:
+                notes.append(
+                    f"checkpoints newer than step {resumed_step} ({', '.join(sorted(p.name for p in abandoned.iterdir()))}) "
+                    f"belong to the history this run leaves; moved to {abandoned} (never resumed from or pruned; "
+                    "delete it when you no longer need it)"
+                )
             save_resolved_spec(run_dir, resolved_yaml)
-            decision = (resume_from, None)
+            decision = (resume_from, None, notes)
         except UserError as error:
-            decision = (None, error)
-    resume_from, error = broadcast_from_main(decision)
+            decision = (None, error, [])
+    resume_from, error, notes = broadcast_from_main(decision)
     if error is not None:
         raise error
     logger = MetricsLogger(run_dir, enabled=world.is_main, stream=stream)
+    for note in notes:
+        logger.message(note)
     try:
         if ops_choice:
             logger.message(ops_choice)
@@ -221,7 +250,7 @@ def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, lo
             resolved_spec_yaml=resolved_yaml,
         )
         if world.is_main:
-            prune_checkpoints(checkpoints_dir, keep_last)
+            prune_checkpoints(checkpoints_dir, keep_last, just_written=path)
         return path
 
     for step in range(start_step + 1, total_steps + 1):
@@ -238,7 +267,7 @@ def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, lo
             raise NonFiniteLossError(
                 f"step {step}: {bad}; training stopped before this update, "
                 f"{kept}. Lower train.optimizer.lr or check the data, then run again: a run resumes from its folder's "
-                f"latest checkpoint (or name one with --resume)."
+                f"latest checkpoint (or name one with --resume), and a changed lr takes effect from there."
             ) from None
         timer.add_step(outcome.tokens, time.perf_counter() - step_start, step_start - data_start)
         losses[step] = outcome.loss
@@ -277,3 +306,8 @@ def export_hf(model: nn.Module, spec: Spec, out_dir: Path) -> Path:
     dtype = _dtype(spec.parallel["fsdp"]["param_dtype"])
     source_dir = spec.resolve_path(spec.train["init_from"]) if spec.train.get("init_from") else None
     return save_hf_checkpoint(model, out_dir, spec, source_dir=source_dir, dtype=dtype, overwrite=True)
+
+
+def _export_inputs(spec: Spec) -> tuple[Path, ...]:
+    """Folders the run's HF export reads from (it may not replace them): `train.init_from`."""
+    return (spec.resolve_path(spec.train["init_from"]),) if spec.train.get("init_from") else ()

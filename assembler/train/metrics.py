@@ -20,6 +20,8 @@ from typing import Any, TextIO
 import torch
 from torch import nn
 
+from assembler.durable_files import replace_durably
+
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 
@@ -180,12 +182,28 @@ class MetricsLogger:
             self._tensorboard = _open_tensorboard(Path(run_dir) / "tensorboard")
 
     def truncate_after(self, step: int) -> None:
-        """Forget records past `step` (a resumed run rewrites what the killed run logged after it)."""
+        """Forget records past `step` (a resumed run rewrites what the killed run logged after it).
+
+        A line that is not a whole JSON record (the last one, when a kill tore it mid-write) is
+        dropped with a warning instead of stopping the resume."""
         if not self.enabled:
             return
         self._file.close()
-        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        kept = []
+        raw = self.path.read_bytes().decode("utf-8", errors="replace")
+        for number, line in enumerate(raw.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                record_step = int(record["step"])
+            except (ValueError, TypeError, KeyError):
+                self.message(f"warning: {self.path}:{number} is not a whole record (a run killed while writing it?); dropped")
+                continue
+            if record_step <= step:
+                kept.append(line)
+        # Atomic: a kill during the rewrite must not lose the records kept.
+        replace_durably(self.path, "".join(line + "\n" for line in kept).encode("utf-8"))
         self._file = open(self.path, "a", encoding="utf-8")
 
     def log(self, record: dict[str, Any]) -> None:

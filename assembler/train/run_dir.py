@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from assembler.durable_files import replace_durably
 from assembler.spec_errors import UserError
 
 RESOLVED_SPEC_FILE = "resolved_spec.yaml"
@@ -29,8 +30,8 @@ def run_folder(spec_name: str, output_dir: str | Path | None, cwd: Path | None =
 def check_same_model(folder: Path, resolved_spec_yaml: str) -> None:
     """Refuse to resume into a folder whose saved spec describes a different model.
 
-    Training settings may change between runs of one folder (more steps, another lr); the model may
-    not, or its checkpoints would not load.
+    Training settings may change between runs of one folder (more steps, another lr: see
+    `resume_changes`); the model may not, or its checkpoints would not load.
     """
     saved = folder / RESOLVED_SPEC_FILE
     if not saved.is_file():
@@ -44,8 +45,69 @@ def check_same_model(folder: Path, resolved_spec_yaml: str) -> None:
         )
 
 
+# Fields a resume cannot change: the model (its checkpoint would not load), and what the saved data
+# position counts in (tokenizer, packing, row length, shuffling, seed, the samples' targets and
+# image sizes): with another value the batches would not continue the saved run.
+FIXED_ON_RESUME = (
+    "model", "data.tokenizer", "data.packing", "data.loss_on", "data.images", "data.shuffle",
+    "train.tokens_per_step", "train.seed", "train.dtype",
+)
+# Changes that do nothing on resume, so are not reported.
+IGNORED_ON_RESUME = ("name", "train.output_dir", "train.init_from")
+
+
+def resume_changes(saved_spec: Path, resolved_spec_yaml: str, step: int) -> list[str]:
+    """What the spec in force now changes against the checkpoint's saved spec, one line per field
+    ("train.optimizer.lr 5e-3 → 1e-4 from step 3"). A change to a FIXED_ON_RESUME field raises
+    RunFolderError naming every such field; so does `train.steps` below the checkpoint's step."""
+    if not Path(saved_spec).is_file():
+        return []  # a checkpoint from before specs were saved with it: nothing to compare
+    try:
+        old = yaml.safe_load(Path(saved_spec).read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise RunFolderError(f"{saved_spec}: cannot be read ({error}); the checkpoint is damaged, resume from another one") from None
+    new = yaml.safe_load(resolved_spec_yaml) or {}
+    changed = [(key, a, b) for key, a, b in _differences(old, new) if not key.startswith(IGNORED_ON_RESUME)]
+    fixed = [(key, a, b) for key, a, b in changed if any(key == f or key.startswith(f + ".") for f in FIXED_ON_RESUME)]
+    if fixed:
+        lines = "\n".join(f"  {key}: {_show(a)} in the checkpoint, {_show(b)} now" for key, a, b in fixed[:20])
+        more = f"\n  ... and {len(fixed) - 20} more" if len(fixed) > 20 else ""
+        raise RunFolderError(
+            f"cannot resume from {saved_spec.parent}: these fields differ from the spec it was written with and "
+            f"cannot change during a run:\n{lines}{more}\n"
+            "Resume with the checkpoint's values (its resolved_spec.yaml), or start a new run with --output-dir "
+            "(train.init_from can start it from an HF export of this one)"
+        )
+    total = new.get("train", {}).get("steps")
+    if isinstance(total, int) and total < step:
+        raise RunFolderError(
+            f"train.steps is {total} but the checkpoint {saved_spec.parent} is at step {step}; "
+            f"set train.steps to at least {step}, or resume from an earlier checkpoint with --resume"
+        )
+    return [f"{key} {_show(a)} → {_show(b)} from step {step + 1}" for key, a, b in changed]
+
+
+def _differences(old, new, prefix: str = ""):
+    """(dotted key, old value, new value) of every leaf that differs; lists compare whole."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            yield from _differences(old.get(key), new.get(key), f"{prefix}{key}" if not prefix else f"{prefix}.{key}")
+    elif old != new:
+        yield prefix, old, new
+
+
+def _show(value) -> str:
+    """5e-3 rather than 0.005: how a person writes an lr."""
+    if isinstance(value, float) and value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e5):
+        mantissa, exponent = f"{value:.3e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    if isinstance(value, (dict, list)):
+        return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return "null" if value is None else str(value)
+
+
 def save_resolved_spec(folder: Path, resolved_spec_yaml: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / RESOLVED_SPEC_FILE
-    path.write_text(resolved_spec_yaml, encoding="utf-8")
+    replace_durably(path, resolved_spec_yaml.encode("utf-8"))  # a kill here must not leave half a spec
     return path
