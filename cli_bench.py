@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from assembler.bench.workload import LAYOUTS
+from assembler.bench.workload import LAYOUTS, SYNTHETIC_LAYOUTS
 from assembler.train.metrics import WARMUP_STEPS
 
 
@@ -14,9 +14,10 @@ from assembler.train.metrics import WARMUP_STEPS
               help="Dotted spec override, value parsed as YAML (e.g. -o ops.backend=fast).")
 @click.option("--seq", "seq_lens", multiple=True, type=click.IntRange(min=1), default=(4096, 8192), show_default=True,
               help="Tokens per step (one row); repeat for several rows.")
-@click.option("--layout", "layouts", multiple=True, type=click.Choice(LAYOUTS), default=LAYOUTS, show_default=True,
-              help="Row layout: `packed` documents of realistic lengths, as assemble train packs data, or "
-                   "`one-document` per row; repeat for several.")
+@click.option("--layout", "layouts", multiple=True, type=click.Choice(LAYOUTS), default=SYNTHETIC_LAYOUTS, show_default=True,
+              help="Row layout: `packed` synthetic documents of realistic lengths, as assemble train packs data; "
+                   "`one-document` per row; `data`: the spec's own data rows at its train.tokens_per_step, as "
+                   "assemble train draws them (to compare with a run). Repeat for several.")
 @click.option("--steps", default=5, type=click.IntRange(min=1), show_default=True, help="Timed steps per row.")
 @click.option("--warmup", default=WARMUP_STEPS, type=click.IntRange(min=0), show_default=True, help="Untimed steps first (compile, autotuning, optimizer state).")
 @click.option("--images", default=None, metavar="COUNTxHxW",
@@ -51,6 +52,9 @@ def bench_command(spec_path: str, overrides: tuple[str, ...], seq_lens: tuple[in
         image_spec = ImageSpec.parse(images) if images else None
     except ValueError as error:
         raise UserError(str(error)) from None
+    if "data" in layouts and not spec.data["sources"]:
+        raise UserError(f"--layout data: {spec_path} has no data.sources; name them in the spec or with "
+                        "-o 'data.sources=[{path: FILE.jsonl}]', or use the synthetic layouts")
     if not torch.cuda.is_available():
         raise UserError("assemble bench measures GPU training steps and this machine has no CUDA device: run it on a GPU machine")
     check_ops_can_train(spec, "cuda")

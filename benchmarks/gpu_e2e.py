@@ -6,7 +6,8 @@ data). Each cell must exit 0 and its loss must fall. The `kill` cell (torchrun, 
 checkpoints at step KILL_CHECKPOINT, is SIGKILLed a few steps later, resumes with the same
 command, and its resumed losses are compared with the uninterrupted `one/fast/images` cell; then
 `assemble export` writes an HF folder and transformers' AutoModelForImageTextToText loads it, its
-logits compared with ours on held-out inputs (benchmarks/e2e_logits.py).
+logits compared with ours on held-out inputs (benchmarks/e2e_logits.py). The `bench` cell runs
+`assemble bench --layout data` on the `one/fast/images` cell's spec and rows and compares tokens/s.
 
     python benchmarks/gpu_e2e.py --cells one/fast/images kill --out $OUT
 
@@ -33,6 +34,7 @@ STEPS = {"fast": 20, "hf": 6}
 KILL_CHECKPOINT = 10  # the kill cell checkpoints here and is killed after step KILL_AFTER
 KILL_AFTER = 13
 RESUMED_LOSS_RTOL = 1e-3
+BENCH_AGREEMENT = 0.05  # |bench / train - 1| of steady-state tokens/s
 
 
 def cell_command(launch: str, backend: str, data: str, steps: int, extra: list[str]) -> list[str]:
@@ -155,10 +157,31 @@ def kill_cell(runs: Path, out: Path, reference: Path | None, export_dir: Path) -
     return row
 
 
+def bench_agreement(runs: Path, out: Path, cell: str = "one/fast/images") -> dict:
+    """`assemble bench --layout data` on the spec and data of `cell` (same rows, same order) against
+    that cell's steady-state tokens/s from `assemble train`: within BENCH_AGREEMENT."""
+    launch, backend, data = cell.split("/")
+    summary = runs / cell.replace("/", "_") / "summary.json"
+    train_tps = json.loads(summary.read_text())["steady_state"]["tokens_per_s"] if summary.is_file() else None
+    overrides = [f"ops.backend={backend}", *(TEXT_ONLY if data == "text" else [])]
+    cmd = [sys.executable, str(ROOT / "cli.py"), "bench", str(SPEC), *[f"-o{o}" for o in overrides],
+           "--layout", "data", "--steps", "10", "--no-profile", "--json", str(out / "bench_data.json")]
+    start = time.monotonic()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    (out / "bench_data.log").write_text(done.stdout + done.stderr)
+    bench_tps = None
+    if done.returncode == 0:
+        bench_tps = json.loads((out / "bench_data.json").read_text())[0]["tokens_per_s"]
+    ratio = bench_tps / train_tps if bench_tps and train_tps else None
+    return {"cell": f"bench --layout data vs train ({cell})", "rc": done.returncode, "steps": 10,
+            "tokens_per_s": bench_tps, "train_tokens_per_s": train_tps, "bench_over_train": ratio,
+            "wall_s": round(time.monotonic() - start), "ok": ratio is not None and abs(ratio - 1) <= BENCH_AGREEMENT}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cells", nargs="+", default=[
-        "one/fast/images", "kill", "one/fast/text", "torchrun/fast/text",
+        "one/fast/images", "bench", "kill", "one/fast/text", "torchrun/fast/text",
         "one/hf/images", "torchrun/hf/images", "one/hf/text", "torchrun/hf/text"])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "e2e_out")))
     parser.add_argument("--runs", type=Path, default=Path("/root/e2e_runs"))
@@ -174,6 +197,8 @@ def main() -> None:
     for cell in args.cells:
         if cell == "kill":
             rows.append(kill_cell(args.runs, args.out, args.runs / "one_fast_images", args.export_dir))
+        elif cell == "bench":
+            rows.append(bench_agreement(args.runs, args.out))
         else:
             launch, backend, data = cell.split("/")
             run_dir = args.runs / cell.replace("/", "_")
@@ -188,8 +213,8 @@ def main() -> None:
         tps = f"{row['tokens_per_s']:,.0f}" if row.get("tokens_per_s") else "-"
         mfu = f"{100 * row['mfu']:.1f}%" if row.get("mfu") else "-"
         gib = f"{row['peak_gib']:.1f}" if row.get("peak_gib") else "-"
-        print(f"{row['cell']:40} {'yes' if row['ok'] else 'NO':>3} {row['rc']:>4} {row['steps']:>5} {loss:>17} {tps:>8} {mfu:>6} {gib:>6} {row['wall_s']:>6}")
-        extra = {k: row[k] for k in ("killed_at_step", "resumed_worst_rel", "before_kill_worst_rel", "export_rc", "logits") if k in row}
+        print(f"{row['cell']:40} {'yes' if row['ok'] else 'NO':>3} {row['rc']:>4} {row.get('steps', '-'):>5} {loss:>17} {tps:>8} {mfu:>6} {gib:>6} {row['wall_s']:>6}")
+        extra = {k: row[k] for k in ("train_tokens_per_s", "bench_over_train", "killed_at_step", "resumed_worst_rel", "before_kill_worst_rel", "export_rc", "logits") if k in row}
         if extra:
             print("   ", json.dumps(extra))
 

@@ -6,7 +6,8 @@
 # Needs wheels in .whl/: fla (../shared/gpu/wheels.sh) and, absent from the GPU image, jsonschema with
 # attrs, jsonschema-specifications, referencing and rpds-py (cp312 manylinux). Writes logs and JSON
 # rows into $OUT (default ./gpu_suite_out). SUITE_PARTS picks the parts and their order (default
-# "tests baseline ours acaround noac vlm"; also "autotune": no AC with Inductor's max-autotune);
+# "tests baseline ours acaround noac vlm"; also "autotune": no AC with Inductor's max-autotune, and
+# "e2e": benchmarks/gpu_e2e.py, the real CLI end to end, E2E_CELLS picking its cells);
 # SUITE_SEQS the text sizes (BASE_SEQS, NOAC_SEQS per part); SUITE_TESTS the pytest selection
 # (default tests/gpu); T_<part> a part's time limit in seconds; SUITE_QUICK=1 runs fewer steps.
 #
@@ -82,6 +83,9 @@ run_part() {
         -o parallel.compile.linear.mode=max-autotune-no-cudagraphs -o parallel.compile.full.mode=max-autotune-no-cudagraphs \
         $(seq_args "${NOAC_SEQS:-4096 8192}") --steps $STEPS --warmup $WARMUP --label "ours, no AC, max-autotune" \
         --json "$OUT/ours_no_ac_autotune.json" 2>&1 | tail -60 ;;
+    e2e)
+      echo "== the real CLI end to end (benchmarks/gpu_e2e.py)"
+      timeout "$(t e2e 1500)" python3 benchmarks/gpu_e2e.py --out "$OUT" ${E2E_CELLS:+--cells $E2E_CELLS} 2>&1 | tail -30 ;;
     vlm)
       echo "== ours: VLM row, four 448x448 images in 8k tokens"
       timeout "$(t vlm 300)" python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast --seq 8192 --images 4x448x448 \

@@ -29,3 +29,10 @@ def test_a_bad_spec_is_reported_before_the_gpu_check():
     result = CliRunner().invoke(assemble, ["bench", str(TINY), "-o", "ops.backend=fastest"])
     assert result.exit_code == 2
     assert "ops.backend" in result.stderr and "CUDA" not in result.stderr
+
+
+def test_the_data_layout_needs_data_sources_before_the_gpu_check():
+    flagship = TINY.parent / "qwen3_5_4b.yaml"  # no data.sources
+    result = CliRunner().invoke(assemble, ["bench", str(flagship), "--layout", "data"])
+    assert result.exit_code == 2
+    assert "--layout data" in result.stderr and "data.sources" in result.stderr and "CUDA" not in result.stderr

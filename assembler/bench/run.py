@@ -11,6 +11,7 @@ takes), or one document per row (labelled as such), optionally with images.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Callable
 
@@ -52,7 +53,9 @@ def bench_spec(
 ) -> list[Measurement]:
     """Measurements of `training_step` for each sequence length × layout, on this GPU.
 
-    `on_result` gets the rows so far after each one (so a run cut short still leaves its rows).
+    Layout `data` adds one row set: the spec's own data at its `train.tokens_per_step`, drawn
+    in the order `assemble train` draws it (each step the next row). `on_result` gets the rows so
+    far after each one (so a run cut short still leaves its rows).
     """
     if not torch.cuda.is_available():
         raise RuntimeError("assemble bench needs a CUDA GPU")
@@ -77,30 +80,44 @@ def bench_spec(
     label = label or f"{spec.name} ({spec.ops['backend']}, AC {spec.parallel['activation_checkpointing'].get('mode', 'none')})"
 
     results = []
-    for seq_len in seq_lens:
-        for layout in layouts:
+    for seq_len, layout in [(n, name) for n in seq_lens for name in layouts if name != "data"] + (
+        [(int(spec.train["tokens_per_step"]), "data")] if "data" in layouts else []
+    ):
+        if layout == "data":
+            # The run's own rows, in the run's order: `assemble train`'s batch shape exactly.
+            from assembler.data import build_loader
+
+            loader = build_loader(spec, rank=world.rank, world_size=world.world_size)
+            row = next(loader)
+            rows = itertools.chain([row], loader)  # the first row is stepped on too, as train does
+            patches = 0 if row.get("pixel_values") is None else row["pixel_values"].shape[0]
+            images_per_row = len(row["image_grid_thw"]) if patches else 0
+        else:
             row, patches = synthetic_row(spec.model, seq_len, layout=layout, images=images)
-            vision = None
-            if patches:
-                vision = (matmul_parameter_count(model.model.visual), spec.model["vision"], patches, patches // images.count)
-            flops = training_flops(n_text, text_spec, seq_len, vision=vision)
-            documents = row["packing"].num_documents
-            row_label = f"{label}, {'packed ' + str(documents) + ' docs' if layout == 'packed' else 'one document'}"
-            if images:
-                row_label += f" + {images.count}x{images.height}x{images.width}"
+            rows, images_per_row = None, images.count if images else 0
+        vision = None
+        if patches:
+            vision = (matmul_parameter_count(model.model.visual), spec.model["vision"], patches, patches // images_per_row)
+        flops = training_flops(n_text, text_spec, seq_len, vision=vision)  # of the first row, for `data`
+        documents = row["packing"].num_documents
+        row_label = {"packed": f"{label}, packed {documents} docs", "one-document": f"{label}, one document",
+                     "data": f"{label}, the spec's data"}[layout]
+        if images and layout != "data":
+            row_label += f" + {images.count}x{images.height}x{images.width}"
 
-            def step(row: dict = row) -> None:
-                training_step(model, optimizer, scheduler, [row], world=world, grad_clip=grad_clip, on_phase=mark)
+        def step(row: dict = row, rows=rows) -> None:
+            batch = next(rows) if rows is not None else row
+            training_step(model, optimizer, scheduler, [batch], world=world, grad_clip=grad_clip, on_phase=mark)
 
-            log.info("%s @ %d tokens: %d warm-up steps (compile and autotuning take minutes on a fresh machine), "
-                     "%d timed%s%s", row_label, seq_len, warmup, steps, ", 1 profiled" if profile else "",
-                     ", 1 recording the memory peak" if memory_peak else "")
-            result = measure_training_step(
-                step, label=row_label, tokens_per_step=seq_len, flops_per_step=flops, steps=steps, warmup=warmup,
-                profile=profile, memory_peak=memory_peak, cleanup=lambda: optimizer.zero_grad(set_to_none=True),
-            )
-            log.info("%s @ %d: %s", row_label, seq_len, result.error or f"{result.tokens_per_s:,.0f} tokens/s")
-            results.append(result)
-            if on_result is not None:
-                on_result(results)
+        log.info("%s @ %d tokens: %d warm-up steps (compile and autotuning take minutes on a fresh machine), "
+                 "%d timed%s%s", row_label, seq_len, warmup, steps, ", 1 profiled" if profile else "",
+                 ", 1 recording the memory peak" if memory_peak else "")
+        result = measure_training_step(
+            step, label=row_label, tokens_per_step=seq_len, flops_per_step=flops, steps=steps, warmup=warmup,
+            profile=profile, memory_peak=memory_peak, cleanup=lambda: optimizer.zero_grad(set_to_none=True),
+        )
+        log.info("%s @ %d: %s", row_label, seq_len, result.error or f"{result.tokens_per_s:,.0f} tokens/s")
+        results.append(result)
+        if on_result is not None:
+            on_result(results)
     return results

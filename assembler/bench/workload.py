@@ -42,7 +42,10 @@ class ImageSpec:
 MEDIAN_DOCUMENT_SHARE = 1 / 16
 DOCUMENT_LENGTH_SIGMA = 0.8
 MIN_DOCUMENT_TOKENS = 32
-LAYOUTS = ("packed", "one-document")
+# packed / one-document: synthetic rows of each --seq length; data: the rows `assemble train` would
+# draw from the spec's own data (its tokens_per_step; the same shape as the run, to compare with it).
+SYNTHETIC_LAYOUTS = ("packed", "one-document")
+LAYOUTS = (*SYNTHETIC_LAYOUTS, "data")
 
 
 def synthetic_row(
@@ -56,8 +59,8 @@ def synthetic_row(
     one document filling the row. `images` go one each into the first documents (spread over the
     row for `one-document`). Random tokens and pixels: speed and memory do not depend on values.
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+    if layout not in SYNTHETIC_LAYOUTS:
+        raise ValueError(f"layout {layout!r}: expected one of {', '.join(SYNTHETIC_LAYOUTS)}")
     generator = torch.Generator().manual_seed(seed)
     image_tokens, grid = _image_shape(model_spec, images) if images else (0, None)
     count = images.count if images else 0
