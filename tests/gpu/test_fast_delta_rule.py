@@ -10,6 +10,7 @@ from blocks.packing import PackingContext
 from tests.delta_rule_reference import packed_recurrent_gated_delta_rule
 
 pytestmark = pytest.mark.gpu
+pytest.importorskip("fla", reason="the fast delta rule and conv1d need flash-linear-attention (fla)")
 
 CUDA = "cuda"
 

@@ -14,6 +14,7 @@ from assembler.parallelize import iter_blocks, keep_fp32_params, parallelize
 from blocks.packing import PackingContext
 
 pytestmark = pytest.mark.gpu
+pytest.importorskip("fla", reason="the fast delta rule and conv1d need flash-linear-attention (fla)")
 
 CUDA = "cuda"
 SPECS = Path(__file__).resolve().parents[2] / "specs"

@@ -7,6 +7,7 @@ from blocks.ops import fast_attention, fast_conv1d, fast_cross_entropy, fast_nor
 from blocks.packing import PackingContext
 
 pytestmark = pytest.mark.gpu
+pytest.importorskip("fla", reason="the fast delta rule and conv1d need flash-linear-attention (fla)")
 
 CUDA = "cuda"
 LENGTHS = [[100, 156], [40, 216]]  # two rows of 256 tokens, two documents each
