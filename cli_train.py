@@ -36,12 +36,16 @@ def train_command(spec: Path, overrides: tuple[str, ...], resume: Path | None, o
         loaded = load_spec(spec, list(overrides))
         result = train(loaded, output_dir=output_dir, resume=resume)
     except errors as error:
-        # Every rank hits the same user error (ranks read the same spec and data, and rank 0's
-        # verdicts are shared), so one copy is enough. `except` runs before `finally`, so the
-        # process group is still there to ask; before it exists, torchrun's RANK answers.
-        if distributed.launch_rank() == 0:
+        # An error every rank hits alike (the spec, read before the process group exists, or a
+        # verdict the ranks agreed on) is printed once, by rank 0; one a rank hit alone (its own
+        # rows' data, say) by that rank, naming it. `except` runs before `finally`, so the process
+        # group is still there to ask; before it exists, torchrun's RANK answers.
+        rank = distributed.launch_rank()
+        alike = distributed.is_shared_by_every_rank(error) or not distributed.is_distributed_run()
+        if not alike or rank == 0:
+            prefix = "error: " if alike else f"error (rank {rank}): "
             for line in str(error).splitlines() or [type(error).__name__]:
-                click.echo(f"error: {line}", err=True)
+                click.echo(f"{prefix}{line}", err=True)
         sys.exit(USER_ERROR_EXIT_CODE)
     finally:
         is_main = distributed.launch_rank() == 0  # before teardown: afterwards every rank reads as 0

@@ -76,6 +76,31 @@ def barrier() -> None:
         dist.barrier()
 
 
+SHARED_ERROR_ATTRIBUTE = "every_rank_has_it"
+
+
+def shared_by_every_rank(error: BaseException) -> BaseException:
+    """Mark `error` as raised alike on every rank (a verdict they agreed on), so only rank 0 prints
+    it; an unmarked user error in a distributed run is printed by its own rank, with the rank."""
+    setattr(error, SHARED_ERROR_ATTRIBUTE, True)
+    return error
+
+
+def is_shared_by_every_rank(error: BaseException) -> bool:
+    return bool(getattr(error, SHARED_ERROR_ATTRIBUTE, False))
+
+
+def first_failure_of_any_rank(failure: str | None) -> str | None:
+    """Every rank's own `failure` (a message, or None) gathered: the lowest failing rank's message
+    ("rank r: ..." when several ranks run), the same on every rank; None when no rank failed. Every
+    rank must call this: it is how a step any rank may fail alone (a full disk) stops them together."""
+    if not is_distributed_run():
+        return failure
+    failures: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(failures, failure)
+    return next((f"rank {rank}: {message}" for rank, message in enumerate(failures) if message is not None), None)
+
+
 def raise_on_every_rank(failure: str | None, error: type[Exception]) -> None:
     """Raise `error(failure)` on every rank when rank 0's `failure` is a message (None: go on).
 
@@ -87,7 +112,7 @@ def raise_on_every_rank(failure: str | None, error: type[Exception]) -> None:
         dist.broadcast_object_list(box, src=0)
         failure = box[0]
     if failure is not None:
-        raise error(failure)
+        raise shared_by_every_rank(error(failure))
 
 
 def init_world() -> World:

@@ -36,7 +36,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from assembler.distributed import barrier, process_rank, raise_on_every_rank
+from assembler.distributed import first_failure_of_any_rank, process_rank, raise_on_every_rank, shared_by_every_rank
 from assembler.durable_files import fsync_dir, fsync_file, is_disk_full
 from assembler.hf_checkpoint.dtype_policy import EXPORT_DTYPE, TIED_HEAD_KEY, export_dtype, is_written
 from assembler.hf_checkpoint.errors import CheckpointError
@@ -115,7 +115,9 @@ def save_hf_checkpoint(
     if not is_writer:
         for _ in tensors:  # take part in every all-gather, hold nothing
             pass
-        barrier()
+        failure = first_failure_of_any_rank(None)  # rank 0's verdict on the write
+        if failure is not None:
+            raise shared_by_every_rank(CheckpointError(failure))
         return given_out_dir
 
     partial = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
@@ -144,15 +146,20 @@ def save_hf_checkpoint(
         _publish(partial, out_dir, overwrite)
     except BaseException as error:
         shutil.rmtree(partial, ignore_errors=True)
-        if is_disk_full(error):
-            raise CheckpointError(
-                f"{given_out_dir}: the disk is full (no space left) while exporting; nothing was written there "
-                f"({'the earlier export is untouched' if out_dir.exists() else 'the partial folder was removed'}). "
-                "Free space or choose another export path, and run the export again"
-            ) from None
-        raise
-    finally:
-        barrier()
+        # The other ranks are still gathering the remaining tensors with this one: take part in
+        # those all-gathers, then tell them, so no rank is left waiting in a collective.
+        for _ in tensors:
+            pass
+        if not is_disk_full(error):
+            first_failure_of_any_rank(f"the export failed on rank 0: {error!r}")
+            raise
+        failure = first_failure_of_any_rank(
+            f"{given_out_dir}: the disk is full (no space left) while exporting; nothing was written there "
+            f"({'the earlier export is untouched' if out_dir.exists() else 'the partial folder was removed'}). "
+            "Free space or choose another export path, and run the export again"
+        )
+        raise shared_by_every_rank(CheckpointError(failure)) from None
+    first_failure_of_any_rank(None)
     return given_out_dir
 
 

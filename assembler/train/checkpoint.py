@@ -38,7 +38,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict
 
-from assembler.distributed import process_rank
+from assembler.distributed import first_failure_of_any_rank, process_rank, shared_by_every_rank
 from assembler.durable_files import fsync_dir, is_disk_full, write_durably
 from assembler.spec_errors import UserError
 
@@ -277,6 +277,10 @@ def save_checkpoint(
     if process_rank() == 0 and path.exists():
         shutil.rmtree(path)  # a stale incomplete attempt at this step
     _barrier()
+    # A full disk may stop any one rank (its shard, its trainer state) or rank 0 alone (the
+    # marker): each phase ends with the ranks agreeing on whether one failed, so all of them stop
+    # together, with one message, instead of the others waiting in the next collective.
+    failure = None
     try:
         path.mkdir(parents=True, exist_ok=True)
         model_state, optim_state = get_state_dict(model, optimizer)
@@ -284,23 +288,31 @@ def save_checkpoint(
             dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(path))
         trainer_state = {"step": step, "scheduler": scheduler.state_dict(), "rng": rng_states(), "data": data_state}
         write_durably(path / f"trainer_state_rank{process_rank()}.pt", lambda f: torch.save(trainer_state, f))
-        _barrier()
-        if process_rank() == 0:
+    except (Exception, CheckpointException) as error:
+        if not is_disk_full(error):
+            raise
+        failure = "no space left on the device"
+    failure = first_failure_of_any_rank(failure)  # also the barrier: every rank's files are flushed
+    if failure is None and process_rank() == 0:
+        try:
             write_durably(path / "resolved_spec.yaml", lambda f: f.write(resolved_spec_yaml.encode()))
             fsync_dir(path)
             write_durably(path / COMPLETE_MARKER, lambda f: f.write(f"step {step}\n".encode()))
             fsync_dir(path)
-    except (Exception, CheckpointException) as error:
-        if not is_disk_full(error):
-            raise
-        (path / COMPLETE_MARKER).unlink(missing_ok=True)
-        shutil.rmtree(path, ignore_errors=True)  # an incomplete folder only takes space
-        raise CheckpointSaveError(
-            f"{path}: the disk is full (no space left) while writing the step-{step} checkpoint; it was removed, "
+        except Exception as error:  # noqa: BLE001 (only a full disk is handled; the rest is re-raised)
+            if not is_disk_full(error):
+                raise
+            failure = "no space left on the device"
+    failure = first_failure_of_any_rank(failure)
+    if failure is not None:
+        if process_rank() == 0:
+            (path / COMPLETE_MARKER).unlink(missing_ok=True)
+            shutil.rmtree(path, ignore_errors=True)  # an incomplete folder only takes space
+        raise shared_by_every_rank(CheckpointSaveError(
+            f"{path}: the disk is full ({failure}) while writing the step-{step} checkpoint; it was removed, "
             f"the earlier checkpoints are untouched. Free space (or lower train.checkpoint.keep_last) and run the "
             f"same command again: it resumes from the latest complete checkpoint"
-        ) from None
-    _barrier()
+        ))
     return path
 
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from assembler.build import build_model, check_ops_can_train, decide_auto_ops
-from assembler.distributed import World, broadcast_from_main, init_world
+from assembler.distributed import World, broadcast_from_main, init_world, shared_by_every_rank
 from assembler.spec import Spec
 from assembler.spec_errors import UserError
 from assembler.train.checkpoint import (
@@ -196,7 +196,7 @@ def train(
             decision = (None, error, [])
     resume_from, error, notes = broadcast_from_main(decision)
     if error is not None:
-        raise error
+        raise shared_by_every_rank(error)
     logger = MetricsLogger(run_dir, enabled=world.is_main, stream=stream)
     for note in notes:
         logger.message(note)
