@@ -11,7 +11,6 @@ takes), or one document per row (labelled as such), optionally with images.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from typing import Callable
 
@@ -87,9 +86,11 @@ def bench_spec(
             # The run's own rows, in the run's order: `assemble train`'s batch shape exactly.
             from assembler.data import build_loader
 
+            # Drawn up front, so the timed steps hold the training step alone, as train's steady
+            # state does (it times the data pipeline apart).
             loader = build_loader(spec, rank=world.rank, world_size=world.world_size)
-            row = next(loader)
-            rows = itertools.chain([row], loader)  # the first row is stepped on too, as train does
+            drawn = [next(loader) for _ in range(warmup + steps + int(profile) + int(memory_peak))]
+            row, rows = drawn[0], iter(drawn)
             patches = 0 if row.get("pixel_values") is None else row["pixel_values"].shape[0]
             images_per_row = len(row["image_grid_thw"]) if patches else 0
         else:
