@@ -42,6 +42,25 @@ def test_who_prints_a_user_error_in_a_distributed_run(monkeypatch, rank, shared,
     assert result.stderr.strip() == expected
 
 
+def _outcomes_of_two_ranks(arguments, target, *, timeout: float) -> dict[int, str]:
+    """Run `target(*arguments(rank, queue))` on two spawned gloo ranks; {rank: what it reported}.
+    A rank still running after `timeout` was left waiting in a collective: the test fails."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    workers = [context.Process(target=target, args=arguments(rank, results)) for rank in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=timeout)
+    hung = [w for w in workers if w.is_alive()]
+    for worker in hung:
+        worker.kill()
+    assert not hung, "a rank was left waiting"
+    outcomes = dict(results.get(timeout=5) for _ in workers)
+    assert set(outcomes) == {0, 1}
+    return outcomes
+
+
 def _save_with_a_full_disk_on(rank: int, world_size: int, port: int, folder: str, full_on: int, results) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
@@ -69,21 +88,8 @@ def _save_with_a_full_disk_on(rank: int, world_size: int, port: int, folder: str
 
 @pytest.mark.parametrize("full_on", [0, 1])
 def test_a_full_disk_on_one_rank_stops_every_rank(tmp_path, full_on):
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    port = 29_700 + full_on
-    workers = [context.Process(target=_save_with_a_full_disk_on, args=(r, 2, port, str(tmp_path), full_on, results))
-               for r in range(2)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=120)
-    hung = [w for w in workers if w.is_alive()]
-    for worker in hung:
-        worker.kill()
-    assert not hung, "a rank was left waiting"
-    outcomes = dict(results.get(timeout=5) for _ in workers)
-    assert set(outcomes) == {0, 1}
+    outcomes = _outcomes_of_two_ranks(lambda r, results: (r, 2, 29_700 + full_on, str(tmp_path), full_on, results),
+                                      _save_with_a_full_disk_on, timeout=120)
     for outcome in outcomes.values():
         assert outcome.startswith("refused, shared=True") and f"rank {full_on}: no space left" in outcome
     assert not (tmp_path / "step_000001").exists()  # the half-written checkpoint is removed
@@ -118,20 +124,8 @@ def _export_with_a_full_disk_on_rank_0(rank: int, port: int, folder: str, result
 
 
 def test_a_full_disk_during_a_sharded_export_stops_every_rank(tmp_path):
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    workers = [context.Process(target=_export_with_a_full_disk_on_rank_0, args=(r, 29_710, str(tmp_path), results))
-               for r in range(2)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=180)
-    hung = [w for w in workers if w.is_alive()]
-    for worker in hung:
-        worker.kill()
-    assert not hung, "a rank was left waiting"
-    outcomes = dict(results.get(timeout=5) for _ in workers)
-    assert set(outcomes) == {0, 1}
+    outcomes = _outcomes_of_two_ranks(lambda r, results: (r, 29_710, str(tmp_path), results),
+                                      _export_with_a_full_disk_on_rank_0, timeout=180)
     for outcome in outcomes.values():
         assert outcome.startswith("refused, shared=True") and "the disk is full" in outcome
     assert not (tmp_path / "hf").exists() and not list(tmp_path.glob(".hf.partial-*"))
