@@ -11,8 +11,9 @@ takes), or one document per row (labelled as such), optionally with images.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -90,12 +91,12 @@ def bench_spec(
             # state does (it times the data pipeline apart).
             loader = build_loader(spec, rank=world.rank, world_size=world.world_size)
             drawn = [next(loader) for _ in range(warmup + steps + int(profile) + int(memory_peak))]
-            row, rows = drawn[0], iter(drawn)
+            row, rows = drawn[0], iter(drawn)  # each step the next row
             patches = 0 if row.get("pixel_values") is None else row["pixel_values"].shape[0]
             images_per_row = len(row["image_grid_thw"]) if patches else 0
         else:
             row, patches = synthetic_row(spec.model, seq_len, layout=layout, images=images)
-            rows, images_per_row = None, images.count if images else 0
+            rows, images_per_row = itertools.repeat(row), images.count if images else 0  # the same row every step
         vision = None
         if patches:
             vision = (matmul_parameter_count(model.model.visual), spec.model["vision"], patches, patches // images_per_row)
@@ -106,9 +107,8 @@ def bench_spec(
         if images and layout != "data":
             row_label += f" + {images.count}x{images.height}x{images.width}"
 
-        def step(row: dict = row, rows=rows) -> None:
-            batch = next(rows) if rows is not None else row
-            training_step(model, optimizer, scheduler, [batch], world=world, grad_clip=grad_clip, on_phase=mark)
+        def step(rows: Iterator[dict] = rows) -> None:
+            training_step(model, optimizer, scheduler, [next(rows)], world=world, grad_clip=grad_clip, on_phase=mark)
 
         log.info("%s @ %d tokens: %d warm-up steps (compile and autotuning take minutes on a fresh machine), "
                  "%d timed%s%s", row_label, seq_len, warmup, steps, ", 1 profiled" if profile else "",

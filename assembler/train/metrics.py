@@ -12,7 +12,6 @@ import json
 import math
 import resource
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
