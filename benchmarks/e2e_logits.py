@@ -1,4 +1,5 @@
-"""transformers loads an `assemble export` folder and its logits agree with ours (GPU, bf16).
+"""transformers loads an `assemble export` folder and its logits agree with ours (GPU, bf16; the
+CPU dry run of benchmarks/gpu_e2e.py runs it too, in fp32 on the `hf` backend).
 
     python benchmarks/e2e_logits.py EXPORT_DIR SPEC
 
@@ -33,21 +34,26 @@ def main() -> None:
     export_dir, spec_path = Path(sys.argv[1]), sys.argv[2]
     from transformers import AutoModelForImageTextToText
 
-    theirs = AutoModelForImageTextToText.from_pretrained(export_dir, dtype=torch.bfloat16).cuda().eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    theirs = AutoModelForImageTextToText.from_pretrained(export_dir, dtype=dtype).to(device).eval()
     spec = load_spec(spec_path)
-    ours = build_model(spec, device="cuda", dtype=torch.bfloat16, seed=0)  # buffers made, weights then loaded
-    load_hf_checkpoint(ours, export_dir, spec, device="cuda")
+    ours = build_model(spec, device=device, dtype=dtype, seed=0)  # buffers made, weights then loaded
+    load_hf_checkpoint(ours, export_dir, spec, device=device)
     ours.eval()
+    image_token = spec.model["tokens"]["image"]
 
     results = {}
     for name, images in (("text", None), ("text+image", ImageSpec(1, 448, 448))):
         row, _ = synthetic_row(spec.model, 1024, layout="one-document", images=images, seed=123)
-        kwargs = {"input_ids": row["input_ids"].cuda()}
+        kwargs = {"input_ids": row["input_ids"].to(device)}
         if images:
-            kwargs.update(pixel_values=row["pixel_values"].cuda().to(torch.bfloat16), image_grid_thw=row["image_grid_thw"].cuda())
+            kwargs.update(pixel_values=row["pixel_values"].to(device, dtype), image_grid_thw=row["image_grid_thw"].to(device))
+        # transformers computes mRoPE positions from the processor's token types (1 = image).
+        mm_token_type_ids = (kwargs["input_ids"] == image_token).int()
         with torch.no_grad():
-            reference = theirs(**kwargs).logits.float()
-            got = ours(**kwargs, packing=row["packing"].to("cuda"), return_logits=True).logits.float()
+            reference = theirs(**kwargs, mm_token_type_ids=mm_token_type_ids).logits.float()
+            got = ours(**kwargs, packing=row["packing"].to(device), return_logits=True).logits.float()
         rel = float((got - reference).norm() / reference.norm())
         agree = float((got.argmax(-1) == reference.argmax(-1)).float().mean())
         results[name] = {"rel_err": rel, "argmax_agree": agree, "ok": rel <= LOGITS_RTOL}

@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = ROOT / "benchmarks" / "specs" / "e2e_4b.yaml"
+SPEC = ROOT / "benchmarks" / "specs" / "e2e_4b.yaml"  # --spec replaces it (the CPU dry run: specs/tiny.yaml)
+KILL_BACKEND = "fast"  # --kill-backend replaces it (the CPU has no fast attention)
 TEXT_ONLY = ["data.sources=[{path: %s}]" % (ROOT / "specs" / "data" / "tiny" / "chats.jsonl")]
 STEPS = {"fast": 20, "hf": 6}
 KILL_CHECKPOINT = 10  # the kill cell checkpoints here and is killed after step KILL_AFTER
@@ -38,7 +39,7 @@ BENCH_AGREEMENT = 0.05  # |bench / train - 1| of steady-state tokens/s
 
 
 def cell_command(launch: str, backend: str, data: str, steps: int, extra: list[str]) -> list[str]:
-    overrides = [f"ops.backend={backend}", f"train.steps={steps}", *(TEXT_ONLY if data == "text" else []), *extra]
+    overrides = [f"ops.backend={backend}", f"train.steps={steps}", "train.log_every=1", *(TEXT_ONLY if data == "text" else []), *extra]
     args = ["train", str(SPEC), *[f"-o{o}" for o in overrides]]
     if launch == "one":
         return [sys.executable, str(ROOT / "cli.py"), *args]
@@ -114,7 +115,7 @@ def kill_cell(runs: Path, out: Path, reference: Path | None, export_dir: Path) -
     run_dir = runs / "kill"
     shutil.rmtree(run_dir, ignore_errors=True)
     log = out / "kill.log"
-    cmd = cell_command("torchrun", "fast", "images", STEPS["fast"], [f"train.checkpoint.every={KILL_CHECKPOINT}"])
+    cmd = cell_command("torchrun", KILL_BACKEND, "images", STEPS["fast"], [f"train.checkpoint.every={KILL_CHECKPOINT}"])
     first = run_cell("kill: until SIGKILL", cmd, run_dir, log, kill_after_step=KILL_AFTER)
     # The card's disk holds one 4B checkpoint with fp32 masters and AdamW states (~54 GB) at a time
     # next to the export: free the step-10 one once the resumed run has loaded it (keep_last would
@@ -123,7 +124,7 @@ def kill_cell(runs: Path, out: Path, reference: Path | None, export_dir: Path) -
     resumed = subprocess.Popen(["bash", "-c", f"until grep -q 'resumed from' {log}; do sleep 1; done; rm -rf {stale}"])
     second = run_cell("kill: resumed", cmd, run_dir, log)
     resumed.kill()
-    row = summarize("torchrun/fast/images + kill + resume", second, run_dir)
+    row = summarize(f"torchrun/{KILL_BACKEND}/images + kill + resume", second, run_dir)
     row["killed_at_step"] = max(first["metrics"], default=None)
     checkpoints = sorted((run_dir / "checkpoints").glob("step_*"))
     row["checkpoints"] = [c.name for c in checkpoints]
@@ -179,6 +180,7 @@ def bench_agreement(runs: Path, out: Path, cell: str = "one/fast/images") -> dic
 
 
 def main() -> None:
+    global SPEC, KILL_BACKEND
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cells", nargs="+", default=[
         "one/fast/images", "bench", "kill", "one/fast/text", "torchrun/fast/text",
@@ -188,7 +190,12 @@ def main() -> None:
     # The 64 GB disk holds one 4B checkpoint (~54 GB: fp32 masters + AdamW states); the export
     # (8.5 GB) goes to memory.
     parser.add_argument("--export-dir", type=Path, default=Path("/dev/shm/e2e_export"))
+    parser.add_argument("--spec", type=Path, default=SPEC, help="the spec every cell trains (default: the 4B e2e spec)")
+    parser.add_argument("--kill-backend", default=KILL_BACKEND, choices=["fast", "hf"])
+    parser.add_argument("--hf-steps", type=int, default=STEPS["hf"], help="steps of the hf cells (slow on the 4B)")
     args = parser.parse_args()
+    SPEC, KILL_BACKEND = args.spec.resolve(), args.kill_backend
+    STEPS["hf"] = args.hf_steps
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` ends us: clean up the cell (finally)
     args.out.mkdir(parents=True, exist_ok=True)
     args.runs.mkdir(parents=True, exist_ok=True)
@@ -196,7 +203,7 @@ def main() -> None:
     rows = json.loads(table_path.read_text()) if table_path.is_file() else []
     for cell in args.cells:
         if cell == "kill":
-            rows.append(kill_cell(args.runs, args.out, args.runs / "one_fast_images", args.export_dir))
+            rows.append(kill_cell(args.runs, args.out, args.runs / f"one_{KILL_BACKEND}_images", args.export_dir))
         elif cell == "bench":
             rows.append(bench_agreement(args.runs, args.out))
         else:

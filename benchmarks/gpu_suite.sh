@@ -7,7 +7,9 @@
 # attrs, jsonschema-specifications, referencing and rpds-py (cp312 manylinux). Writes logs and JSON
 # rows into $OUT (default ./gpu_suite_out). SUITE_PARTS picks the parts and their order (default
 # "tests baseline ours acaround noac vlm"; also "autotune": no AC with Inductor's max-autotune, and
-# "e2e": benchmarks/gpu_e2e.py, the real CLI end to end, E2E_CELLS picking its cells);
+# "e2e": benchmarks/gpu_e2e.py, the real CLI end to end, E2E_CELLS picking its cells; "layouts":
+# the bench on the e2e spec, packed and one-document rows); ANCHORS the baseline's anchor rows
+# (default "plain liger plain-noac liger-noac"), BASE_FLAGS its extra flags (default --memory-peak);
 # SUITE_SEQS the text sizes (BASE_SEQS, NOAC_SEQS per part); SUITE_TESTS the pytest selection
 # (default tests/gpu); T_<part> a part's time limit in seconds; SUITE_QUICK=1 runs fewer steps.
 #
@@ -55,9 +57,20 @@ run_part() {
       echo "== GPU tests"
       timeout "$(t tests 300)" python3 -m pytest ${SUITE_TESTS:-tests/gpu} -v -rs -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -40 ;;
     baseline)
-      echo "== transformers baseline"
-      timeout "$(t baseline 300)" python3 benchmarks/hf_baseline.py --seq ${BASE_SEQS:-$SEQS} --steps $STEPS --warmup $WARMUP \
-        --memory-peak --json "$OUT/baseline.json" 2>&1 | grep -v "^\s*$" | tail -60 ;;
+      # The anchors a user would pick: transformers, and transformers + Liger-Kernel, each with and
+      # without gradient checkpointing (ANCHORS picks; Liger patches classes, so one process each).
+      for anchor in ${ANCHORS:-plain liger plain-noac liger-noac}; do
+        echo "== transformers anchor: $anchor"
+        flags=""
+        [[ $anchor == liger* ]] && flags="--liger"
+        [[ $anchor == *-noac ]] && flags="$flags --no-checkpointing"
+        timeout "$(t baseline 300)" python3 benchmarks/hf_baseline.py $flags --seq ${BASE_SEQS:-$SEQS} --steps $STEPS \
+          --warmup $WARMUP ${BASE_FLAGS---memory-peak} --json "$OUT/baseline_$anchor.json" 2>&1 | grep -v "^\s*$" | tail -60
+      done ;;
+    layouts)
+      echo "== ours through assemble train's step: packed rows and one document per row (the e2e spec)"
+      timeout "$(t layouts 300)" python3 cli_bench.py benchmarks/specs/e2e_4b.yaml -o ops.backend=fast $(seq_args "${BASE_SEQS:-$SEQS}") \
+        --layout packed --layout one-document --steps $STEPS --warmup $WARMUP --no-profile --json "$OUT/ours_layouts.json" 2>&1 | tail -30 ;;
     ours)
       echo "== ours: fast ops, compile, full activation checkpointing (memory capped to 78 GiB, what an 80 GB H100 leaves a process)"
       timeout "$(t ours 360)" python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast $(seq_args "$SEQS") --steps $STEPS \
@@ -100,8 +113,9 @@ done
 
 echo "== comparison (same run, same card)"
 cat "$OUT/env.txt" | head -3
-if [ -f "$OUT/baseline.json" ]; then
-  python3 -m assembler.bench.report "$OUT/baseline.json" $(ls "$OUT"/ours_*.json 2>/dev/null) --memory-at 16384
+if [ -f "$OUT/baseline_plain.json" ]; then
+  # The plain transformers rows are the reference column; the Liger anchors are rows beside ours.
+  python3 -m assembler.bench.report "$OUT/baseline_plain.json" $(ls "$OUT"/baseline_*.json "$OUT"/ours_*.json 2>/dev/null | grep -v baseline_plain) --memory-at 16384
 else
   for f in "$OUT"/ours_*.json; do [ -f "$f" ] && python3 -m assembler.bench.report "$f"; done
 fi

@@ -4,9 +4,13 @@ like `assemble bench` so the two can share one table (same run, same card).
 transformers' `Qwen3_5ForCausalLM` with the Qwen3.5-4B text shape (from specs/qwen3_5_4b.yaml),
 random init, bf16 parameters, fused AdamW (bf16 states), gradient checkpointing, sdpa attention,
 fla kernels when importable (transformers picks them up itself), torch conv1d fallback; one
-sequence per step, forward + backward + optimizer step.
+sequence per step, forward + backward + optimizer step. `--liger` applies Liger-Kernel first
+(`apply_liger_kernel_to_qwen3_5`: fused linear cross-entropy, RMSNorm, SwiGLU), the one flag
+Axolotl and LLaMA-Factory offer; `--no-checkpointing` turns gradient checkpointing off. The four
+combinations are the anchor rows a user would pick.
 
     python benchmarks/hf_baseline.py --seq 4096 8192 16384 --json baseline.json
+    python benchmarks/hf_baseline.py --seq 8192 --liger --no-checkpointing --json liger_noac.json
 """
 
 from __future__ import annotations
@@ -31,8 +35,17 @@ from assembler.train.metrics import matmul_parameter_count  # noqa: E402
 SPEC = ROOT / "specs" / "qwen3_5_4b.yaml"
 
 
-def build_baseline(spec) -> torch.nn.Module:  # noqa: ANN001
+def anchor_label(liger: bool, checkpointing: bool) -> str:
+    return "transformers" + (" + Liger" if liger else "") + (", checkpointing" if checkpointing else ", no checkpointing")
+
+
+def build_baseline(spec, *, liger: bool, checkpointing: bool) -> torch.nn.Module:  # noqa: ANN001
     from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
+
+    if liger:  # patches transformers' Qwen3.5 classes, so it must come before the model is made
+        from liger_kernel.transformers import apply_liger_kernel_to_qwen3_5
+
+        apply_liger_kernel_to_qwen3_5()
 
     text_config = dict(hf_config_from_spec(spec)["text_config"])
     text_config.pop("model_type", None)
@@ -43,7 +56,8 @@ def build_baseline(spec) -> torch.nn.Module:  # noqa: ANN001
     with torch.device("cuda"):
         model = Qwen3_5ForCausalLM(config)
     model.to(torch.bfloat16)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     return model
 
@@ -56,6 +70,8 @@ def main() -> None:
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--memory-peak", action="store_true", help="one more step: what is alive at the memory peak, by site")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--liger", action="store_true", help="apply Liger-Kernel (fused linear CE, RMSNorm, SwiGLU)")
+    parser.add_argument("--no-checkpointing", action="store_true", help="gradient checkpointing off")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
@@ -65,7 +81,8 @@ def main() -> None:
 
     spec = load_spec(SPEC)
     fla_backward_is_safe(spec.model["text"]["mixers"]["linear"]["key_head_dim"])
-    model = build_baseline(spec)
+    checkpointing = not args.no_checkpointing
+    model = build_baseline(spec, liger=args.liger, checkpointing=checkpointing)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0, fused=True)
     n_matmul = matmul_parameter_count(model)
 
@@ -83,7 +100,7 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
 
         results.append(measure_training_step(
-            step, label="transformers baseline", tokens_per_step=seq_len,
+            step, label=anchor_label(args.liger, checkpointing), tokens_per_step=seq_len,
             flops_per_step=training_flops(n_matmul, spec.model["text"], seq_len),
             steps=args.steps, warmup=args.warmup, profile=not args.no_profile,
             memory_peak=args.memory_peak, cleanup=lambda: optimizer.zero_grad(set_to_none=True),

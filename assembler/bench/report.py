@@ -15,13 +15,13 @@ from assembler.bench.memory_peak import MemoryPeak
 
 
 def format_rows(results: list[Measurement]) -> str:
-    lines = [f"{'run':<34} {'tokens/step':>11} {'tokens/s':>10} {'MFU':>6} {'step s':>7} {'peak GiB':>9}"]
+    lines = [f"{'run':<40} {'tokens/step':>11} {'tokens/s':>10} {'MFU':>6} {'step s':>7} {'peak GiB':>9}"]
     for r in results:
         if r.error:
-            lines.append(f"{r.label:<34} {r.tokens_per_step:>11,} {r.error:>10}")
+            lines.append(f"{r.label:<40} {r.tokens_per_step:>11,} {r.error:>10}")
             continue
         lines.append(
-            f"{r.label:<34} {r.tokens_per_step:>11,} {r.tokens_per_s:>10,.0f} {r.mfu:>6.1%} {r.step_s:>7.3f} {r.peak_gib:>9.1f}"
+            f"{r.label:<40} {r.tokens_per_step:>11,} {r.tokens_per_s:>10,.0f} {r.mfu:>6.1%} {r.step_s:>7.3f} {r.peak_gib:>9.1f}"
         )
     return "\n".join(lines)
 
@@ -31,7 +31,7 @@ def format_breakdown(result: Measurement) -> str:
         return ""
     total = sum(ms for _, ms in result.breakdown)
     lines = [f"per-op GPU time, {result.label} @ {result.tokens_per_step:,} tokens ({total:.1f} ms of kernels per step):"]
-    lines += [f"  {category:<34} {ms:>9.1f} ms {ms / total:>6.1%}" for category, ms in result.breakdown]
+    lines += [f"  {category:<40} {ms:>9.1f} ms {ms / total:>6.1%}" for category, ms in result.breakdown]
     lines.append("  top kernels:")
     lines += [f"    {ms:>8.1f} ms  {name}" for name, ms in result.top_kernels]
     return "\n".join(lines)
@@ -51,14 +51,14 @@ def comparison_table(baseline: list[Measurement], ours: list[Measurement]) -> st
     """Rows by tokens/step: the baseline, then every run of ours with speed-up and memory ratio."""
     by_tokens = {r.tokens_per_step: r for r in baseline}
     lines = [
-        f"{'tokens/step':>11} {'run':<34} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9} {'speed-up':>9} {'memory':>7}"
+        f"{'tokens/step':>11} {'run':<40} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9} {'speed-up':>9} {'memory':>7}"
     ]
     for tokens in sorted({r.tokens_per_step for r in baseline + ours}):
         base = by_tokens.get(tokens)
         rows = ([base] if base else []) + [r for r in ours if r.tokens_per_step == tokens]
         for r in rows:
             if r.error:
-                lines.append(f"{tokens:>11,} {r.label:<34} {r.error:>10}")
+                lines.append(f"{tokens:>11,} {r.label:<40} {r.error:>10}")
                 continue
             speedup = memory = ""
             if r is not base and base is not None and not base.error:
@@ -67,7 +67,7 @@ def comparison_table(baseline: list[Measurement], ours: list[Measurement]) -> st
             elif r is not base and base is not None:
                 speedup, memory = f"(base {base.error})", ""
             lines.append(
-                f"{tokens:>11,} {r.label:<34} {r.tokens_per_s:>10,.0f} {r.mfu:>6.1%} {r.peak_gib:>9.1f} {speedup:>9} {memory:>7}"
+                f"{tokens:>11,} {r.label:<40} {r.tokens_per_s:>10,.0f} {r.mfu:>6.1%} {r.peak_gib:>9.1f} {speedup:>9} {memory:>7}"
             )
     return "\n".join(lines)
 
