@@ -4,6 +4,10 @@ Order (ARCHITECTURE.md): activation checkpointing → `torch.compile` per block 
 `fully_shard` per decoder layer, per vision block, embeddings, root. A "block" is one text decoder
 layer (type `linear` or `full`) or one vision block (type `vision`).
 
+Checkpointing is full (a block keeps its input and recomputes its forward) or op-level (torch's
+selective checkpointing: the outputs of KEPT_OP_PREFIXES ops are kept, the rest recomputed); mode
+`auto` is planned before this runs (assembler.checkpoint_probe) and arrives here as `selective`.
+
 `activation_checkpointing.placement: around_compile` swaps the first two: an eager non-reentrant
 checkpoint around the compiled forward. Its saved-tensor hooks drop whatever the compiled graph
 saves, so exactly the block's inputs stay alive by construction, whatever AOTAutograd's
@@ -42,7 +46,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from assembler.spec import Spec
 
@@ -50,6 +54,14 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BLOCK_TYPES = ("linear", "full", "vision")
+# Op-level checkpointing keeps the outputs of these ops (by name prefix: matmuls, attention and the
+# fast backend's kernels) and recomputes everything else (norms, activations, gates, casts) in
+# backward, as torchtitan's selective AC does: most of the time is in the first, most of the
+# activation bytes of a block in the second.
+KEPT_OP_PREFIXES = (
+    "aten.mm.", "aten.addmm.", "aten.bmm.", "aten.baddbmm.", "aten._scaled_dot_product_", "aten._flash_attention_forward.",
+    "aten._efficient_attention_forward.", "aten._cudnn_attention_forward.", "flash_attn.", "torch_attn.", "assemble.",
+)
 
 
 @dataclass
@@ -58,7 +70,8 @@ class BlockPolicy:
 
     name: str  # module path, e.g. "model.language_model.layers.3"
     block_type: str  # linear | full | vision
-    checkpointed: bool = False
+    checkpointed: bool = False  # fully (its input kept, its forward recomputed)
+    op_level: bool = False  # op-level selective: matmul and kernel outputs kept, the rest recomputed
     compiled: bool = False
     fullgraph: bool = False
     compile_mode: str | None = None  # torch.compile mode; None = its default
@@ -85,13 +98,17 @@ def parallelize(model: nn.Module, spec: Spec, *, mesh: "dist.device_mesh.DeviceM
 
     blocks = list(iter_blocks(model))
     ac_spec = policy.get("activation_checkpointing", {})
+    if ac_spec.get("mode") == "auto":
+        raise ValueError("parallel.activation_checkpointing.mode auto: plan it first (assembler.checkpoint_probe.resolve_auto_checkpointing)")
     checkpointed = blocks_to_checkpoint(blocks, ac_spec)
+    op_level = blocks_to_checkpoint(blocks, ac_spec, key="op_level")
     checkpoint_around_compile = ac_spec.get("placement", "inside_compile") == "around_compile"
     for name, block, block_type in blocks:
         record = BlockPolicy(name=name, block_type=block_type)
-        if name in checkpointed and not checkpoint_around_compile:
-            apply_activation_checkpointing(block)
-            record.checkpointed = True
+        record.checkpointed, record.op_level = name in checkpointed, name in op_level
+        # Op-level checkpointing chooses by aten op, so it must see the ops: always inside compile.
+        if record.op_level or (record.checkpointed and not checkpoint_around_compile):
+            apply_activation_checkpointing(block, op_level=record.op_level)
         compile_policy = policy.get("compile", {}).get(block_type, {})
         if compile_policy.get("enabled", False):
             fullgraph = bool(compile_policy.get("fullgraph", True))
@@ -104,9 +121,8 @@ def parallelize(model: nn.Module, spec: Spec, *, mesh: "dist.device_mesh.DeviceM
             mode = compile_policy.get("mode")
             apply_compile(block, fullgraph=fullgraph, mode=mode)
             record.compiled, record.fullgraph, record.compile_mode = True, fullgraph, mode
-        if name in checkpointed and checkpoint_around_compile:
+        if record.checkpointed and not record.op_level and checkpoint_around_compile:
             apply_activation_checkpointing(block)
-            record.checkpointed = True
         block.parallel_policy = record
 
     if mesh is not None:
@@ -124,43 +140,56 @@ def iter_blocks(model: nn.Module):  # noqa: ANN201 (generator of (name, module, 
         yield f"model.language_model.layers.{index}", layer, layer.layer_type
 
 
-def blocks_to_checkpoint(blocks: list[tuple[str, nn.Module, str]], ac_spec: dict) -> set[str]:
-    """Names of the blocks `activation_checkpointing` selects: none, every block (`full`), or the
-    `selective` list of block types (`linear`, `full`, `vision`) and text layer indices."""
+def blocks_to_checkpoint(blocks: list[tuple[str, nn.Module, str]], ac_spec: dict, *, key: str = "layers") -> set[str]:
+    """Names of the blocks `activation_checkpointing` selects for full checkpointing (`key`
+    "layers") or op-level checkpointing (`key` "op_level"): none, every block (mode `full`, full
+    checkpointing only), or in mode `selective` the listed block types (`linear`, `full`,
+    `vision`) and text layer indices."""
     mode = ac_spec.get("mode", "none")
     if mode == "none":
         return set()
     if mode == "full":
-        return {name for name, _, _ in blocks}
+        return {name for name, _, _ in blocks} if key == "layers" else set()
     if mode != "selective":
-        raise ValueError(f"parallel.activation_checkpointing.mode: unknown mode {mode!r}; known: none, full, selective")
-    chosen = ac_spec.get("layers") or []
-    if not chosen:
-        raise ValueError("parallel.activation_checkpointing: mode `selective` needs `layers` (block types and/or text layer indices)")
+        raise ValueError(f"parallel.activation_checkpointing.mode: unknown mode {mode!r}; known: none, full, selective, auto")
+    if not (ac_spec.get("layers") or ac_spec.get("op_level")):
+        raise ValueError("parallel.activation_checkpointing: mode `selective` needs `layers` and/or `op_level` "
+                         "(block types and/or text layer indices)")
+    chosen = ac_spec.get(key) or []
     types = {item for item in chosen if isinstance(item, str)}
     indices = {item for item in chosen if isinstance(item, int)}
     unknown = sorted(types - set(BLOCK_TYPES))
     if unknown:
-        raise ValueError(f"parallel.activation_checkpointing.layers: unknown block type(s) {unknown}; known: {', '.join(BLOCK_TYPES)}")
+        raise ValueError(f"parallel.activation_checkpointing.{key}: unknown block type(s) {unknown}; known: {', '.join(BLOCK_TYPES)}")
     text_names = [name for name, _, block_type in blocks if block_type != "vision"]
     out_of_range = sorted(i for i in indices if i >= len(text_names))
     if out_of_range:
         raise ValueError(
-            f"parallel.activation_checkpointing.layers: text layer index(es) {out_of_range} out of range; "
+            f"parallel.activation_checkpointing.{key}: text layer index(es) {out_of_range} out of range; "
             f"the text tower has {len(text_names)} layers (0..{len(text_names) - 1})"
         )
     selected = {name for name, _, block_type in blocks if block_type in types}
     return selected | {text_names[i] for i in indices}
 
 
-def apply_activation_checkpointing(block: nn.Module) -> None:
-    """Recompute the block's forward in backward (non-reentrant checkpoint), keeping only its inputs."""
+def apply_activation_checkpointing(block: nn.Module, *, op_level: bool = False) -> None:
+    """Recompute the block's forward in backward (non-reentrant checkpoint), keeping only its
+    inputs; `op_level`: keep the outputs of the KEPT_OP_PREFIXES ops too, recompute only the rest."""
     forward = block.forward
+    extra = {"context_fn": _keep_expensive_op_outputs} if op_level else {}
 
     def checkpointed_forward(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return checkpoint(forward, *args, use_reentrant=False, **extra, **kwargs)
 
     block.forward = checkpointed_forward
+
+
+def _keep_expensive_op_outputs():  # noqa: ANN202 (a pair of context managers)
+    return create_selective_checkpoint_contexts(_op_level_policy)
+
+
+def _op_level_policy(ctx, func, *args, **kwargs) -> CheckpointPolicy:  # noqa: ANN001, ANN002, ANN003
+    return CheckpointPolicy.MUST_SAVE if str(func).startswith(KEPT_OP_PREFIXES) else CheckpointPolicy.PREFER_RECOMPUTE
 
 
 def apply_compile(block: nn.Module, *, fullgraph: bool, mode: str | None = None) -> None:

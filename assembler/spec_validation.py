@@ -251,17 +251,38 @@ def _check_token_ids(spec: dict) -> Iterable[Problem]:
 def _check_activation_checkpointing(spec: dict) -> Iterable[Problem]:
     policy = spec["parallel"]["activation_checkpointing"]
     path = "parallel.activation_checkpointing"
-    if policy["mode"] == "selective" and "layers" not in policy:
+    mode = policy["mode"]
+    if mode == "selective" and "layers" not in policy and "op_level" not in policy:
         yield Problem(f"{path}.layers", "mode selective needs the layers to checkpoint",
-                      "list layer types (linear, full, vision) and/or layer indices, e.g. layers: [full]")
-    if policy["mode"] != "selective" and "layers" in policy:
-        yield Problem(f"{path}.layers", f"is only used with mode: selective (mode is {policy['mode']})",
-                      "remove it, or set mode: selective", policy["layers"], "absent")
+                      "list layer types (linear, full, vision) and/or layer indices, e.g. layers: [full] "
+                      "(fully) or op_level: [linear] (op-level)")
+    for key in ("layers", "op_level"):
+        if mode != "selective" and key in policy:
+            yield Problem(f"{path}.{key}", f"is only used with mode: selective (mode is {mode})",
+                          "remove it, or set mode: selective", policy[key], "absent")
+    if mode != "auto" and "memory_budget_gib" in policy:
+        yield Problem(f"{path}.memory_budget_gib", f"is only used with mode: auto (mode is {mode})",
+                      "remove it, or set mode: auto", policy["memory_budget_gib"], "absent")
     num_layers = spec["model"]["text"]["num_layers"]
-    for index, entry in enumerate(policy.get("layers", [])):
-        if isinstance(entry, int) and entry >= num_layers:
-            yield Problem(f"{path}.layers[{index}]", f"layer index {entry} is out of range",
-                          f"the text tower has {num_layers} layers (0..{num_layers - 1})", entry, f"< {num_layers}")
+    for key in ("layers", "op_level"):
+        for index, entry in enumerate(policy.get(key, [])):
+            if isinstance(entry, int) and entry >= num_layers:
+                yield Problem(f"{path}.{key}[{index}]", f"layer index {entry} is out of range",
+                              f"the text tower has {num_layers} layers (0..{num_layers - 1})", entry, f"< {num_layers}")
+    both = _checkpointed_by(spec, policy.get("layers", [])) & _checkpointed_by(spec, policy.get("op_level", []))
+    if both:
+        named = ["vision" if i < 0 else i for i in sorted(both)]
+        yield Problem(f"{path}.op_level", f"block(s) {named} are listed for full and op-level checkpointing",
+                      "give each layer one of the two: remove it from `layers` or from `op_level`",
+                      policy.get("op_level"), "layers disjoint from `layers`")
+
+
+def _checkpointed_by(spec: dict, entries: list) -> set[int]:
+    """The text layer indices a `layers` / `op_level` list names (by type or index); vision as -1."""
+    layer_types = spec["model"]["text"]["layers"]
+    named = {i for i in entries if isinstance(i, int)}
+    named |= {i for i, t in enumerate(layer_types) if t in entries}
+    return named | ({-1} if "vision" in entries else set())
 
 
 def _check_registered_blocks(spec: dict) -> Iterable[Problem]:

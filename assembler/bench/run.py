@@ -70,6 +70,12 @@ def bench_spec(
     if ops_choice:
         log.info("%s", ops_choice)
     seed_everything(int(spec.train["seed"]))
+    if spec.parallel["activation_checkpointing"]["mode"] == "auto":  # planned for the largest row
+        from assembler.checkpoint_probe import resolve_auto_checkpointing
+
+        largest, _ = synthetic_row(spec.model, max(seq_lens or [int(spec.train["tokens_per_step"])]), layout="packed", images=images)
+        spec, plan_line = resolve_auto_checkpointing(spec, largest, world.device, world_size=world.world_size)
+        log.info("%s", plan_line)
     model = build_for_world(spec, world)
     model.train()
     optimizer = build_optimizer(model, spec.train["optimizer"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import random
 import sys
 import time
@@ -207,6 +208,33 @@ def train(
         logger.close()
 
 
+def _plan_auto_checkpointing(spec, world, run_dir, resolved_yaml, logger, build_loader):  # noqa: ANN001, ANN202
+    """`activation_checkpointing.mode: auto`: rank 0 measures on the run's first batch (drawn from a
+    loader of its own, so the run's data position is untouched) and plans; every rank applies the
+    plan, which replaces `auto` in the resolved spec. Other modes: unchanged."""
+    if spec.parallel["activation_checkpointing"]["mode"] != "auto":
+        return spec, resolved_yaml
+    from assembler.checkpoint_probe import resolve_auto_checkpointing
+
+    decision: tuple = (None, None, None)
+    if world.is_main:
+        try:
+            first_batch = next(iter(build_loader(spec, rank=world.rank, world_size=world.world_size)))
+            planned, line = resolve_auto_checkpointing(spec, first_batch, world.device, world_size=world.world_size)
+            decision = (planned.parallel["activation_checkpointing"], line, None)
+        except UserError as error:
+            decision = (None, None, error)
+    section, line, error = broadcast_from_main(decision)
+    if error is not None:
+        raise shared_by_every_rank(error)
+    spec = dataclasses.replace(spec, parallel={**spec.parallel, "activation_checkpointing": section})
+    logger.message(line)
+    resolved_yaml = spec.to_yaml()
+    if world.is_main:
+        save_resolved_spec(run_dir, resolved_yaml)
+    return spec, resolved_yaml
+
+
 def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, logger, build_loader) -> TrainResult:
     cfg = spec.train
     total_steps = int(cfg["steps"])
@@ -216,6 +244,7 @@ def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, lo
     logger.message(f"data: {loader.epoch_stats(0).describe()}")
     if world.is_distributed:
         logger.message(f"distributed: {world.world_size} ranks, FSDP2 over {world.device.type}")
+    spec, resolved_yaml = _plan_auto_checkpointing(spec, world, run_dir, resolved_yaml, logger, build_loader)
     model = build_for_world(spec, world)
     model.train()
     optimizer = build_optimizer(model, cfg["optimizer"])
