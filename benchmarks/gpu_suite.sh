@@ -113,11 +113,7 @@ done
 
 echo "== comparison (same run, same card)"
 cat "$OUT/env.txt" | head -3
-if [ -f "$OUT/baseline_plain.json" ]; then
-  # The plain transformers rows are the reference column; the Liger anchors are rows beside ours.
-  python3 -m assembler.bench.report "$OUT/baseline_plain.json" $(ls "$OUT"/baseline_*.json "$OUT"/ours_*.json 2>/dev/null | grep -v baseline_plain) --memory-at 16384
-else
-  for f in "$OUT"/ours_*.json; do [ -f "$f" ] && python3 -m assembler.bench.report "$f"; done
-fi
+# Ours against the fastest and the leanest anchor row at each size.
+python3 -m assembler.bench.report $(ls "$OUT"/ours_*.json 2>/dev/null) --anchors $(ls "$OUT"/baseline_*.json 2>/dev/null) --memory-at 16384
 [ -f "$OUT/tests.log" ] && grep -E "passed|failed|error" "$OUT/tests.log" | tail -3
 cat "$OUT/timing.txt"

@@ -1,7 +1,8 @@
 """Benchmark tables: one row per measurement, a baseline comparison, and per-op breakdowns.
 
-`python -m assembler.bench.report BASELINE.json OURS.json ... [--memory-at 16384]` prints the
-comparison of JSON files written by `assemble bench --json` and benchmarks/hf_baseline.py --json.
+`python -m assembler.bench.report OURS.json ... --anchors ANCHOR.json ... [--memory-at 16384]`
+prints the comparison of JSON files written by `assemble bench --json` (ours) and
+benchmarks/hf_baseline.py --json (the anchors).
 """
 
 from __future__ import annotations
@@ -47,27 +48,29 @@ def format_memory_peak(result: Measurement) -> str:
     return "\n".join(lines)
 
 
-def comparison_table(baseline: list[Measurement], ours: list[Measurement]) -> str:
-    """Rows by tokens/step: the baseline, then every run of ours with speed-up and memory ratio."""
-    by_tokens = {r.tokens_per_step: r for r in baseline}
+def comparison_table(anchors: list[Measurement], ours: list[Measurement]) -> str:
+    """Rows by tokens/step: every anchor row (the runs a user would otherwise pick: transformers,
+    with Liger-Kernel, with and without checkpointing), then every run of ours with its speed-up
+    over the *fastest* anchor at that size and its memory against the *leanest* one, so a row is
+    compared with the best of the field, not with its weakest."""
     lines = [
-        f"{'tokens/step':>11} {'run':<40} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9} {'speed-up':>9} {'memory':>7}"
+        f"{'tokens/step':>11} {'run':<40} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9} {'vs fastest':>10} {'vs leanest':>10}"
     ]
-    for tokens in sorted({r.tokens_per_step for r in baseline + ours}):
-        base = by_tokens.get(tokens)
-        rows = ([base] if base else []) + [r for r in ours if r.tokens_per_step == tokens]
-        for r in rows:
+    for tokens in sorted({r.tokens_per_step for r in anchors + ours}):
+        here = [r for r in anchors if r.tokens_per_step == tokens]
+        measured = [r for r in here if not r.error]
+        fastest = max(measured, key=lambda r: r.tokens_per_s, default=None)
+        leanest = min(measured, key=lambda r: r.peak_gib, default=None)
+        for r in here + [r for r in ours if r.tokens_per_step == tokens]:
             if r.error:
                 lines.append(f"{tokens:>11,} {r.label:<40} {r.error:>10}")
                 continue
             speedup = memory = ""
-            if r is not base and base is not None and not base.error:
-                speedup = f"{r.tokens_per_s / base.tokens_per_s:.2f}x"
-                memory = f"{r.peak_gib / base.peak_gib:.2f}x"
-            elif r is not base and base is not None:
-                speedup, memory = f"(base {base.error})", ""
+            if r not in here:
+                speedup = f"{r.tokens_per_s / fastest.tokens_per_s:.2f}x" if fastest else "(no anchor)"
+                memory = f"{r.peak_gib / leanest.peak_gib:.2f}x" if leanest else ""
             lines.append(
-                f"{tokens:>11,} {r.label:<40} {r.tokens_per_s:>10,.0f} {r.mfu:>6.1%} {r.peak_gib:>9.1f} {speedup:>9} {memory:>7}"
+                f"{tokens:>11,} {r.label:<40} {r.tokens_per_s:>10,.0f} {r.mfu:>6.1%} {r.peak_gib:>9.1f} {speedup:>10} {memory:>10}"
             )
     return "\n".join(lines)
 
@@ -93,17 +96,18 @@ def main(argv: list[str]) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m assembler.bench.report", description="Compare benchmark JSON files.")
-    parser.add_argument("baseline", help="rows of benchmarks/hf_baseline.py --json (or any one run)")
     parser.add_argument("ours", nargs="*", help="rows of assemble bench --json")
+    parser.add_argument("--anchors", nargs="*", default=[], metavar="JSON",
+                        help="rows of benchmarks/hf_baseline.py --json (each anchor: plain, --liger, --no-checkpointing)")
     parser.add_argument("--memory-at", type=int, default=None, metavar="TOKENS",
                         help="also print what is alive at the memory peak of every row of this size (--memory-peak runs)")
     args = parser.parse_args(argv)
-    baseline = load(args.baseline)
+    anchors = [r for path in args.anchors for r in load(path)]
     ours = [r for path in args.ours for r in load(path)]
-    devices = sorted({r.device for r in baseline + ours if r.device})
+    devices = sorted({r.device for r in anchors + ours if r.device})
     print(f"device: {', '.join(devices)}")
-    print(comparison_table(baseline, ours))
-    for row in baseline + ours:
+    print(comparison_table(anchors, ours))
+    for row in anchors + ours:
         if row.tokens_per_step == args.memory_at and row.memory_peak is not None:
             print(format_memory_peak(row))
 
