@@ -17,9 +17,8 @@ from typing import Iterator
 
 import click
 
-from assembler.spec_errors import SpecError, UserError
+from assembler.spec_errors import USER_ERROR_EXIT_CODE, SpecError, UserError
 
-USER_ERROR_EXIT_CODE = 2
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 # Command name -> "module:attribute" of its click command.

@@ -20,10 +20,11 @@ from pathlib import Path
 import click
 import torch
 
-USER_ERROR_EXIT_CODE = 2
-RESOLVED_SPEC_FILE = "resolved_spec.yaml"
-RUN_HF_FOLDER = "hf"
-DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+from assembler.spec_errors import USER_ERROR_EXIT_CODE
+from assembler.train.run_dir import HF_EXPORT_FOLDER, RESOLVED_SPEC_FILE
+from blocks.constants import DTYPES
+
+EXPORT_DTYPES = ("bfloat16", "float32")  # what an HF export holds (the dtype policy keeps its fp32 tensors fp32)
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class ExportSource:
 @click.argument("checkpoint_or_run_dir", type=click.Path(path_type=Path))
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--shard-size", default="5GB", show_default=True, help="Largest shard file, e.g. 500MB, 5GB, 2GiB.")
-@click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="bfloat16", show_default=True,
+@click.option("--dtype", type=click.Choice(EXPORT_DTYPES), default="bfloat16", show_default=True,
               help="Dtype of every tensor but A_log and linear_attn.norm.weight (always float32).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it holds an earlier export (one with the "
               ".assemble-export marker); any other folder, the source, or a folder containing it is refused.")
@@ -96,12 +97,12 @@ def resolve_export_source(path: Path) -> ExportSource:
         spec = _load_resolved_spec(checkpoint / RESOLVED_SPEC_FILE)
         init_from = spec.train.get("init_from")
         return ExportSource(spec=spec, hf_dir=None, dcp_dir=checkpoint, source_dir=Path(init_from) if init_from else None)
-    if (path / RUN_HF_FOLDER / "config.json").is_file():
+    if (path / HF_EXPORT_FOLDER / "config.json").is_file():
         spec = _load_resolved_spec(path / RESOLVED_SPEC_FILE)
-        return ExportSource(spec=spec, hf_dir=path / RUN_HF_FOLDER, dcp_dir=None, source_dir=path / RUN_HF_FOLDER)
+        return ExportSource(spec=spec, hf_dir=path / HF_EXPORT_FOLDER, dcp_dir=None, source_dir=path / HF_EXPORT_FOLDER)
     raise CheckpointError(
         f"{path}: nothing to export here: no config.json (HF folder), no complete training checkpoint "
-        f"(checkpoints/step_NNNNNN with COMPLETE) and no {RUN_HF_FOLDER}/ export"
+        f"(checkpoints/step_NNNNNN with COMPLETE) and no {HF_EXPORT_FOLDER}/ export"
     )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-USER_ERROR_EXIT_CODE = 2
+from assembler.spec_errors import USER_ERROR_EXIT_CODE
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:

@@ -31,9 +31,10 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from assembler.checkpoint_plan import BlockCost, MemoryModel, PlanDoesNotFit, describe, plan_checkpointing, plan_section
-from assembler.parallelize import KEPT_OP_PREFIXES, DTYPES, iter_blocks, keep_fp32_params
+from assembler.parallelize import KEPT_OP_PREFIXES, iter_blocks, keep_fp32_params
 from assembler.spec import Spec
 from assembler.spec_errors import UserError
+from blocks.constants import DTYPES
 
 FRAGMENTATION_MARGIN = 0.08  # the share of the card left to the caching allocator's fragmentation
 ADAMW_STATES = 2  # exp_avg and exp_avg_sq, each the size of the master parameter

@@ -49,10 +49,10 @@ from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from assembler.spec import Spec
+from blocks.constants import DTYPES
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BLOCK_TYPES = ("linear", "full", "vision")
 # Op-level checkpointing keeps the outputs of these ops (by name prefix: matmuls, attention and the
 # fast backend's kernels) and recomputes everything else (norms, activations, gates, casts) in

@@ -13,8 +13,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
 
+USER_ERROR_EXIT_CODE = 2  # every command's exit code for an error the user can fix
+
+
 class UserError(Exception):
-    """An error the user can fix (bad input, missing file); the CLI prints it and exits with 2, no traceback."""
+    """An error the user can fix (bad input, missing file); the CLI prints it and exits with
+    USER_ERROR_EXIT_CODE, no traceback."""
 
 
 @dataclass(frozen=True)

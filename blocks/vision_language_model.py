@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from blocks.constants import IGNORE_INDEX
 from blocks.ops import OpTable
 from blocks.packing import PackingContext
 from blocks.position_ids import mrope_position_ids
 from blocks.text_tower import TextTower
 
-IGNORE_INDEX = -100
 
 
 @dataclass

@@ -48,10 +48,9 @@ from assembler.train.checkpoint import (
 )
 from assembler.train.metrics import MetricsLogger, StepTimer, flops_per_token, peak_flops, peak_memory_gib
 from assembler.train.optim import build_lr_schedule, build_optimizer
-from assembler.train.run_dir import RESOLVED_SPEC_FILE, check_same_model, resume_changes, run_folder, save_resolved_spec
+from assembler.train.run_dir import HF_EXPORT_FOLDER, RESOLVED_SPEC_FILE, check_same_model, resume_changes, run_folder, save_resolved_spec
 from assembler.train.step import NonFiniteStep, training_step
-
-HF_EXPORT_FOLDER = "hf"
+from blocks.constants import DTYPES
 
 
 class NonFiniteLossError(UserError):
@@ -85,7 +84,7 @@ def build_for_world(spec: Spec, world: World) -> nn.Module:
     every rank from the same seed (so it equals the one-process model) and then sharded.
     """
     cfg = spec.train
-    dtype = _dtype(cfg["dtype"])
+    dtype = DTYPES[cfg["dtype"]]
     init_from = spec.resolve_path(cfg["init_from"]) if cfg.get("init_from") else None
     from assembler.hf_checkpoint import load_hf_checkpoint
 
@@ -129,10 +128,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def train(
@@ -331,7 +326,7 @@ def export_hf(model: nn.Module, spec: Spec, out_dir: Path) -> Path:
     """
     from assembler.hf_checkpoint import save_hf_checkpoint
 
-    dtype = _dtype(spec.parallel["fsdp"]["param_dtype"])
+    dtype = DTYPES[spec.parallel["fsdp"]["param_dtype"]]
     source_dir = spec.resolve_path(spec.train["init_from"]) if spec.train.get("init_from") else None
     return save_hf_checkpoint(model, out_dir, spec, source_dir=source_dir, dtype=dtype, overwrite=True)
 

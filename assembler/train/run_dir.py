@@ -14,6 +14,7 @@ from assembler.durable_files import replace_durably
 from assembler.spec_errors import UserError
 
 RESOLVED_SPEC_FILE = "resolved_spec.yaml"
+HF_EXPORT_FOLDER = "hf"  # the run's own HF export (train.export_hf)
 
 
 class RunFolderError(UserError):

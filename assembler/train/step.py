@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from assembler.distributed import World, all_reduce_sum
+from blocks.constants import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 MODEL_INPUTS = ("input_ids", "shift_labels", "pixel_values", "image_grid_thw", "packing")
 
 

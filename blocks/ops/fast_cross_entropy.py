@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from blocks.constants import IGNORE_INDEX
+
 CHUNK_LOGITS_BYTES = 2 * 2**30  # logits of one chunk in the activation dtype: 2 GiB (about 4,300 bf16 tokens of Qwen3.5)
 
 # cuBLAS can sum a bf16 product straight into an fp32 matrix (torch >= 2.8, CUDA only); elsewhere
@@ -35,7 +37,7 @@ def cross_entropy(
     weight: torch.Tensor,
     labels: torch.Tensor,
     *,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     num_items: int | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Next-token loss from hidden states. hidden: [N, H], weight: [V, H], labels: [N] (already shifted) -> scalar fp32.

@@ -5,13 +5,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from blocks.constants import IGNORE_INDEX
+
 
 def cross_entropy(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     labels: torch.Tensor,
     *,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     num_items: int | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Next-token loss from hidden states. hidden: [N, H], weight: [V, H], labels: [N] -> scalar fp32.
