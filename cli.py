@@ -90,9 +90,9 @@ def validate(specs: tuple[Path, ...], overrides: tuple[str, ...], resolved: bool
             failed += 1
             continue
         text = spec.model["text"]
-        full = text["layers"].count("full")
-        click.echo(f"OK {path}: {spec.name} — {text['num_layers']} text layers ({len(text['layers']) - full} linear, "
-                   f"{full} full), vision depth {spec.model['vision']['depth']}, ops {spec.ops['backend']}")
+        counts = ", ".join(f"{text['layers'].count(name)} {name}" for name in text["layer_types"])
+        click.echo(f"OK {path}: {spec.name} — {text['num_layers']} text layers ({counts}), "
+                   f"vision depth {spec.model['vision']['depth']}, ops {spec.ops['backend']}")
         if resolved:
             click.echo(spec.to_yaml())
     if failed:

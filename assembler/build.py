@@ -98,36 +98,41 @@ def build_model(
     return model
 
 
+# The `norms` entry each mixer block takes its inner norm's flavour from (keyword, norms key).
+MIXER_NORMS = {"gated_attention": ("qk_norm_type", "qk"), "gated_deltanet": ("gate_norm_type", "deltanet_gate")}
+
+
 def _build_text(text: dict, ops: OpTable) -> TextTower:
     hidden_size, eps, norms = text["hidden_size"], text["rms_norm_eps"], text["norms"]
 
     def rms_norm(dim: int, norm_type: str) -> nn.Module:
         return get_block("norm", "rms_norm")(dim, eps=eps, zero_centered=norm_type == ZERO_CENTERED, ops=ops)
 
-    def mixer(layer_type: str) -> nn.Module:
-        section = dict(text["mixers"][layer_type])
-        cls = get_block("mixer", section.pop("block"))
-        extra = {"qk_norm_type": norms["qk"]} if layer_type == "full" else {"gate_norm_type": norms["deltanet_gate"]}
-        return cls(**section, **extra, hidden_size=hidden_size, rms_norm_eps=eps, ops=ops)
+    def block(kind: str, section: dict, **extra) -> nn.Module:  # noqa: ANN003
+        settings = dict(section)
+        return get_block(kind, settings.pop("block"))(**settings, **extra, hidden_size=hidden_size, ops=ops)
 
-    def mlp() -> nn.Module:
-        section = dict(text["mlp"])
-        return get_block("mlp", section.pop("block"))(**section, hidden_size=hidden_size, ops=ops)
+    def mixer(section: dict) -> nn.Module:
+        keyword, norm = MIXER_NORMS.get(section["block"], (None, None))
+        extra = {keyword: norms[norm]} if keyword else {}
+        return block("mixer", section, **extra, rms_norm_eps=eps)
 
     layers = [
         DecoderLayer(
-            mixer=mixer(layer_type),
-            mlp=mlp(),
+            mixer=mixer(text["layer_types"][layer_type]["mixer"]),
+            mlp=block("mlp", text["layer_types"][layer_type]["mlp"]),
             input_layernorm=rms_norm(hidden_size, norms["layer"]),
             post_attention_layernorm=rms_norm(hidden_size, norms["layer"]),
             layer_type=layer_type,
         )
         for layer_type in text["layers"]
     ]
-    full = text["mixers"].get("full")
+    # One rotary embedding for the tower, sized by the attention mixers' head_dim (validation
+    # makes them agree); a tower without attention gets an empty one.
+    head_dims = [lt["mixer"]["head_dim"] for lt in text["layer_types"].values() if "head_dim" in lt["mixer"]]
     rope = text["rope"]
     rotary = TextRotaryEmbedding(
-        head_dim=full["head_dim"] if full else 0,
+        head_dim=head_dims[0] if head_dims else 0,
         partial_rotary_factor=rope["partial_rotary_factor"],
         theta=rope["theta"],
         mrope_section=rope["mrope_section"],

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CHOICES = ("none", "op_level", "full")
-SPLITTABLE = ("linear", "full")  # text layer types, addressable per layer index in the spec
+VISION = "vision"  # the vision tower's block type: addressed as a whole (text layers by index too)
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def plan_checkpointing(model: MemoryModel, budget_bytes: float) -> Plan:
     for block_type, cost in model.blocks.items():
         options = [
             (sum(n * cost.saved_bytes[c] for c, n in split.items()), sum(n * cost.recompute_s[c] for c, n in split.items()), split)
-            for split in _splits(cost.count, splittable=block_type in SPLITTABLE)
+            for split in _splits(cost.count, splittable=block_type != VISION)
         ]
         frontier = _pareto([(b + ob, s + os_, {**counts, block_type: split}) for b, s, counts in frontier for ob, os_, split in options])
     fitting = [(s, b, counts) for b, s, counts in frontier if model.fixed_bytes + b <= budget_bytes]
@@ -87,7 +87,7 @@ def plan_section(plan: Plan, text_layer_types: list[str], *, placement: str) -> 
     full_layers: list[str | int] = []
     op_level: list[str | int] = []
     for block_type, counts in plan.counts.items():
-        if block_type not in SPLITTABLE:
+        if block_type == VISION:
             for choice, target in (("full", full_layers), ("op_level", op_level)):
                 if counts.get(choice):
                     target.append(block_type)

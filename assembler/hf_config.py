@@ -51,7 +51,9 @@ _MOE_FIELDS = {
     "num_experts", "num_experts_per_tok", "moe_intermediate_size", "shared_expert_intermediate_size",
     "decoder_sparse_step", "mlp_only_layers", "router_aux_loss_coef", "output_router_logits", "norm_topk_prob",
 }
+# HF's layer type names, and the spec layer type (with its mixer block) each one becomes on import.
 _LAYER_TYPES = {"linear_attention": "linear", "full_attention": "full"}
+_HF_LAYER_TYPE_OF_MIXER = {"gated_deltanet": "linear_attention", "gated_attention": "full_attention"}
 
 
 def spec_from_hf_config(config: dict | str | os.PathLike, name: str | None = None) -> Spec:
@@ -74,14 +76,14 @@ def spec_from_hf_config(config: dict | str | os.PathLike, name: str | None = Non
 
 def hf_config_from_spec(spec: Spec, dtype: str = "bfloat16") -> dict:
     """The config.json dict transformers' Qwen3_5ForConditionalGeneration loads for `spec.model`."""
-    _refuse_unrepresentable(spec)
+    linear, full, mlp = _refuse_unrepresentable(spec)
     text, vision, tokens = spec.model["text"], spec.model["vision"], spec.model["tokens"]
-    linear, full = text["mixers"]["linear"], text["mixers"]["full"]
     rope = text["rope"]
+    mixer_of = {name: lt["mixer"]["block"] for name, lt in text["layer_types"].items()}
     text_config = {
         "vocab_size": text["vocab_size"],
         "hidden_size": text["hidden_size"],
-        "intermediate_size": text["mlp"]["intermediate_size"],
+        "intermediate_size": mlp["intermediate_size"],
         "num_hidden_layers": text["num_layers"],
         "num_attention_heads": full["num_heads"],
         "num_key_value_heads": full["num_kv_heads"],
@@ -105,7 +107,7 @@ def hf_config_from_spec(spec: Spec, dtype: str = "bfloat16") -> dict:
         "linear_value_head_dim": linear["value_head_dim"],
         "linear_num_key_heads": linear["num_key_heads"],
         "linear_num_value_heads": linear["num_value_heads"],
-        "layer_types": [f"{kind}_attention" for kind in text["layers"]],
+        "layer_types": [_HF_LAYER_TYPE_OF_MIXER[mixer_of[name]] for name in text["layers"]],
         "pad_token_id": None,
         "eos_token_id": tokens["eos"],
         "model_type": "qwen3_5_text",
@@ -140,13 +142,9 @@ def hf_config_from_spec(spec: Spec, dtype: str = "bfloat16") -> dict:
     }
 
 
-# What transformers' Qwen3.5 hard-codes; a spec that chooses otherwise has no HF config.
+# What transformers' Qwen3.5 hard-codes; a spec that chooses otherwise has no HF config. Paths
+# under a layer type's mixer are checked for each layer type with that mixer.
 _QWEN3_5_FIXED: dict[tuple[str, ...], Any] = {
-    ("text", "mixers", "linear", "block"): "gated_deltanet",
-    ("text", "mixers", "full", "block"): "gated_attention",
-    ("text", "mixers", "full", "qk_norm"): True,
-    ("text", "mixers", "full", "output_gate"): True,
-    ("text", "mlp", "block"): "swiglu",
     ("text", "norms", "layer"): "zero_centered",
     ("text", "norms", "qk"): "zero_centered",
     ("text", "norms", "final"): "zero_centered",
@@ -155,9 +153,13 @@ _QWEN3_5_FIXED: dict[tuple[str, ...], Any] = {
     ("vision", "block"): "vision_tower",
     ("vision", "merger", "block"): "patch_merger",
 }
+_QWEN3_5_FIXED_MIXER: dict[str, dict[str, Any]] = {"gated_attention": {"qk_norm": True, "output_gate": True}}
 
 
-def _refuse_unrepresentable(spec: Spec) -> None:
+def _refuse_unrepresentable(spec: Spec) -> tuple[dict, dict, dict]:
+    """(the Gated DeltaNet mixer, the gated-attention mixer, the MLP) of a spec transformers'
+    Qwen3.5 can load: at most one layer type per mixer block, both with the same SwiGLU MLP, and
+    every setting transformers hard-codes as it does; otherwise SpecError naming the fields."""
     problems = []
     for path, fixed in _QWEN3_5_FIXED.items():
         value: Any = spec.model
@@ -166,8 +168,38 @@ def _refuse_unrepresentable(spec: Spec) -> None:
         if value != fixed:
             problems.append(Problem("model." + ".".join(path), f"{value!r} has no HF Qwen3.5 equivalent",
                                     f"transformers' Qwen3.5 always uses {fixed!r}", value, repr(fixed)))
+    layer_types = spec.model["text"]["layer_types"]
+    by_mixer: dict[str, list[str]] = {}
+    for name in dict.fromkeys(spec.model["text"]["layers"]):  # the layer types in use, in order
+        by_mixer.setdefault(layer_types[name]["mixer"]["block"], []).append(name)
+    for block, names in by_mixer.items():
+        if block not in _HF_LAYER_TYPE_OF_MIXER or len(names) > 1:
+            problems.append(Problem(f"model.text.layer_types.{names[-1]}.mixer.block",
+                                    f"layer types {names} all use {block!r}" if len(names) > 1 else f"{block!r} has no HF Qwen3.5 equivalent",
+                                    "transformers' Qwen3.5 has one Gated DeltaNet and one gated-attention layer type",
+                                    block, " or ".join(_HF_LAYER_TYPE_OF_MIXER)))
+        for name in names:
+            for key, fixed in _QWEN3_5_FIXED_MIXER.get(block, {}).items():
+                value = layer_types[name]["mixer"][key]
+                if value != fixed:
+                    problems.append(Problem(f"model.text.layer_types.{name}.mixer.{key}", f"{value!r} has no HF Qwen3.5 equivalent",
+                                            f"transformers' Qwen3.5 always uses {fixed!r}", value, repr(fixed)))
+    mlps = {name: layer_types[name]["mlp"] for names in by_mixer.values() for name in names}
+    distinct = {tuple(sorted(m.items())) for m in mlps.values()}
+    if len(distinct) > 1 or any(m["block"] != "swiglu" for m in mlps.values()):
+        problems.append(Problem("model.text.layer_types", f"the layer types' MLPs differ or are not SwiGLU: {mlps}",
+                                "transformers' Qwen3.5 has one SwiGLU MLP for every layer", mlps, "one swiglu mlp"))
     if problems:
         raise SpecError(problems).with_file(str(spec.source)) if spec.source else SpecError(problems)
+    mixers = {block: layer_types[names[0]]["mixer"] for block, names in by_mixer.items()}
+    # A tower without one of the two layer types still writes HF's fields for it: transformers'
+    # defaults, which build nothing.
+    no_linear = {"num_key_heads": HF_TEXT_DEFAULTS["linear_num_key_heads"], "num_value_heads": HF_TEXT_DEFAULTS["linear_num_value_heads"],
+                 "key_head_dim": HF_TEXT_DEFAULTS["linear_key_head_dim"], "value_head_dim": HF_TEXT_DEFAULTS["linear_value_head_dim"],
+                 "conv_kernel_size": HF_TEXT_DEFAULTS["linear_conv_kernel_dim"]}
+    no_full = {"num_heads": HF_TEXT_DEFAULTS["num_attention_heads"], "num_kv_heads": HF_TEXT_DEFAULTS["num_key_value_heads"],
+               "head_dim": HF_TEXT_DEFAULTS["head_dim"]}
+    return mixers.get("gated_deltanet", no_linear), mixers.get("gated_attention", no_full), next(iter(mlps.values()))
 
 
 def _read_config(config: dict | str | os.PathLike) -> tuple[dict, str | None]:
@@ -275,25 +307,7 @@ class _ConfigReader:
             "hidden_size": get("hidden_size"),
             "num_layers": num_layers,
             "layers": layers,
-            "mixers": {
-                "linear": {
-                    "block": "gated_deltanet",
-                    "num_key_heads": get("linear_num_key_heads"),
-                    "num_value_heads": get("linear_num_value_heads"),
-                    "key_head_dim": get("linear_key_head_dim"),
-                    "value_head_dim": get("linear_value_head_dim"),
-                    "conv_kernel_size": get("linear_conv_kernel_dim"),
-                },
-                "full": {
-                    "block": "gated_attention",
-                    "num_heads": get("num_attention_heads"),
-                    "num_kv_heads": get("num_key_value_heads"),
-                    "head_dim": get("head_dim"),
-                    "qk_norm": True,
-                    "output_gate": True,
-                },
-            },
-            "mlp": {"block": "swiglu", "intermediate_size": get("intermediate_size")},
+            "layer_types": self.layer_type_sections(text, get, layers),
             "norms": {"layer": "zero_centered", "qk": "zero_centered", "final": "zero_centered", "deltanet_gate": "default"},
             "rms_norm_eps": get("rms_norm_eps"),
             "rope": self.rope(text),
@@ -301,6 +315,29 @@ class _ConfigReader:
             "tie_word_embeddings": tie,
             "initializer_range": get("initializer_range"),
         }
+
+    def layer_type_sections(self, text: dict, get: Any, layers: list[str]) -> dict:
+        """The spec's `layer_types` for the HF layer types `layers` uses (both, in the usual case)."""
+        mlp = {"block": "swiglu", "intermediate_size": get("intermediate_size")}
+        sections = {
+            "linear": {"mixer": {
+                "block": "gated_deltanet",
+                "num_key_heads": get("linear_num_key_heads"),
+                "num_value_heads": get("linear_num_value_heads"),
+                "key_head_dim": get("linear_key_head_dim"),
+                "value_head_dim": get("linear_value_head_dim"),
+                "conv_kernel_size": get("linear_conv_kernel_dim"),
+            }, "mlp": dict(mlp)},
+            "full": {"mixer": {
+                "block": "gated_attention",
+                "num_heads": get("num_attention_heads"),
+                "num_kv_heads": get("num_key_value_heads"),
+                "head_dim": get("head_dim"),
+                "qk_norm": True,
+                "output_gate": True,
+            }, "mlp": dict(mlp)},
+        }
+        return {name: section for name, section in sections.items() if name in layers}
 
     def layer_types(self, text: dict, num_layers: int) -> list[str]:
         if "layer_types" not in text:

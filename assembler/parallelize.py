@@ -53,7 +53,6 @@ from blocks.constants import DTYPES
 
 log = logging.getLogger(__name__)
 
-BLOCK_TYPES = ("linear", "full", "vision")
 # Op-level checkpointing keeps the outputs of these ops (by name prefix: matmuls, attention and the
 # fast backend's kernels) and recomputes everything else (norms, activations, gates, casts) in
 # backward, as torchtitan's selective AC does: most of the time is in the first, most of the
@@ -158,9 +157,10 @@ def blocks_to_checkpoint(blocks: list[tuple[str, nn.Module, str]], ac_spec: dict
     chosen = ac_spec.get(key) or []
     types = {item for item in chosen if isinstance(item, str)}
     indices = {item for item in chosen if isinstance(item, int)}
-    unknown = sorted(types - set(BLOCK_TYPES))
+    known = {block_type for _, _, block_type in blocks}
+    unknown = sorted(types - known)
     if unknown:
-        raise ValueError(f"parallel.activation_checkpointing.{key}: unknown block type(s) {unknown}; known: {', '.join(BLOCK_TYPES)}")
+        raise ValueError(f"parallel.activation_checkpointing.{key}: unknown block type(s) {unknown}; known: {', '.join(sorted(known))}")
     text_names = [name for name, _, block_type in blocks if block_type != "vision"]
     out_of_range = sorted(i for i in indices if i >= len(text_names))
     if out_of_range:

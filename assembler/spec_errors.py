@@ -3,7 +3,7 @@
 A `SpecError` carries every problem found (not just the first), each located by file, line and
 column when known, and by its JSON path inside the spec (`model.text.layers[7]`):
 
-    specs/x.yaml: model.text.mixrs: unknown key — did you mean 'mixers'?
+    specs/x.yaml: model.text.layer_typs: unknown key — did you mean 'layer_types'?
 """
 
 from __future__ import annotations

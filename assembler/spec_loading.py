@@ -16,7 +16,7 @@ import yaml
 from assembler.spec import Spec
 from assembler.spec_errors import Problem, SpecError, did_you_mean, format_path
 from assembler.spec_schema import cached_schema, allowed_keys, child_schema, fill_defaults, is_list_schema
-from assembler.spec_validation import validate_spec_dict
+from assembler.spec_validation import VISION_BLOCK_TYPE, validate_spec_dict
 
 
 def load_spec(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Spec:
@@ -115,9 +115,25 @@ class _StrictSafeLoader(yaml.SafeLoader):
 # ---------------------------------------------------------------------------------------------
 
 
+def _with_a_compile_policy_per_block_type(spec: dict) -> dict:
+    """`parallel.compile` keyed by block type (the text layer types, `vision`) with every block type
+    present and its defaults filled in, so the resolved spec says how each was compiled. A spec too
+    malformed to name its layer types is left for validation to report."""
+    text = spec.get("model", {}).get("text") if isinstance(spec.get("model"), dict) else None
+    compile_section = spec.get("parallel", {}).get("compile") if isinstance(spec.get("parallel"), dict) else None
+    if not isinstance(text, dict) or not isinstance(text.get("layer_types"), dict) or not isinstance(compile_section, dict):
+        return spec
+    policy_schema = cached_schema()["$defs"]["compile_policy"]
+    valid_name = re.compile(cached_schema()["properties"]["parallel"]["properties"]["compile"]["propertyNames"]["pattern"])
+    for block_type in [*text["layer_types"], VISION_BLOCK_TYPE]:
+        if block_type not in compile_section and valid_name.match(block_type):  # a bad name is reported once, where it is
+            compile_section[block_type] = fill_defaults({}, policy_schema)
+    return spec
+
+
 def _finish(raw: dict, source: Path | None) -> Spec:
     raw.pop("extends", None)
-    filled = fill_defaults(raw)
+    filled = _with_a_compile_policy_per_block_type(fill_defaults(raw))
     validate_spec_dict(filled, file=str(source) if source else None)
     return Spec(
         name=filled["name"],
@@ -190,9 +206,9 @@ def _apply_override(data: dict, text: str) -> None:
     schema: dict | None = cached_schema()
     for depth, part in enumerate(parts):
         here = format_path(parts[: depth + 1])
-        sub = child_schema(schema, part) if schema is not None else None
+        sub = child_schema(schema, part, instance=node) if schema is not None else None
         if sub is None:
-            raise SpecError(_unknown_override_path(schema, part, parts[:depth], here, where))
+            raise SpecError(_unknown_override_path(schema, part, parts[:depth], here, where, node))
         last = depth == len(parts) - 1
         if isinstance(part, int):
             if not isinstance(node, list) or part >= len(node):
@@ -210,13 +226,13 @@ def _apply_override(data: dict, text: str) -> None:
         schema = sub
 
 
-def _unknown_override_path(schema: dict | None, part: str | int, parent: list, here: str, where: str) -> Problem:
+def _unknown_override_path(schema: dict | None, part: str | int, parent: list, here: str, where: str, instance: Any = None) -> Problem:
     parent_path = format_path(parent) or "the spec"
     if isinstance(part, int):
         return Problem(here, f"{parent_path} is not a list", "address mapping keys by name", part, file=where)
     if schema is not None and is_list_schema(schema):
         return Problem(here, f"{parent_path} is a list", f"address its items by index, e.g. {parent_path}.0", part, file=where)
-    keys = allowed_keys(schema) if schema is not None else []
+    keys = allowed_keys(schema, instance) if schema is not None else []
     if not keys:
         return Problem(here, f"unknown key: {parent_path} has no keys", "override the whole value instead", part, file=where)
     return Problem(here, "unknown key", did_you_mean(part, keys) or f"keys of {parent_path}: {', '.join(keys)}",

@@ -38,9 +38,24 @@ def resolve_ref(node: dict) -> dict:
     return merged
 
 
-def child_schema(node: dict, key: str | int) -> dict | None:
-    """The sub-schema of mapping key / list index `key` under `node`, or None if `node` has no such child."""
+def branch_schema(node: dict, instance: Any) -> dict:
+    """`node` with the settings of the block `instance` names: a block section's schema lists only
+    `block` and picks the block's own settings by `allOf: [{if: {block: NAME}, then: ...}]`."""
     node = resolve_ref(node)
+    if not isinstance(instance, dict) or "allOf" not in node:
+        return node
+    properties = dict(node.get("properties", {}))
+    for clause in node["allOf"]:
+        wanted = clause.get("if", {}).get("properties", {}).get("block", {}).get("const")
+        if wanted is not None and instance.get("block") == wanted:
+            properties.update(resolve_ref(clause["then"]).get("properties", {}))
+    return {**node, "properties": properties}
+
+
+def child_schema(node: dict, key: str | int, instance: Any = None) -> dict | None:
+    """The sub-schema of mapping key / list index `key` under `node` (whose value is `instance`,
+    when known: it picks a block section's settings), or None if `node` has no such child."""
+    node = branch_schema(node, instance)
     if isinstance(key, int):
         items = node.get("items")
         return resolve_ref(items) if isinstance(items, dict) else None
@@ -51,9 +66,9 @@ def child_schema(node: dict, key: str | int) -> dict | None:
     return resolve_ref(extra) if isinstance(extra, dict) else None
 
 
-def allowed_keys(node: dict) -> list[str]:
-    """The keys an object schema accepts (empty for non-objects)."""
-    return list(resolve_ref(node).get("properties", {}))
+def allowed_keys(node: dict, instance: Any = None) -> list[str]:
+    """The keys an object schema accepts (empty for non-objects; a map of named entries lists none)."""
+    return list(branch_schema(node, instance).get("properties", {}))
 
 
 def is_list_schema(node: dict) -> bool:
@@ -63,15 +78,17 @@ def is_list_schema(node: dict) -> bool:
 def fill_defaults(instance: Any, node: dict | None = None) -> Any:
     """A copy of `instance` with every missing key that has a schema `default` filled in, recursively.
 
-    Defaults that are objects (`{}`) are filled in turn, so `train: {}` grows every train default.
-    Values of the wrong type are left as they are for validation to report.
+    Defaults that are objects (`{}`) are filled in turn, so `train: {}` grows every train default;
+    entries of named maps (`layer_types`, `compile`) and the settings of the block a section names
+    are filled too. Values of the wrong type are left as they are for validation to report.
     """
-    node = resolve_ref(cached_schema() if node is None else node)
+    node = branch_schema(cached_schema() if node is None else node, instance)
     if isinstance(instance, dict):
         filled = {}
         properties = node.get("properties", {})
+        extra = node.get("additionalProperties")
         for key, value in instance.items():
-            sub = properties.get(key)
+            sub = properties.get(key, extra if isinstance(extra, dict) else None)
             filled[key] = fill_defaults(value, sub) if sub is not None else copy.deepcopy(value)
         for key, sub in properties.items():
             sub = resolve_ref(sub)

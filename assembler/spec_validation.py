@@ -14,15 +14,24 @@ from jsonschema import Draft202012Validator
 from assembler.spec_errors import Problem, SpecError, did_you_mean, format_path
 from assembler.spec_schema import cached_schema, child_schema, resolve_ref
 
-# Where a spec names a registered block, and the registry kind it is looked up under. Kinds the
-# spec never names (e.g. `norm`) are chosen by the blocks themselves.
-BLOCK_FIELDS: dict[tuple[str, ...], str] = {
-    ("model", "text", "mixers", "linear", "block"): "mixer",
-    ("model", "text", "mixers", "full", "block"): "mixer",
-    ("model", "text", "mlp", "block"): "mlp",
-    ("model", "vision", "block"): "vision",
-    ("model", "vision", "merger", "block"): "merger",
-}
+VISION_BLOCK_TYPE = "vision"  # the block type of the vision tower's blocks in compile / checkpointing policies
+
+
+def block_fields(spec: dict) -> dict[tuple[str, ...], str]:
+    """Where `spec` names a registered block, and the registry kind it is looked up under. Kinds
+    the spec never names (e.g. `norm`) are chosen by the blocks themselves."""
+    fields: dict[tuple[str, ...], str] = {}
+    for name in spec["model"]["text"]["layer_types"]:
+        fields[("model", "text", "layer_types", name, "mixer", "block")] = "mixer"
+        fields[("model", "text", "layer_types", name, "mlp", "block")] = "mlp"
+    fields[("model", "vision", "block")] = "vision"
+    fields[("model", "vision", "merger", "block")] = "merger"
+    return fields
+
+
+def mixers_of(spec: dict, block: str) -> dict[str, dict]:
+    """{layer type name: mixer section} of the layer types whose mixer is `block`."""
+    return {name: lt["mixer"] for name, lt in spec["model"]["text"]["layer_types"].items() if lt["mixer"]["block"] == block}
 
 # YAML's 1.0 is a number; 1 is an integer; JSON Schema would also call 1.0 an integer, which would
 # hand a float to nn.Linear. Booleans are never numbers.
@@ -35,7 +44,9 @@ _SpecValidator = jsonschema.validators.extend(Draft202012Validator, type_checker
 def validate_spec_dict(spec: dict, file: str | None = None) -> None:
     """Raise SpecError listing every problem of `spec` (defaults already filled in), or return."""
     problems = schema_problems(spec)
-    if not problems:
+    if problems:  # the rest assume a schema-valid spec; the layer names are checked anyway
+        problems += list(_check_layer_types_named(spec))
+    else:
         problems = semantic_problems(spec)
     if problems:
         error = SpecError(problems)
@@ -84,7 +95,8 @@ def _problems_from(error: jsonschema.ValidationError) -> list[Problem]:
         problems = []
         for key in error.validator_value:
             if isinstance(value, dict) and key not in value:
-                description = (_schema_at(path + [key]) or {}).get("description", "")
+                own = resolve_ref(schema.get("properties", {}).get(key, {}))  # a block's settings live in its own schema
+                description = own.get("description") or (_schema_at(path + [key]) or {}).get("description", "")
                 hint = f"add `{key}:` ({description})" if description else f"add `{key}:`"
                 problems.append(Problem(format_path(path + [key]), "required key is missing", hint, expected=description))
         return problems
@@ -116,6 +128,8 @@ def _problems_from(error: jsonschema.ValidationError) -> list[Problem]:
     if kind == "pattern":
         return [Problem(format_path(path), f"{_show(value)} does not match {error.validator_value}",
                         schema.get("description", ""), value, expected)]
+    if kind == "not":  # a reserved value (a name the schema keeps for something else)
+        return [Problem(format_path(path), f"{_show(value)} is not allowed here", schema.get("description", ""), value, expected)]
     if kind == "minLength":
         return [Problem(format_path(path), "must not be empty", schema.get("description", ""), value, expected)]
     return [Problem(format_path(path), error.message, "", value, expected)]
@@ -193,27 +207,52 @@ def _check_layer_count(spec: dict) -> Iterable[Problem]:
                       f"list one layer type per layer, or set num_layers: {len(layers)}", layers, f"{count} entries")
 
 
+def _check_layer_types_named(spec: Any) -> Iterable[Problem]:
+    """Every entry of `layers` names a declared layer type. Written for any input (it runs even
+    when the schema found problems, as the schema's enum of layer names once did)."""
+    text = spec.get("model", {}).get("text") if isinstance(spec, dict) and isinstance(spec.get("model"), dict) else None
+    if not isinstance(text, dict) or not isinstance(text.get("layer_types"), dict) or not isinstance(text.get("layers"), list):
+        return
+    declared = list(text["layer_types"])
+    for index, name in enumerate(text["layers"]):
+        if isinstance(name, str) and name not in declared:
+            yield Problem(f"model.text.layers[{index}]", f"{name!r} is not a layer type of model.text.layer_types",
+                          did_you_mean(name, declared) or f"declared layer types: {', '.join(declared)}", name,
+                          f"one of {declared}")
+
+
 def _check_attention_heads(spec: dict) -> Iterable[Problem]:
-    full = spec["model"]["text"]["mixers"]["full"]
-    heads, kv_heads = full["num_heads"], full["num_kv_heads"]
-    if heads % kv_heads:
-        yield Problem("model.text.mixers.full.num_kv_heads", f"{kv_heads} does not divide num_heads {heads}",
-                      f"set num_kv_heads to a divisor of num_heads ({_divisors(heads)})", kv_heads, f"a divisor of {heads}")
+    for name, mixer in mixers_of(spec, "gated_attention").items():
+        heads, kv_heads = mixer["num_heads"], mixer["num_kv_heads"]
+        if heads % kv_heads:
+            yield Problem(f"model.text.layer_types.{name}.mixer.num_kv_heads", f"{kv_heads} does not divide num_heads {heads}",
+                          f"set num_kv_heads to a divisor of num_heads ({_divisors(heads)})", kv_heads, f"a divisor of {heads}")
 
 
 def _check_deltanet_heads(spec: dict) -> Iterable[Problem]:
-    linear = spec["model"]["text"]["mixers"]["linear"]
-    key_heads, value_heads = linear["num_key_heads"], linear["num_value_heads"]
-    if value_heads % key_heads:
-        yield Problem("model.text.mixers.linear.num_value_heads", f"{value_heads} is not a multiple of num_key_heads {key_heads}",
-                      "each key head serves a whole group of value heads: set num_value_heads to a multiple of num_key_heads, "
-                      f"or num_key_heads to a divisor of num_value_heads ({_divisors(value_heads)})",
-                      value_heads, f"a multiple of {key_heads}")
+    for name, mixer in mixers_of(spec, "gated_deltanet").items():
+        key_heads, value_heads = mixer["num_key_heads"], mixer["num_value_heads"]
+        if value_heads % key_heads:
+            yield Problem(f"model.text.layer_types.{name}.mixer.num_value_heads",
+                          f"{value_heads} is not a multiple of num_key_heads {key_heads}",
+                          "each key head serves a whole group of value heads: set num_value_heads to a multiple of "
+                          f"num_key_heads, or num_key_heads to a divisor of num_value_heads ({_divisors(value_heads)})",
+                          value_heads, f"a multiple of {key_heads}")
 
 
 def _check_mrope_sections(spec: dict) -> Iterable[Problem]:
+    """The text tower has one rotary embedding: every attention layer type shares its head_dim."""
     text = spec["model"]["text"]
-    head_dim, factor = text["mixers"]["full"]["head_dim"], text["rope"]["partial_rotary_factor"]
+    attention = mixers_of(spec, "gated_attention")
+    head_dims = sorted({mixer["head_dim"] for mixer in attention.values()})
+    if len(head_dims) > 1:
+        yield Problem("model.text.layer_types", f"the attention layer types have head_dim {head_dims}",
+                      "the text tower's one rotary embedding needs one head_dim: give every attention mixer the same",
+                      head_dims, "one head_dim")
+        return
+    if not head_dims:
+        return
+    head_dim, factor = head_dims[0], text["rope"]["partial_rotary_factor"]
     rotary_dim = int(head_dim * factor)
     if rotary_dim % 2:
         yield Problem("model.text.rope.partial_rotary_factor",
@@ -226,6 +265,21 @@ def _check_mrope_sections(spec: dict) -> Iterable[Problem]:
                       f"{sections} sums to {sum(sections)}, but there are {rotary_dim // 2} rotary frequencies "
                       f"(head_dim {head_dim} × partial_rotary_factor {factor} = {rotary_dim} rotary dims, halved)",
                       f"make the three sections sum to {rotary_dim // 2}", sections, f"sum {rotary_dim // 2}")
+
+
+def _check_block_type_names(spec: dict) -> Iterable[Problem]:
+    """Compile and checkpointing policies name block types: the text layer types, or `vision`."""
+    known = [*spec["model"]["text"]["layer_types"], VISION_BLOCK_TYPE]
+    for name in spec["parallel"]["compile"]:
+        if name not in known:
+            yield Problem(f"parallel.compile.{name}", f"{name!r} is not a block type",
+                          did_you_mean(name, known) or f"block types: {', '.join(known)}", name, f"one of {known}")
+    policy = spec["parallel"]["activation_checkpointing"]
+    for key in ("layers", "op_level"):
+        for index, entry in enumerate(policy.get(key, [])):
+            if isinstance(entry, str) and entry not in known:
+                yield Problem(f"parallel.activation_checkpointing.{key}[{index}]", f"{entry!r} is not a block type",
+                              did_you_mean(entry, known) or f"block types: {', '.join(known)}", entry, f"one of {known}")
 
 
 def _check_vision(spec: dict) -> Iterable[Problem]:
@@ -288,7 +342,7 @@ def _checkpointed_by(spec: dict, entries: list) -> set[int]:
 def _check_registered_blocks(spec: dict) -> Iterable[Problem]:
     from blocks.registry import UnknownBlockError, get_block, registered_blocks
 
-    for path, kind in BLOCK_FIELDS.items():
+    for path, kind in block_fields(spec).items():
         name: Any = spec
         for key in path:
             name = name[key]
@@ -307,6 +361,8 @@ def _divisors(n: int) -> str:
 
 _SEMANTIC_CHECKS: tuple[Callable[[dict], Iterable[Problem]], ...] = (
     _check_layer_count,
+    _check_layer_types_named,
+    _check_block_type_names,
     _check_attention_heads,
     _check_deltanet_heads,
     _check_mrope_sections,

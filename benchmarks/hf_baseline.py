@@ -80,7 +80,7 @@ def main() -> None:
     from blocks.ops.fast_delta_rule import fla_backward_is_safe
 
     spec = load_spec(SPEC)
-    fla_backward_is_safe(spec.model["text"]["mixers"]["linear"]["key_head_dim"])
+    fla_backward_is_safe(spec.model["text"]["layer_types"]["linear"]["mixer"]["key_head_dim"])
     checkpointing = not args.no_checkpointing
     model = build_baseline(spec, liger=args.liger, checkpointing=checkpointing)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0, fused=True)

@@ -134,7 +134,7 @@ def test_checkpoint_inside_compiled_fast_block_keeps_only_inputs(fla_kernels_on_
     # What each layer reads: its hidden-state input [1, T, H] bf16, and in full-attention layers the
     # rotary cos and sin [1, T, rotary_dim] bf16 (from the text tower's context).
     text = spec.model["text"]
-    head_dim = text["mixers"]["full"]["head_dim"]
+    head_dim = text["layer_types"]["full"]["mixer"]["head_dim"]
     rotary_bytes = 2 * tokens * int(head_dim * text["rope"]["partial_rotary_factor"]) * 2
     hidden_bytes = tokens * text["hidden_size"] * 2
     expected = {i: hidden_bytes + (rotary_bytes if layer.layer_type == "full" else 0) for i, layer in enumerate(layers)}

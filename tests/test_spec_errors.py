@@ -34,13 +34,14 @@ def write_variant(tmp_path: Path, edit, base: Path = TINY) -> Path:
 
 def test_unknown_nested_key_suggests_the_right_one(tmp_path):
     def misspell(d):
-        d["model"]["text"]["mixers"]["full"]["num_kv_head"] = d["model"]["text"]["mixers"]["full"].pop("num_kv_heads")
+        mixer = d["model"]["text"]["layer_types"]["full"]["mixer"]
+        mixer["num_kv_head"] = mixer.pop("num_kv_heads")
 
     code, err = validate(write_variant(tmp_path, misspell))
     assert code == 2
-    assert "model.text.mixers.full.num_kv_head: unknown key — did you mean 'num_kv_heads'?" in err
+    assert "model.text.layer_types.full.mixer.num_kv_head: unknown key — did you mean 'num_kv_heads'?" in err
     # the key it replaced is now missing, and that is said too
-    assert "model.text.mixers.full.num_kv_heads: required key is missing" in err
+    assert "model.text.layer_types.full.mixer.num_kv_heads: required key is missing" in err
 
 
 def test_unknown_top_level_section_suggests(tmp_path):
@@ -51,7 +52,7 @@ def test_unknown_top_level_section_suggests(tmp_path):
 def test_bad_enum_value_in_a_list_names_the_index():
     code, err = validate(FLAGSHIP, "-o", "model.text.layers.7=lnear")
     assert code == 2
-    assert "model.text.layers[7]: 'lnear' is not one of linear, full — did you mean 'linear'?" in err
+    assert "model.text.layers[7]: 'lnear' is not a layer type of model.text.layer_types — did you mean 'linear'?" in err
 
 
 def test_wrong_type_says_what_was_expected():
@@ -79,16 +80,16 @@ def test_layer_count_mismatch():
 
 
 def test_kv_heads_not_dividing_heads_lists_divisors():
-    code, err = validate(FLAGSHIP, "-o", "model.text.mixers.full.num_kv_heads=3")
+    code, err = validate(FLAGSHIP, "-o", "model.text.layer_types.full.mixer.num_kv_heads=3")
     assert code == 2
-    assert ("qwen3_5_4b.yaml: model.text.mixers.full.num_kv_heads: 3 does not divide num_heads 16 — "
+    assert ("qwen3_5_4b.yaml: model.text.layer_types.full.mixer.num_kv_heads: 3 does not divide num_heads 16 — "
             "set num_kv_heads to a divisor of num_heads (1, 2, 4, 8, 16)") in err
 
 
 def test_value_heads_not_multiple_of_key_heads():
-    code, err = validate(TINY, "-o", "model.text.mixers.linear.num_value_heads=3")
+    code, err = validate(TINY, "-o", "model.text.layer_types.linear.mixer.num_value_heads=3")
     assert code == 2
-    assert "model.text.mixers.linear.num_value_heads: 3 is not a multiple of num_key_heads 2" in err
+    assert "model.text.layer_types.linear.mixer.num_value_heads: 3 is not a multiple of num_key_heads 2" in err
 
 
 def test_mrope_sections_must_sum_to_half_the_rotary_dim():
@@ -110,9 +111,10 @@ def test_vision_heads_must_divide_vision_width():
 
 
 def test_unknown_block_name_is_refused_by_the_schema_enum():
-    code, err = validate(TINY, "-o", "model.text.mixers.linear.block=gated_deltanett")
+    code, err = validate(TINY, "-o", "model.text.layer_types.linear.mixer.block=gated_deltanett")
     assert code == 2
-    assert "model.text.mixers.linear.block: 'gated_deltanett' is not one of gated_deltanet — did you mean 'gated_deltanet'?" in err
+    assert ("model.text.layer_types.linear.mixer.block: 'gated_deltanett' is not one of gated_deltanet, gated_attention "
+            "— did you mean 'gated_deltanet'?") in err
 
 
 def test_block_named_in_schema_but_not_registered_is_refused(monkeypatch):
@@ -130,7 +132,7 @@ def test_block_named_in_schema_but_not_registered_is_refused(monkeypatch):
     monkeypatch.setattr(registry, "get_block", without_swiglu)
     with pytest.raises(SpecError) as caught:
         spec_loading.load_spec(TINY)
-    assert "model.text.mlp.block: 'swiglu' is not a registered mlp block" in str(caught.value)
+    assert "model.text.layer_types.linear.mlp.block: 'swiglu' is not a registered mlp block" in str(caught.value)
 
 
 def test_yaml_syntax_error_gives_line_and_column(tmp_path):

@@ -25,7 +25,9 @@ def test_flagship_is_complete_after_defaults():
     assert spec.train["checkpoint"] == {"every": 500, "keep_last": 2}
     assert spec.data["packing"]["overlong"] == "truncate" and spec.data["sources"] == []
     assert spec.ops == {"backend": "auto", "overrides": {}}
-    assert spec.model["text"]["mixers"]["full"]["qk_norm"] is True
+    assert spec.model["text"]["layer_types"]["full"]["mixer"]["qk_norm"] is True
+    # every block type gets its compile policy, filled in (the file sets all three)
+    assert set(spec.parallel["compile"]) == {"linear", "full", "vision"}
     # what the file says wins over the defaults; the fields it leaves out still get theirs
     assert spec.parallel["activation_checkpointing"] == {"mode": "full", "placement": "inside_compile"}
     assert spec.parallel["fsdp"]["param_dtype"] == "bfloat16"
@@ -116,13 +118,13 @@ def test_extends_is_relative_to_the_extending_file(tmp_path):
     child.write_text(
         f"extends: {relative_parent}\n"
         "name: tiny_wider\n"
-        "model:\n  text:\n    layers: [full, full, full, full]\n    mlp: {intermediate_size: 256}\n"
+        "model:\n  text:\n    layers: [full, full, full, full]\n    layer_types: {full: {mlp: {intermediate_size: 256}}}\n"
         "train: {steps: 5}\n"
     )
     spec = load_spec(child)
     assert spec.name == "tiny_wider"
     assert spec.model["text"]["layers"] == ["full"] * 4  # list replaced
-    assert spec.model["text"]["mlp"] == {"block": "swiglu", "intermediate_size": 256}  # map merged
+    assert spec.model["text"]["layer_types"]["full"]["mlp"] == {"block": "swiglu", "intermediate_size": 256}  # map merged
     assert spec.train["steps"] == 5 and spec.train["seed"] == 0
     parent_length = yaml.safe_load(TINY.read_text())["data"]["packing"]["length"]
     assert spec.data["packing"]["length"] == parent_length  # inherited from the parent

@@ -10,7 +10,7 @@ from jsonschema import Draft202012Validator
 
 from assembler import load_spec
 from assembler.spec_schema import fill_defaults, load_schema, resolve_ref
-from assembler.spec_validation import BLOCK_FIELDS, schema_problems
+from assembler.spec_validation import block_fields, schema_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC_FILES = sorted((ROOT / "specs").rglob("*.yaml"))
@@ -31,11 +31,30 @@ def test_schema_is_valid_draft_2020_12():
     Draft202012Validator.check_schema(load_schema())
 
 
+def _is_block_section(node: dict) -> bool:
+    """A section naming a block (`block: NAME`) whose settings each branch `allOf: [{if, then}]` adds."""
+    branches = node.get("allOf") or []
+    return set(node.get("properties", {})) == {"block"} and bool(branches) and all(
+        "if" in b and "$ref" in b.get("then", {}) for b in branches)
+
+
 def test_every_object_rejects_unknown_keys():
-    objects = [(p, n) for p, n in walk(load_schema()) if n.get("type") == "object" or "properties" in n]
+    """An object forbids unknown keys, or is a map of named entries whose values have a strict
+    schema (`layer_types`, `compile`), or is a block section whose settings come from the strict
+    schema of the block it names (then a typo is reported there)."""
+    schema = load_schema()
+    objects = [(p, n) for p, n in walk(schema) if (n.get("type") == "object" or "properties" in n)
+               and not p.endswith("/if")]  # an `if` is a test on a value, not a section of it
     assert len(objects) > 20
-    loose = [p for p, n in objects if n.get("additionalProperties") is not False]
+    loose = [p for p, n in objects if n.get("additionalProperties") is not False
+             and not isinstance(n.get("additionalProperties"), dict) and not _is_block_section(n)]
     assert not loose, f"objects without additionalProperties: false: {loose}"
+    sections = [n for _, n in walk(schema) if _is_block_section(n)]
+    assert len(sections) >= 2
+    for section in sections:
+        for branch in section["allOf"]:
+            target = resolve_ref(branch["then"])
+            assert target["additionalProperties"] is False and "block" in target["properties"]
 
 
 def test_every_property_is_described():
@@ -62,7 +81,7 @@ def test_defaults_are_themselves_valid():
     filled = fill_defaults(minimal)
     assert schema_problems(filled) == []
     assert set(filled) == {"name", "model", "ops", "parallel", "train", "data"}
-    assert filled["parallel"]["compile"]["vision"] == {"enabled": False, "fullgraph": True}
+    assert filled["parallel"]["compile"] == {}  # filled per block type by load_spec (test_spec_loading)
 
 
 def _enum_at(path: tuple[str, ...]) -> list[str]:
@@ -70,6 +89,17 @@ def _enum_at(path: tuple[str, ...]) -> list[str]:
     for key in path:
         node = resolve_ref(node["properties"][key])
     return node["enum"]
+
+
+def _schema_block_names() -> dict[str, set[str]]:
+    """{registry kind: block names the schema accepts}: the block sections' discriminators."""
+    defs = load_schema()["$defs"]
+    names = {kind: set(defs[kind]["properties"]["block"]["enum"]) for kind in ("mixer", "mlp")}
+    for kind, branch in names.items():  # each named block has its own settings schema
+        assert {b["if"]["properties"]["block"]["const"] for b in defs[kind]["allOf"]} == branch
+    names["vision"] = set(_enum_at(("model", "vision", "block")))
+    names["merger"] = set(_enum_at(("model", "vision", "merger", "block")))
+    return names
 
 
 def test_schema_block_enums_and_registry_agree():
@@ -82,21 +112,28 @@ def test_schema_block_enums_and_registry_agree():
     from blocks.registry import registered_blocks
 
     registered = registered_blocks()
-    in_schema: dict[str, set[str]] = {}
-    for path, kind in BLOCK_FIELDS.items():
-        in_schema.setdefault(kind, set()).update(_enum_at(path))
+    in_schema = _schema_block_names()
     for kind, names in in_schema.items():
         assert set(registered.get(kind, [])) == names, f"kind {kind!r}: registry {registered.get(kind)} vs schema {sorted(names)}"
     unnamed_kinds = set(registered) - set(in_schema)
     assert unnamed_kinds <= {"norm"}, f"registered kinds no spec field names: {unnamed_kinds}; add a `block:` field or list them here"
 
 
-def test_block_fields_cover_every_block_field_of_the_schema():
+@pytest.mark.parametrize("spec_file", SPEC_FILES, ids=lambda p: p.name)
+def test_block_fields_name_every_block_of_a_spec(spec_file):
+    """block_fields (what the registry check walks) lists exactly the `block:` keys of a spec."""
     found = set()
-    for path, node in walk(load_schema()):
-        if "block" in (node.get("properties") or {}):
-            found.add(tuple(path.split("/properties/")[1:]) + ("block",))
-    assert found == set(BLOCK_FIELDS)
+
+    def visit(node: Any, path: tuple[str, ...]) -> None:
+        if isinstance(node, dict):
+            if "block" in node:
+                found.add(path + ("block",))
+            for key, value in node.items():
+                visit(value, path + (key,))
+
+    spec = load_spec(spec_file).to_dict()
+    visit({"model": spec["model"]}, ())
+    assert found == set(block_fields(spec))
 
 
 def test_ops_section_matches_the_op_table():

@@ -113,9 +113,9 @@ def test_unchangeable_field_refused_before_anything_is_written(run, override, fi
 def test_resume_of_another_models_run_is_refused_before_writing(run, tmp_path):
     """Defect 6: --resume of another model's checkpoint into a new run folder."""
     other = tmp_path / "other"
-    result = _train(other, "--resume", str(_step(run, 3)), "-o", "model.text.mlp.intermediate_size=96")
+    result = _train(other, "--resume", str(_step(run, 3)), "-o", "model.text.layer_types.linear.mlp.intermediate_size=96")
     assert result.exit_code == 2, result.output
-    assert "model.text.mlp.intermediate_size: 128 in the checkpoint, 96 now" in result.output
+    assert "model.text.layer_types.linear.mlp.intermediate_size: 128 in the checkpoint, 96 now" in result.output
     assert not other.exists()
 
 

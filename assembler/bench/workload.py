@@ -16,7 +16,7 @@ import torch
 
 from assembler.data.chat_template import IGNORE_INDEX, EncodedSample
 from assembler.data.packing import collate_row
-from assembler.train.metrics import matmul_parameter_count
+from assembler.train.metrics import attention_flops_per_token, matmul_parameter_count
 
 TEXT_TOKEN_RANGE = 150_000  # ordinary token ids, clear of Qwen3.5's special tokens
 
@@ -147,14 +147,12 @@ def training_flops(
     n_text_matmul: int, text_spec: dict, seq_len: int, *, vision: tuple[int, dict, int, int] | None = None
 ) -> float:
     """Flops of one training step, torchtitan's convention (ARCHITECTURE.md, Measuring):
-    (6·N + 12·L_full·H·d_head·S) per token; delta-rule kernel flops are not counted.
+    (6·N + 12·L_attn·H·d_head·S) per token; delta-rule kernel flops are not counted.
 
     vision: (N_vision, vision spec, patches per step, patches per image) adds
     6·N_vision + 12·depth·hidden·S_image per patch, the same convention for the vision tower.
     """
-    full = text_spec["mixers"].get("full") or {}
-    n_full = text_spec["layers"].count("full")
-    per_token = 6 * n_text_matmul + 12 * n_full * full.get("num_heads", 0) * full.get("head_dim", 0) * seq_len
+    per_token = 6 * n_text_matmul + attention_flops_per_token(text_spec, seq_len)
     flops = per_token * seq_len
     if vision is not None:
         n_vision, vision_spec, patches, patches_per_image = vision

@@ -44,11 +44,21 @@ def matmul_parameter_count(model: nn.Module) -> int:
 
 
 def flops_per_token(model: nn.Module, text_spec: dict, seq_len: int) -> float:
-    """Training flops per token: 6·N + 12·L_full·H·d_head·S (forward + backward)."""
-    n_full = sum(1 for layer_type in text_spec["layers"] if layer_type == "full")
-    full = text_spec["mixers"].get("full") or {}
-    attention = 12 * n_full * full.get("num_heads", 0) * full.get("head_dim", 0) * seq_len
-    return 6 * matmul_parameter_count(model) + attention
+    """Training flops per token: 6·N + 12·L_attn·H·d_head·S (forward + backward)."""
+    return 6 * matmul_parameter_count(model) + attention_flops_per_token(text_spec, seq_len)
+
+
+def attention_flops_per_token(text_spec: dict, seq_len: int) -> float:
+    """12·H·d_head·S summed over the text layers whose mixer is softmax attention (the score and
+    value matmuls, forward + backward, torchtitan's convention); linear-attention kernels are not
+    counted (conservative)."""
+    layer_types = text_spec["layer_types"]
+    total = 0
+    for name in text_spec["layers"]:
+        mixer = layer_types[name]["mixer"]
+        if "num_heads" in mixer and "head_dim" in mixer:
+            total += 12 * mixer["num_heads"] * mixer["head_dim"] * seq_len
+    return float(total)
 
 
 def peak_flops(device: torch.device) -> float | None:
