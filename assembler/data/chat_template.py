@@ -1,7 +1,9 @@
 """Qwen3.5's chat template, and records -> token ids with next-token labels.
 
 The rendering follows the `chat_template` of Qwen3.5's `tokenizer_config.json` (the Jinja template
-on the Qwen/Qwen3.5-* model cards, without tools), rule for rule:
+on the Qwen/Qwen3.5-* model cards, without tools), rule for rule. CHAT_TEMPLATE_FILE, beside this
+file, is the same format in Jinja for serving (HF exports without a source folder ship it);
+tests/test_serving_files.py checks that transformers rendering it gives this module's text:
 
     [<|im_start|>system\\n{system}<|im_end|>\\n]
     <|im_start|>user\\n{user}<|im_end|>\\n
@@ -40,6 +42,7 @@ from assembler.data.tokenizer import Tokenizer
 
 IGNORE_INDEX = -100
 LOSS_ON = ("assistant", "all")
+CHAT_TEMPLATE_FILE = Path(__file__).with_name("qwen3_5_chat_template.jinja")
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 THINK_START, THINK_END = "<think>", "</think>"

@@ -2,8 +2,10 @@
 
 Layout: `model-0000i-of-0000N.safetensors` shards (each at most `shard_size` bytes unless one
 tensor is larger) + `model.safetensors.index.json` + `config.json` generated from the spec +
-tokenizer / processor / generation files copied from the source folder + the source's `mtp.*`
-tensors, verbatim. Dtypes follow dtype_policy.
+tokenizer / chat template / processor / generation files + the source's `mtp.*` tensors, verbatim.
+The side files are copied from the source folder when there is one, else written from the tokenizer
+and settings training used (serving_files.py: random init, trained from scratch). Dtypes follow
+dtype_policy.
 
 Atomic: everything is written into a hidden temporary folder beside the target, fsynced, then
 renamed onto the final name (swapped with an earlier export in one `renameat2(RENAME_EXCHANGE)`
@@ -44,6 +46,7 @@ from assembler.hf_checkpoint.extra_tensors import ExtraTensorSource, carry_extra
 from assembler.hf_checkpoint.loading import HF_SOURCE_ATTRIBUTE
 from assembler.hf_checkpoint.model_tensors import ModelTensor, full_tensor, model_tensors
 from assembler.hf_checkpoint.reading import CONFIG_FILE, INDEX_FILE
+from assembler.hf_checkpoint.serving_files import serving_files
 
 DEFAULT_SHARD_SIZE = 5 * 10**9  # bytes; "5GB" as transformers counts
 SHARD_NAME = "model-{index:05d}-of-{count:05d}.safetensors"
@@ -75,7 +78,8 @@ def save_hf_checkpoint(
 
     `source_dir`: the HF folder the model was loaded from, if any; its tokenizer/processor files
     are copied and its `mtp.*` tensors carried through. Default: the folder `load_hf_checkpoint`
-    last loaded `model` from. `shard_size`: bytes, or "500MB" / "5GB".
+    last loaded `model` from. Without one, those files are written from the spec's tokenizer and
+    settings (serving_files.py). `shard_size`: bytes, or "500MB" / "5GB".
     `dtype`: the dtype of every tensor but the fp32 ones of the policy. An existing non-empty
     `out_dir` is an error unless `overwrite`, and even then unless it is an earlier export (it holds
     EXPORT_MARKER). `inputs`: folders the weights were read from (besides `source_dir`); `out_dir`
@@ -94,7 +98,7 @@ def save_hf_checkpoint(
 
     # Everything that can fail for a user reason is checked before the first collective, on the
     # writer, and the verdict is shared so no rank is left waiting in an all-gather.
-    failure, extras, config = None, ExtraTensorSource(None), {}
+    failure, extras, config, side_files = None, ExtraTensorSource(None), {}, {}
     if is_writer:
         try:
             check_export_target(given_out_dir, overwrite, inputs=(*inputs, *((source_dir,) if source_dir else ())))
@@ -104,6 +108,8 @@ def save_hf_checkpoint(
             if collisions:
                 raise CheckpointError(f"{source_dir}: extra tensors {collisions} collide with the model's own tensors")
             config = _config_json(spec, dtype, extras)
+            if source_dir is None:
+                side_files = serving_files(spec)
         except CheckpointError as err:
             failure = str(err)
     raise_on_every_rank(failure, CheckpointError)
@@ -140,6 +146,9 @@ def save_hf_checkpoint(
         _write_json(partial / CONFIG_FILE, config)
         if source_dir is not None:
             _copy_source_files(Path(source_dir), partial)
+        for name, text in side_files.items():
+            (partial / name).write_text(text, encoding="utf-8")
+            fsync_file(partial / name)
         extras.log_carried()
         _write_json(partial / EXPORT_MARKER, {"written_by": "assemble export", "format": 1})
         fsync_dir(partial)
