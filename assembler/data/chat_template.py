@@ -39,8 +39,8 @@ from typing import Callable
 
 from assembler.data.records import ChatRecord, DataError, ImagePart, Message, TextRecord
 from assembler.data.tokenizer import Tokenizer
+from blocks.constants import IGNORE_INDEX  # re-exported by assembler.data
 
-IGNORE_INDEX = -100
 LOSS_ON = ("assistant", "all")
 CHAT_TEMPLATE_FILE = Path(__file__).with_name("qwen3_5_chat_template.jinja")
 
