@@ -150,7 +150,7 @@ def _measure_block(block: nn.Module, args: tuple, kwargs: dict, *, count: int, c
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), meter:
         out = block(hidden, *rest, **kwargs)
     forward_s = clock() - start
-    before = _allocated(hidden.device)
+    before = _start_peak_window(hidden.device)
     out.backward(torch.ones_like(out))
     transient = max(_peak(hidden.device) - before, 0.0)
     cost = BlockCost(
@@ -214,7 +214,8 @@ def _synchronize(args: tuple) -> None:
             return
 
 
-def _allocated(device: torch.device) -> float:
+def _start_peak_window(device: torch.device) -> float:
+    """Reset the device's peak-memory counter and return what is allocated now (CPU: 0)."""
     if device.type != "cuda":
         return 0.0
     torch.cuda.reset_peak_memory_stats(device)
