@@ -35,6 +35,7 @@ def train_command(spec: Path, overrides: tuple[str, ...], resume: Path | None, o
     try:
         loaded = load_spec(spec, list(overrides))
         result = train(loaded, output_dir=output_dir, resume=resume)
+        distributed.barrier()  # every rank done before any leaves (see barrier)
     except errors as error:
         # An error every rank hits alike (the spec, read before the process group exists, or a
         # verdict the ranks agreed on) is printed once, by rank 0; one a rank hit alone (its own

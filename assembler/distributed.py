@@ -15,6 +15,7 @@ steps are bitwise transformers'.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -71,7 +72,13 @@ def is_distributed_run() -> bool:
 
 
 def barrier() -> None:
-    """Wait for every rank of the default process group; a no-op for a single process."""
+    """Wait for every rank of the default process group; a no-op for a single process.
+
+    A run that succeeded calls it before `teardown`: a rank that leaves the group while a peer
+    still has a collective in flight closes the sockets under that peer's gloo work, which can then
+    abort the peer at exit ("terminate called without an active exception": torchrun exits 1 for a
+    run that trained fine; seen in CI on 2 CPU ranks). Not on an error path: a rank that failed
+    alone would leave the others waiting here."""
     if is_distributed_run():
         dist.barrier()
 
@@ -173,6 +180,11 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
 
 
 def teardown() -> None:
-    """Leave the process group (if any), so the job ends without NCCL's 'not destroyed' warning."""
+    """Leave the process group (if any), so the job ends without NCCL's 'not destroyed' warning.
+
+    Objects still holding the group's work (a model's FSDP state, an optimizer's DTensors) are
+    collected first, while the interpreter is whole: freed later, at interpreter exit, their
+    tensors' destructors can run in gloo's worker threads after Python is gone."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
