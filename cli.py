@@ -91,8 +91,10 @@ def validate(specs: tuple[Path, ...], overrides: tuple[str, ...], resolved: bool
             continue
         text = spec.model["text"]
         counts = ", ".join(f"{text['layers'].count(name)} {name}" for name in text["layer_types"])
-        click.echo(f"OK {path}: {spec.name} — {text['num_layers']} text layers ({counts}), "
-                   f"vision depth {spec.model['vision']['depth']}, ops {spec.ops['backend']}")
+        vision = spec.model.get("vision")
+        seen = f"vision depth {vision['depth']}" if vision else "no vision tower"
+        click.echo(f"OK {path}: {spec.name} ({spec.model['family']}) — {text['num_layers']} text layers ({counts}), "
+                   f"{seen}, ops {spec.ops['backend']}")
         if resolved:
             click.echo(spec.to_yaml())
     if failed:
@@ -100,11 +102,28 @@ def validate(specs: tuple[Path, ...], overrides: tuple[str, ...], resolved: bool
 
 
 @assemble.command()
-def schema() -> None:
-    """Print the spec's JSON Schema (draft 2020-12)."""
-    from assembler.spec_schema import SCHEMA_PATH
+@click.option("--write", is_flag=True, help="Regenerate the checked-in assembler/schema/spec.schema.json.")
+@click.option("--check", is_flag=True, help="Exit 1 (with a diff) when the checked-in schema is stale.")
+def schema(write: bool, check: bool) -> None:
+    """Print the spec's JSON Schema (draft 2020-12), assembled from its hand-written base and the
+    registered blocks' settings; or write / check the checked-in copy editors and CI read."""
+    from assembler import spec_schema
 
-    click.echo(SCHEMA_PATH.read_text(encoding="utf-8"), nl=False)
+    if write and check:
+        raise click.UsageError("pass --write or --check, not both")
+    if write:
+        path = spec_schema.SCHEMA_PATH
+        click.echo(f"wrote {path}" if spec_schema.write_schema() else f"{path} is up to date")
+    elif check:
+        path, diff = spec_schema.SCHEMA_PATH, spec_schema.stale_schema_diff()
+        if diff is not None:
+            click.echo(diff, err=True, nl=False)
+            click.echo(f"error: {path} is stale (the block registry or its base changed): "
+                       f"run `{spec_schema.REGENERATE_COMMAND}`", err=True)
+            raise click.exceptions.Exit(1)
+        click.echo(f"{path} is up to date")
+    else:
+        click.echo(spec_schema.schema_text(spec_schema.cached_schema()), nl=False)
 
 
 @assemble.command("import-hf")
@@ -113,7 +132,8 @@ def schema() -> None:
 @click.option("--name", default=None, help="Spec name (default: from the model folder's name).")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 def import_hf(config: Path, output: Path, name: str | None, force: bool) -> None:
-    """Write a spec for the Qwen3.5 model of an HF config.json (or model folder)."""
+    """Write a spec for the model of an HF config.json (or model folder): a family's model type
+    (qwen3_5, qwen3); fields a spec cannot represent are refused by name."""
     from assembler.hf_config import spec_from_hf_config
     from assembler.spec import dump_yaml
     from assembler.spec_loading import load_spec

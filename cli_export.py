@@ -117,10 +117,12 @@ def _load_resolved_spec(path: Path):
 
 def _keep_export_dtypes_on_meta(model: torch.nn.Module, dtype: torch.dtype) -> None:
     """Give meta parameters the dtypes they will be written in (costs nothing on meta)."""
+    from assembler.family import family_of_model
     from assembler.hf_checkpoint.dtype_policy import export_dtype
 
+    fp32_suffixes = family_of_model(model).fp32_export_suffixes
     for name, parameter in model.named_parameters():
-        parameter.data = parameter.data.to(export_dtype(name, dtype))
+        parameter.data = parameter.data.to(export_dtype(name, dtype, fp32_suffixes=fp32_suffixes))
 
 
 def _load_training_checkpoint(model: torch.nn.Module, checkpoint: Path) -> None:

@@ -1,9 +1,5 @@
-"""Spec → nn.Module: instantiate registered blocks into the full vision-language model.
-
-The spec's block sections are the blocks' constructor keyword arguments (minus `block`); the few
-arguments a block needs from elsewhere in the spec (hidden size, norm types, eps, the op table)
-are added here, in one visible place.
-"""
+"""Spec → nn.Module: the op table, then the spec's family builds the model from registered
+blocks (see assembler/family.py and assembler/towers.py), then initialisation and dtype."""
 
 from __future__ import annotations
 
@@ -12,17 +8,11 @@ import dataclasses
 import torch
 from torch import nn
 
+from assembler.family import FAMILY_ATTRIBUTE, family_of
 from assembler.initialize import initialize_weights
 from assembler.spec import Spec
 from assembler.spec_errors import UserError
-from blocks.decoder_layer import DecoderLayer
 from blocks.ops import AUTO, OpTable, chosen_backends, resolve_ops, unmet_fast_requirements
-from blocks.registry import get_block
-from blocks.rope import TextRotaryEmbedding
-from blocks.text_tower import TextTower
-from blocks.vision_language_model import SpecialTokens, VisionLanguageModel
-
-ZERO_CENTERED = "zero_centered"
 
 
 def resolve_spec_ops(spec: Spec) -> OpTable:
@@ -72,7 +62,7 @@ def build_model(
     dtype: torch.dtype = torch.float32,
     ops: OpTable | None = None,
     seed: int | None = None,
-) -> VisionLanguageModel:
+) -> nn.Module:
     """Build the model the spec describes.
 
     On `device="meta"` nothing is allocated and no initialisation runs (load or `initialize_weights`
@@ -80,76 +70,13 @@ def build_model(
     (seeded by `seed` when given) and cast to `dtype`.
     """
     ops = ops or resolve_spec_ops(spec)
-    model_spec = spec.model
+    family = family_of(spec)
     with torch.device(device):
-        model = VisionLanguageModel(
-            visual=_build_vision(model_spec["vision"], ops) if model_spec.get("vision") else None,
-            language_model=_build_text(model_spec["text"], ops),
-            tokens=SpecialTokens(**model_spec["tokens"]),
-            spatial_merge_size=model_spec["vision"]["spatial_merge_size"] if model_spec.get("vision") else 1,
-            tie_word_embeddings=model_spec["text"]["tie_word_embeddings"],
-            ops=ops,
-        )
+        model = family.build(spec.model, ops)
+    setattr(model, FAMILY_ATTRIBUTE, family.name)  # what generic code asks (family_of_model)
     if torch.device(device).type != "meta":
         if seed is not None:
             torch.manual_seed(seed)
         initialize_weights(model, spec)
         model.to(dtype)
     return model
-
-
-# The `norms` entry each mixer block takes its inner norm's flavour from (keyword, norms key).
-MIXER_NORMS = {"gated_attention": ("qk_norm_type", "qk"), "gated_deltanet": ("gate_norm_type", "deltanet_gate")}
-
-
-def _build_text(text: dict, ops: OpTable) -> TextTower:
-    hidden_size, eps, norms = text["hidden_size"], text["rms_norm_eps"], text["norms"]
-
-    def rms_norm(dim: int, norm_type: str) -> nn.Module:
-        return get_block("norm", "rms_norm")(dim, eps=eps, zero_centered=norm_type == ZERO_CENTERED, ops=ops)
-
-    def block(kind: str, section: dict, **extra) -> nn.Module:  # noqa: ANN003
-        settings = dict(section)
-        return get_block(kind, settings.pop("block"))(**settings, **extra, hidden_size=hidden_size, ops=ops)
-
-    def mixer(section: dict) -> nn.Module:
-        keyword, norm = MIXER_NORMS.get(section["block"], (None, None))
-        extra = {keyword: norms[norm]} if keyword else {}
-        return block("mixer", section, **extra, rms_norm_eps=eps)
-
-    layers = [
-        DecoderLayer(
-            mixer=mixer(text["layer_types"][layer_type]["mixer"]),
-            mlp=block("mlp", text["layer_types"][layer_type]["mlp"]),
-            input_layernorm=rms_norm(hidden_size, norms["layer"]),
-            post_attention_layernorm=rms_norm(hidden_size, norms["layer"]),
-            layer_type=layer_type,
-        )
-        for layer_type in text["layers"]
-    ]
-    # One rotary embedding for the tower, sized by the attention mixers' head_dim (validation
-    # makes them agree); a tower without attention gets an empty one.
-    head_dims = [lt["mixer"]["head_dim"] for lt in text["layer_types"].values() if "head_dim" in lt["mixer"]]
-    rope = text["rope"]
-    rotary = TextRotaryEmbedding(
-        head_dim=head_dims[0] if head_dims else 0,
-        partial_rotary_factor=rope["partial_rotary_factor"],
-        theta=rope["theta"],
-        mrope_section=rope["mrope_section"],
-        mrope_interleaved=rope["mrope_interleaved"],
-    )
-    return TextTower(
-        embed_tokens=nn.Embedding(text["vocab_size"], hidden_size),
-        layers=layers,
-        norm=rms_norm(hidden_size, norms["final"]),
-        rotary_emb=rotary,
-    )
-
-
-def _build_vision(vision: dict, ops: OpTable) -> nn.Module:
-    section = {k: v for k, v in vision.items() if k not in ("block", "merger", "initializer_range")}
-    merger_section = dict(vision["merger"])
-    merger = get_block("merger", merger_section.pop("block"))(
-        **merger_section, hidden_size=vision["hidden_size"], spatial_merge_size=vision["spatial_merge_size"], ops=ops
-    )
-    return get_block("vision", vision["block"])(**section, merger=merger, ops=ops)

@@ -1,7 +1,9 @@
-"""Random initialisation, as transformers initialises Qwen3.5 (so a fresh model is the reference's).
+"""Random initialisation, as transformers initialises its models (so a fresh model is distributed
+as the reference's).
 
-Kept outside the blocks so a model built on the meta device can be materialised (`to_empty`) and
-initialised in place by one function; the blocks' constructors only decide shapes.
+One function walks the model so a model built on the meta device can be materialised
+(`to_empty`) and initialised in place; torch's layers get the tower's normal init here, and every
+block initialises its own parameters in `reset_parameters()` (nothing here knows a block).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from assembler.family import family_of
 from assembler.spec import Spec
 
 
@@ -16,29 +19,25 @@ from assembler.spec import Spec
 def initialize_weights(model: nn.Module, spec: Spec) -> None:
     """Initialise every parameter and recompute every non-persistent buffer of `model` in place.
 
-    Linear / conv / embedding weights ~ N(0, initializer_range) of their tower, biases 0;
-    LayerNorm (1, 0); RMSNorm 0 when zero-centered (x̂·(1+w)) else 1; the DeltaNet's dt_bias 1 and
-    A_log = log U(0.01, 16). Modules with derived buffers (rotary inverse frequencies) recompute
-    them through their `reset_buffers()`.
+    torch's own layers: Linear / conv / embedding weights ~ N(0, the family's `init_std`: their
+    tower's initializer_range), biases 0; LayerNorm (1, 0). Every other module with parameters of
+    its own initialises them in its `reset_parameters()` (RMSNorm: 0 when zero-centered, else 1;
+    the Gated DeltaNet's dt_bias and A_log), and one with derived buffers (rotary inverse
+    frequencies) recomputes them in its `reset_buffers()`. Modules are visited in registration
+    order, so the random stream is the same for a model built directly and one materialised from
+    the meta device.
     """
-    text_std = spec.model["text"]["initializer_range"]
-    vision_std = spec.model["vision"]["initializer_range"] if spec.model.get("vision") else text_std
+    family = family_of(spec)
     for name, module in model.named_modules():
-        std = vision_std if name.startswith("model.visual") else text_std
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv3d, nn.Embedding)):
-            module.weight.normal_(0.0, std)
+            module.weight.normal_(0.0, family.init_std(spec.model, name))
             if getattr(module, "bias", None) is not None:
                 module.bias.zero_()
         elif isinstance(module, nn.LayerNorm):
             module.weight.fill_(1.0)
             module.bias.zero_()
-        elif hasattr(module, "zero_centered") and isinstance(getattr(module, "weight", None), nn.Parameter):
-            module.weight.fill_(0.0 if module.zero_centered else 1.0)
-        elif "GatedRMSNorm" in type(module).__name__:
-            module.weight.fill_(1.0)
-        if hasattr(module, "A_log") and hasattr(module, "dt_bias"):
-            module.dt_bias.fill_(1.0)
-            module.A_log.copy_(torch.empty_like(module.A_log, dtype=torch.float32).uniform_(0.01, 16).log_())
+        elif hasattr(module, "reset_parameters") and any(True for _ in module.parameters(recurse=False)):
+            module.reset_parameters()
         if hasattr(module, "reset_buffers"):
             module.reset_buffers()
     if getattr(model, "tie_word_embeddings", False):

@@ -48,6 +48,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
+from assembler.family import family_of_model
 from assembler.spec import Spec
 from blocks.constants import DTYPES
 
@@ -130,13 +131,10 @@ def parallelize(model: nn.Module, spec: Spec, *, mesh: "dist.device_mesh.DeviceM
 
 
 def iter_blocks(model: nn.Module):  # noqa: ANN201 (generator of (name, module, type))
-    """(module path, block, block type) of every text decoder layer and vision block, in forward order."""
-    visual = getattr(model.model, "visual", None)
-    if visual is not None:
-        for index, block in enumerate(visual.blocks):
-            yield f"model.visual.blocks.{index}", block, "vision"
-    for index, layer in enumerate(model.model.language_model.layers):
-        yield f"model.language_model.layers.{index}", layer, layer.layer_type
+    """(module path, block, block type) of every repeated block of a built model (its family's
+    `blocks`: text decoder layers, vision blocks), in forward order."""
+    for ref in family_of_model(model).blocks(model):
+        yield ref.path, ref.module, ref.block_type
 
 
 def blocks_to_checkpoint(blocks: list[tuple[str, nn.Module, str]], ac_spec: dict, *, key: str = "layers") -> set[str]:
@@ -249,9 +247,8 @@ def apply_fsdp(
         units.append("")
         block.parallel_policy.fsdp_units = units
 
-    text = model.model.language_model
     if not getattr(model, "tie_word_embeddings", False):
-        fully_shard(text.embed_tokens, mp_policy=mixed, **common)
+        fully_shard(model.get_input_embeddings(), mp_policy=mixed, **common)
     # The root unit is never resharded after forward. FSDP2 re-gathers a resharded unit in backward
     # from a hook on its forward's output tensors, and the model returns a dataclass, which FSDP2
     # does not look into: resharded, the root's parameters (the patch merger's, the final norm's)

@@ -13,6 +13,7 @@ from jsonschema import Draft202012Validator
 
 from assembler.spec_errors import Problem, SpecError, did_you_mean, format_path
 from assembler.spec_schema import cached_schema, child_schema, resolve_ref
+from blocks.constants import VISION_TOKEN_KEYS
 
 VISION_BLOCK_TYPE = "vision"  # the block type of the vision tower's blocks in compile / checkpointing policies
 
@@ -24,8 +25,9 @@ def block_fields(spec: dict) -> dict[tuple[str, ...], str]:
     for name in spec["model"]["text"]["layer_types"]:
         fields[("model", "text", "layer_types", name, "mixer", "block")] = "mixer"
         fields[("model", "text", "layer_types", name, "mlp", "block")] = "mlp"
-    fields[("model", "vision", "block")] = "vision"
-    fields[("model", "vision", "merger", "block")] = "merger"
+    if spec["model"].get("vision"):
+        fields[("model", "vision", "block")] = "vision"
+        fields[("model", "vision", "merger", "block")] = "merger"
     return fields
 
 
@@ -282,7 +284,18 @@ def _check_block_type_names(spec: dict) -> Iterable[Problem]:
                               did_you_mean(entry, known) or f"block types: {', '.join(known)}", entry, f"one of {known}")
 
 
+def _check_family(spec: dict) -> Iterable[Problem]:
+    from assembler.family import DEFAULT_FAMILY, registered_families
+
+    name, known = spec["model"].get("family", DEFAULT_FAMILY), registered_families()
+    if name not in known:
+        yield Problem("model.family", f"no model family {name!r}", f"known families: {', '.join(sorted(known))}",
+                      name, " or ".join(sorted(known)))
+
+
 def _check_vision(spec: dict) -> Iterable[Problem]:
+    if not spec["model"].get("vision"):
+        return
     vision, text_hidden = spec["model"]["vision"], spec["model"]["text"]["hidden_size"]
     if vision["hidden_size"] % vision["num_heads"]:
         yield Problem("model.vision.num_heads", f"{vision['num_heads']} does not divide hidden_size {vision['hidden_size']}",
@@ -295,9 +308,9 @@ def _check_vision(spec: dict) -> Iterable[Problem]:
 
 
 def _check_token_ids(spec: dict) -> Iterable[Problem]:
-    vocab = spec["model"]["text"]["vocab_size"]
+    vocab, has_vision = spec["model"]["text"]["vocab_size"], bool(spec["model"].get("vision"))
     for name, token in spec["model"]["tokens"].items():
-        if token >= vocab:
+        if token >= vocab and (has_vision or name not in VISION_TOKEN_KEYS):
             yield Problem(f"model.tokens.{name}", f"{token} is not a valid id for vocab_size {vocab}",
                           f"token ids must be below {vocab}", token, f"an integer < {vocab}")
 
@@ -366,6 +379,7 @@ _SEMANTIC_CHECKS: tuple[Callable[[dict], Iterable[Problem]], ...] = (
     _check_attention_heads,
     _check_deltanet_heads,
     _check_mrope_sections,
+    _check_family,
     _check_vision,
     _check_token_ids,
     _check_activation_checkpointing,

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from assembler.family import family_of_model
+
 
 @dataclass(frozen=True)
 class ParameterCounts:
@@ -28,31 +30,15 @@ def _count(module: nn.Module) -> int:
 
 
 def parameter_counts(model: nn.Module) -> ParameterCounts:
-    visual = model.model.visual
-    vision = _count(visual) if visual is not None else 0
+    vision = sum(_count(tower) for tower in family_of_model(model).towers(model).values())
     total = _count(model)
     return ParameterCounts(total=total, text=total - vision, vision=vision)
 
 
 def block_rows(model: nn.Module) -> list[BlockRow]:
-    """One row per top-level block in forward order: vision pieces, embeddings, layers, norm, head."""
-    rows: list[tuple[str, str, nn.Module]] = []
-    visual = model.model.visual
-    if visual is not None:
-        rows.append(("model.visual.patch_embed", "vision patch embedding", visual.patch_embed))
-        rows.append(("model.visual.pos_embed", "vision position embedding", visual.pos_embed))
-        for i, block in enumerate(visual.blocks):
-            rows.append((f"model.visual.blocks.{i}", "vision block", block))
-        rows.append(("model.visual.merger", "patch merger", visual.merger))
-    text = model.model.language_model
-    rows.append(("model.language_model.embed_tokens", "token embedding", text.embed_tokens))
-    for i, layer in enumerate(text.layers):
-        mixer = layer.mixer
-        rows.append((f"model.language_model.layers.{i}", f"decoder layer ({layer.layer_type}: {type(mixer).__name__})", layer))
-    rows.append(("model.language_model.norm", "final norm", text.norm))
-    tied = model.lm_head.weight is text.embed_tokens.weight
-    head_kind = "LM head (tied to the embedding)" if tied else "LM head"
-    rows.append(("lm_head", head_kind, nn.Module() if tied else model.lm_head))
+    """One row per top-level block in forward order (its family's `summary_rows`: e.g. vision
+    pieces, embeddings, layers, norm, head)."""
+    rows = family_of_model(model).summary_rows(model)
     return [BlockRow(i, name, kind, _count(module)) for i, (name, kind, module) in enumerate(rows)]
 
 

@@ -9,3 +9,7 @@ IGNORE_INDEX = -100
 
 # The spec's dtype names (train.dtype, parallel.fsdp.param_dtype / reduce_dtype, export --dtype).
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# The spec's `model.tokens` keys only a model with a vision tower reads (a text-only model's
+# validation and data pipeline ignore them; `eos` every model reads).
+VISION_TOKEN_KEYS = ("image", "video", "vision_start", "vision_end")

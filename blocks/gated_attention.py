@@ -27,6 +27,33 @@ class GatedAttention(nn.Module):
     """
 
     hf_attribute = "self_attn"  # the decoder layer's attribute name in the HF checkpoint
+    # Constructor keywords filled from the text tower's settings (dotted paths under model.text),
+    # besides `hidden_size` and `ops`, which every text block gets.
+    tower_settings = {"qk_norm_type": "norms.qk", "rms_norm_eps": "rms_norm_eps"}
+
+    # The JSON Schema of this block's spec section (the assembler adds `block` and closes it).
+    settings_schema = {
+        "description": "Gated softmax attention with grouped key/value heads, optional q/k RMSNorm and sigmoid "
+                       "output gate; (m)RoPE on part of each head.",
+        "properties": {
+            "num_heads": {"type": "integer", "description": "Number of query heads.", "minimum": 1},
+            "num_kv_heads": {"type": "integer", "description": "Number of key/value heads; must divide num_heads.", "minimum": 1},
+            "head_dim": {"type": "integer", "description": "Dimension of one attention head.", "minimum": 1},
+            "qk_norm": {"type": "boolean", "description": "RMSNorm on queries and keys per head (q_norm, k_norm).",
+                        "default": True},
+            "output_gate": {"type": "boolean",
+                            "description": "Sigmoid output gate computed from the input (q_proj produces query and gate).",
+                            "default": True},
+        },
+        "required": ["num_heads", "num_kv_heads", "head_dim"],
+    }
+
+    @staticmethod
+    def flops_per_token(settings: dict, hidden_size: int, seq_len: int) -> float:
+        """Training FLOPs per token beyond 6·N of the projections: the score (q·k) and weighted-sum
+        (p·v) matmuls, 2·2·Hq·D·S forward, three times that forward + backward = 12·Hq·D·S
+        (torchtitan's convention: the full S×S square, the causal mask's saving not deducted)."""
+        return float(12 * settings["num_heads"] * settings["head_dim"] * seq_len)
 
     def __init__(
         self,

@@ -32,6 +32,9 @@ class GatedRMSNorm(nn.Module):
         self.eps = eps
         self.ops = ops
 
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight) if self.zero_centered else nn.init.ones_(self.weight)
+
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         # The gated_rms_norm op only knows x̂·w·silu(gate); the zero-centered form is that op with
         # w := 1 + w (no HF reference to be bitwise with for this form).
@@ -48,6 +51,30 @@ class GatedDeltaNet(nn.Module):
     each key head shared by Hv / Hk consecutive value heads."""
 
     hf_attribute = "linear_attn"  # the decoder layer's attribute name in the HF checkpoint
+    # Constructor keywords filled from the text tower's settings (see GatedAttention.tower_settings).
+    tower_settings = {"gate_norm_type": "norms.deltanet_gate", "rms_norm_eps": "rms_norm_eps"}
+
+    # The JSON Schema of this block's spec section (the assembler adds `block` and closes it).
+    settings_schema = {
+        "description": "Gated DeltaNet (linear attention): the delta rule with a decay gate, causal conv1d over q, k, v, "
+                       "a gated RMSNorm.",
+        "properties": {
+            "num_key_heads": {"type": "integer", "description": "Number of query/key heads.", "minimum": 1},
+            "num_value_heads": {"type": "integer", "description": "Number of value heads; a multiple of num_key_heads.",
+                                "minimum": 1},
+            "key_head_dim": {"type": "integer", "description": "Dimension of one query/key head.", "minimum": 1},
+            "value_head_dim": {"type": "integer", "description": "Dimension of one value head.", "minimum": 1},
+            "conv_kernel_size": {"type": "integer", "description": "Kernel size of the causal depthwise conv1d over q, k, v.",
+                                 "minimum": 1, "default": 4},
+        },
+        "required": ["num_key_heads", "num_value_heads", "key_head_dim", "value_head_dim"],
+    }
+
+    @staticmethod
+    def flops_per_token(settings: dict, hidden_size: int, seq_len: int) -> float:
+        """Training FLOPs per token beyond 6·N of the projections and the conv1d: none counted. The
+        delta-rule kernel's work is left out, so MFU errs low (ARCHITECTURE.md, Measuring)."""
+        return 0.0
 
     def __init__(
         self,
@@ -93,6 +120,14 @@ class GatedDeltaNet(nn.Module):
         self.in_proj_z = nn.Linear(hidden_size, self.value_dim, bias=False)
         self.in_proj_b = nn.Linear(hidden_size, num_value_heads, bias=False)
         self.in_proj_a = nn.Linear(hidden_size, num_value_heads, bias=False)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Its own parameters as transformers initialises them: dt_bias 1, A_log = log U(0.01, 16)
+        (bounded away from 0 so A_log is never -inf); its Linear / conv children are the
+        assembler's (normal init by tower)."""
+        self.dt_bias.fill_(1.0)
+        self.A_log.copy_(torch.empty_like(self.A_log, dtype=torch.float32).uniform_(0.01, 16).log_())
 
     def forward(self, hidden_states: torch.Tensor, ctx: TextContext) -> torch.Tensor:
         batch, seq_len, _ = hidden_states.shape

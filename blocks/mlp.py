@@ -14,6 +14,20 @@ from blocks.registry import register
 class SwiGLU(nn.Module):
     """down_proj(silu(gate_proj(x)) · up_proj(x)). [..., H] -> [..., H]; transformers' `Qwen3_5MLP`."""
 
+    # The JSON Schema of this block's spec section (the assembler adds `block` and closes it).
+    settings_schema = {
+        "description": "SwiGLU feed-forward: down(silu(gate(x)) * up(x)).",
+        "properties": {
+            "intermediate_size": {"type": "integer", "description": "Hidden width of the MLP.", "minimum": 1},
+        },
+        "required": ["intermediate_size"],
+    }
+
+    @staticmethod
+    def flops_per_token(settings: dict, hidden_size: int, seq_len: int) -> float:
+        """Training FLOPs per token beyond 6·N of its three projections: none (all its work is theirs)."""
+        return 0.0
+
     def __init__(self, *, hidden_size: int, intermediate_size: int, ops: OpTable) -> None:
         super().__init__()
         self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)

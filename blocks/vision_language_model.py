@@ -12,20 +12,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from blocks.constants import IGNORE_INDEX
+from blocks.lm_loss import LanguageModelOutput, lm_output
 from blocks.ops import OpTable
 from blocks.packing import PackingContext
 from blocks.position_ids import mrope_position_ids
 from blocks.text_tower import TextTower
 
 
-
-@dataclass
-class VisionLanguageModelOutput:
-    """loss: scalar, or None without labels. logits: [B, T, V], or None when not asked for."""
-
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
+VisionLanguageModelOutput = LanguageModelOutput  # the name callers and tests know
 
 
 @dataclass(frozen=True)
@@ -62,6 +56,10 @@ class VisionLanguageModel(nn.Module):
         self.tokens = tokens
         self.spatial_merge_size = spatial_merge_size
         self.ops = ops
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The token embedding (transformers' name for it)."""
+        return self.model.language_model.embed_tokens
 
     def tie_weights(self) -> None:
         """Share the embedding with the LM head (call again after `to_empty`, which unties)."""
@@ -100,8 +98,6 @@ class VisionLanguageModel(nn.Module):
                         and hang the job. The vision parameters get zero gradients; the loss and
                         every other gradient are bitwise those of the call without it.
         """
-        if labels is not None and shift_labels is not None:
-            raise ValueError("give labels or shift_labels, not both")
         if packing is None:
             packing = self.unpacked_context(input_ids, image_grid_thw)
 
@@ -113,21 +109,8 @@ class VisionLanguageModel(nn.Module):
             inputs_embeds = inputs_embeds + self._idle_vision_zero(input_ids.device).to(inputs_embeds.dtype)
         hidden = text(inputs_embeds, packing)
 
-        if labels is not None:
-            shift_labels = nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
-        loss = None
-        if shift_labels is not None:
-            loss = self.ops.cross_entropy(
-                hidden.reshape(-1, hidden.shape[-1]),
-                self.lm_head.weight,
-                shift_labels.reshape(-1).to(hidden.device),
-                ignore_index=IGNORE_INDEX,
-                num_items=num_items_in_batch,
-            )
-        if return_logits is None:
-            return_logits = shift_labels is None
-        logits = self.lm_head(hidden) if return_logits else None
-        return VisionLanguageModelOutput(loss=loss, logits=logits)
+        return lm_output(hidden, self.lm_head, self.ops, labels=labels, shift_labels=shift_labels,
+                         num_items_in_batch=num_items_in_batch, return_logits=return_logits)
 
     def _splice_image_features(
         self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import Qwen3_5ForConditionalGeneration
 
+from assembler.families.qwen3_5 import FAMILY as QWEN3_5
 from assembler.hf_checkpoint.dtype_policy import export_dtype
 from tests.oracle import randomize_parameters_, tiny_config
 
@@ -48,7 +49,7 @@ def make_reference_model(seed: int = 0) -> Qwen3_5ForConditionalGeneration:
     randomize_parameters_(model, seed=seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            parameter.data = parameter.data.to(export_dtype(name))
+            parameter.data = parameter.data.to(export_dtype(name, fp32_suffixes=QWEN3_5.fp32_export_suffixes))
     return model
 
 

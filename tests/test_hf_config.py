@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from assembler import SpecError, hf_config_from_spec, load_spec, spec_from_hf_config
-from assembler import hf_config as hf
+from assembler.families.qwen3_5 import hf_config as hf  # the family's table of transformers defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = Path(__file__).parent / "reference" / "qwen3_5_4b_config.json"  # copy of the shared reference config

@@ -113,7 +113,7 @@ def test_vision_heads_must_divide_vision_width():
 def test_unknown_block_name_is_refused_by_the_schema_enum():
     code, err = validate(TINY, "-o", "model.text.layer_types.linear.mixer.block=gated_deltanett")
     assert code == 2
-    assert ("model.text.layer_types.linear.mixer.block: 'gated_deltanett' is not one of gated_deltanet, gated_attention "
+    assert ("model.text.layer_types.linear.mixer.block: 'gated_deltanett' is not one of gated_attention, gated_deltanet "
             "— did you mean 'gated_deltanet'?") in err
 
 

@@ -7,7 +7,8 @@ import pytest
 from torch import nn
 
 from assembler.train.metrics import (
-    METRICS_FILE, WARMUP_STEPS, MetricsLogger, StepTimer, flops_per_token, format_duration, matmul_parameter_count,
+    METRICS_FILE, WARMUP_STEPS, MetricsLogger, StepTimer, attention_flops_per_token, flops_per_token, format_duration,
+    matmul_parameter_count,
 )
 
 
@@ -29,11 +30,26 @@ def test_matmul_parameters_count_the_head_once_and_no_lookup(tie):
 
 
 def test_flops_per_token_formula():
-    text = {"layers": ["linear", "full", "linear", "full"], "layer_types": {
+    text = {"hidden_size": 8, "layers": ["linear", "full", "linear", "full"], "layer_types": {
         "linear": {"mixer": {"block": "gated_deltanet", "num_key_heads": 2}},  # linear attention: not counted
         "full": {"mixer": {"block": "gated_attention", "num_heads": 4, "head_dim": 32}}}}
     seq = 1024
     assert flops_per_token(TinyLM(True), text, seq) == 6 * 864 + 12 * 2 * 4 * 32 * seq
+
+
+def test_the_4b_specs_flops_are_what_the_formula_gave_before_blocks_owned_them():
+    """Pinned by hand from ARCHITECTURE.md's formula: the 4B spec has 8 gated-attention layers of
+    16 heads x 256 dims; its 24 Gated DeltaNet layers and every SwiGLU add nothing beyond 6·N."""
+    from pathlib import Path
+
+    from assembler import load_spec
+    from assembler.bench.workload import training_flops
+
+    text = load_spec(Path(__file__).resolve().parents[1] / "specs" / "qwen3_5_4b.yaml").model["text"]
+    seq = 4096
+    per_token = 8 * 12 * 16 * 256 * seq  # 1,610,612,736
+    assert attention_flops_per_token(text, seq) == per_token
+    assert training_flops(1_000_000, text, seq) == (6 * 1_000_000 + per_token) * seq
 
 
 def test_steady_state_skips_the_warm_up_and_counts_the_step_alone():

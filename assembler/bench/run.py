@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from assembler.family import family_of_model
 from assembler.bench.measure import Measurement, measure_training_step
 from assembler.bench.memory_peak import mark
 from assembler.bench.workload import ImageSpec, synthetic_row, text_matmul_parameters, training_flops
@@ -105,7 +106,8 @@ def bench_spec(
             rows, images_per_row = itertools.repeat(row), images.count if images else 0  # the same row every step
         vision = None
         if patches:
-            vision = (matmul_parameter_count(model.model.visual), spec.model["vision"], patches, patches // images_per_row)
+            vision_tower = family_of_model(model).towers(model)["vision"]
+            vision = (matmul_parameter_count(vision_tower), spec.model["vision"], patches, patches // images_per_row)
         flops = training_flops(n_text, text_spec, seq_len, vision=vision)  # of the first row, for `data`
         documents = row["packing"].num_documents
         row_label = {"packed": f"{label}, packed {documents} docs", "one-document": f"{label}, one document",

@@ -146,8 +146,9 @@ class _RandomPixels:
 def training_flops(
     n_text_matmul: int, text_spec: dict, seq_len: int, *, vision: tuple[int, dict, int, int] | None = None
 ) -> float:
-    """Flops of one training step, torchtitan's convention (ARCHITECTURE.md, Measuring):
-    (6·N + 12·L_attn·H·d_head·S) per token; delta-rule kernel flops are not counted.
+    """Flops of one training step, torchtitan's convention (ARCHITECTURE.md, Measuring): per token
+    6·N + what the text layers' blocks count themselves (`attention_flops_per_token`: softmax
+    attention's 12·H·d_head·S; delta-rule kernel flops are not counted).
 
     vision: (N_vision, vision spec, patches per step, patches per image) adds
     6·N_vision + 12·depth·hidden·S_image per patch, the same convention for the vision tower.

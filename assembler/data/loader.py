@@ -27,6 +27,7 @@ from assembler.data.images import ImageProcessor
 from assembler.data.packing import PackingStats, collate_row, fit_to_budget, plan_rows
 from assembler.data.records import ChatRecord, DataError, read_sources
 from assembler.data.tokenizer import Tokenizer, load_tokenizer
+from blocks.constants import VISION_TOKEN_KEYS
 
 # The spec's model.tokens key -> the tokenizer's special token it must equal.
 SPEC_TOKEN_NAMES = {"image": IMAGE_PAD, "video": "<|video_pad|>", "vision_start": VISION_START,
@@ -184,7 +185,7 @@ def build_loader_from_sections(
     if loss_on not in LOSS_ON:
         raise DataError(f"data.loss_on: {loss_on!r} is not one of {', '.join(LOSS_ON)}")
     tokenizer = tokenizer or load_tokenizer(data.get("tokenizer"), base_dir=base_dir)
-    check_tokenizer(tokenizer, tokens, vocab_size)
+    check_tokenizer(tokenizer, tokens, vocab_size, has_vision=vision is not None)
 
     image_processor = None
     if vision is not None:
@@ -248,9 +249,12 @@ def encode_records(records, tokenizer: Tokenizer, *, image_processor: ImageProce
     return samples, stats
 
 
-def check_tokenizer(tokenizer: Tokenizer, tokens: Mapping[str, int], vocab_size: int | None) -> None:
-    """The spec's `model.tokens` ids must be the tokenizer's; every id must fit the embedding."""
+def check_tokenizer(tokenizer: Tokenizer, tokens: Mapping[str, int], vocab_size: int | None, *, has_vision: bool = True) -> None:
+    """The spec's `model.tokens` ids must be the tokenizer's (the vision ones only for a model with
+    a vision tower, the only one that reads them); every id must fit the embedding."""
     for key, name in SPEC_TOKEN_NAMES.items():
+        if not has_vision and key in VISION_TOKEN_KEYS:
+            continue
         if key in tokens and tokenizer.token_id(name) != tokens[key]:
             raise DataError(
                 f"model.tokens.{key} is {tokens[key]} but tokenizer {tokenizer.name} has {name} = "

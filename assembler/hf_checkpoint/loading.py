@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from assembler.hf_checkpoint.config_check import check_config_matches_spec
-from assembler.hf_checkpoint.dtype_policy import TIED_EMBEDDING_KEY, TIED_HEAD_KEY
+from assembler.hf_checkpoint.dtype_policy import TIED_HEAD_KEY
 from assembler.hf_checkpoint.errors import CheckpointError
 from assembler.hf_checkpoint.extra_tensors import ExtraTensorSource, is_extra_tensor
-from assembler.hf_checkpoint.model_tensors import fill_tensor, materialize_meta_buffers, model_tensors
+from assembler.hf_checkpoint.model_tensors import checkpoint_name, fill_tensor, materialize_meta_buffers, model_tensors
 from assembler.hf_checkpoint.reading import CheckpointFolder, open_checkpoint_folder, stream_tensors
 
 
@@ -57,12 +57,13 @@ def load_hf_checkpoint(
     if spec is not None:
         check_config_matches_spec(folder.config, spec, config_path=folder.path / "config.json")
     targets = model_tensors(model)
-    head_from_embedding = _head_filled_from_embedding(folder, targets)
+    embedding_key = _input_embedding_key(model)
+    head_from_embedding = _head_filled_from_embedding(folder, targets, embedding_key)
     _check_keys_and_shapes(folder, targets, head_from_embedding)
 
     for name, value in stream_tensors(folder, [n for n in folder.tensors if n in targets]):
         fill_tensor(targets[name], value, device)
-        if head_from_embedding and name == TIED_EMBEDDING_KEY:
+        if head_from_embedding and name == embedding_key:
             fill_tensor(targets[TIED_HEAD_KEY], value, device)
         del value  # one checkpoint tensor alive at a time
     materialize_meta_buffers(model, device)
@@ -73,10 +74,20 @@ def load_hf_checkpoint(
     return LoadedCheckpoint(source_dir=folder.path, config=folder.config, extra_tensor_names=extras.names)
 
 
-def _head_filled_from_embedding(folder: CheckpointFolder, targets: dict) -> bool:
+def _input_embedding_key(model: nn.Module) -> str | None:
+    """The checkpoint name of the input embedding's weight (what a tied lm_head reads), for any
+    model with transformers' `get_input_embeddings()` (ours and transformers' own); else None."""
+    if not hasattr(model, "get_input_embeddings"):
+        return None
+    weight = model.get_input_embeddings().weight
+    names = [n for n, p in model.named_parameters(remove_duplicate=False) if p is weight and checkpoint_name(n) != TIED_HEAD_KEY]
+    return checkpoint_name(names[0]) if names else None
+
+
+def _head_filled_from_embedding(folder: CheckpointFolder, targets: dict, embedding_key: str) -> bool:
     """True when the model holds an untied `lm_head.weight` the checkpoint leaves to the tied embedding."""
     tied = folder.config.get("tie_word_embeddings", (folder.config.get("text_config") or {}).get("tie_word_embeddings", False))
-    return bool(tied) and TIED_HEAD_KEY in targets and TIED_HEAD_KEY not in folder.tensors and TIED_EMBEDDING_KEY in targets
+    return bool(tied) and TIED_HEAD_KEY in targets and TIED_HEAD_KEY not in folder.tensors and embedding_key in targets
 
 
 def _check_keys_and_shapes(folder: CheckpointFolder, targets: dict, head_from_embedding: bool) -> None:

@@ -66,11 +66,6 @@ def serving_files(spec) -> dict[str, str]:
     tokenizer_json, tokenizer = _tokenizer(spec)
     tokens = spec.model["tokens"]
     im_end, endoftext = (_token_id(tokenizer, name) for name in (IM_END, ENDOFTEXT))
-    vision = spec.model["vision"]
-    images = spec.data["images"]
-    processor = {"patch_size": vision["patch_size"], "temporal_patch_size": vision["temporal_patch_size"],
-                 "merge_size": vision["spatial_merge_size"], "image_mean": IMAGE_MEAN, "image_std": IMAGE_STD,
-                 "processor_class": PROCESSOR_CLASS}
     files = {
         TOKENIZER_FILE: tokenizer_json,
         "tokenizer_config.json": {
@@ -80,25 +75,32 @@ def serving_files(spec) -> dict[str, str]:
             "clean_up_tokenization_spaces": False,
             "eos_token": IM_END,
             "errors": "replace",
-            "extra_special_tokens": {role: SPEC_TOKEN_NAMES[key] for role, key in VISION_TOKEN_ROLES.items()},
             "model_max_length": spec.model["text"]["max_position_embeddings"],
             "pad_token": ENDOFTEXT,
-            "processor_class": PROCESSOR_CLASS,
             "split_special_tokens": False,
             "tokenizer_class": "Qwen2Tokenizer",
             "unk_token": None,
         },
         "chat_template.jinja": CHAT_TEMPLATE_FILE.read_text(encoding="utf-8"),
-        "preprocessor_config.json": {
-            **processor, "size": {"shortest_edge": images["min_pixels"], "longest_edge": images["max_pixels"]},
-            "image_processor_type": "Qwen2VLImageProcessorFast",
-        },
-        "video_preprocessor_config.json": {**processor, "video_processor_type": "Qwen3VLVideoProcessor"},
         "generation_config.json": {
             "eos_token_id": list(dict.fromkeys([im_end, tokens["eos"]])),
             "pad_token_id": endoftext,
         },
     }
+    vision = spec.model.get("vision")
+    if vision:  # the processor files, and the tokenizer's vision tokens, of a model that sees images
+        images = spec.data["images"]
+        processor = {"patch_size": vision["patch_size"], "temporal_patch_size": vision["temporal_patch_size"],
+                     "merge_size": vision["spatial_merge_size"], "image_mean": IMAGE_MEAN, "image_std": IMAGE_STD,
+                     "processor_class": PROCESSOR_CLASS}
+        files["tokenizer_config.json"].update(
+            extra_special_tokens={role: SPEC_TOKEN_NAMES[key] for role, key in VISION_TOKEN_ROLES.items()},
+            processor_class=PROCESSOR_CLASS)
+        files["preprocessor_config.json"] = {
+            **processor, "size": {"shortest_edge": images["min_pixels"], "longest_edge": images["max_pixels"]},
+            "image_processor_type": "Qwen2VLImageProcessorFast",
+        }
+        files["video_preprocessor_config.json"] = {**processor, "video_processor_type": "Qwen3VLVideoProcessor"}
     return {name: text if isinstance(text, str) else json.dumps(text, indent=2) + "\n" for name, text in files.items()}
 
 
@@ -113,7 +115,8 @@ def _tokenizer(spec) -> tuple[str, Tokenizer]:
             file = path / TOKENIZER_FILE if path.is_dir() else path
             tokenizer = Tokenizer.from_folder(file)  # a DataError naming the file if it is missing or bad
             text = file.read_text(encoding="utf-8")
-        check_tokenizer(tokenizer, spec.model["tokens"], spec.model["text"]["vocab_size"])
+        check_tokenizer(tokenizer, spec.model["tokens"], spec.model["text"]["vocab_size"],
+                        has_vision=bool(spec.model.get("vision")))
     except DataError as error:
         raise CheckpointError(
             f"the export's tokenizer does not fit the model: {error}. A server would feed the model token "

@@ -40,6 +40,7 @@ from torch import nn
 
 from assembler.distributed import first_failure_of_any_rank, process_rank, raise_on_every_rank, shared_by_every_rank
 from assembler.durable_files import fsync_dir, fsync_file, is_disk_full
+from assembler.family import family_of
 from assembler.hf_checkpoint.dtype_policy import EXPORT_DTYPE, TIED_HEAD_KEY, export_dtype, is_written
 from assembler.hf_checkpoint.errors import CheckpointError
 from assembler.hf_checkpoint.extra_tensors import ExtraTensorSource, carry_extra_config
@@ -114,10 +115,12 @@ def save_hf_checkpoint(
             failure = str(err)
     raise_on_every_rank(failure, CheckpointError)
 
-    sizes = [(entry.name, entry.tensor.numel() * export_dtype(entry.name, dtype).itemsize) for entry in entries]
+    fp32_suffixes = family_of(spec).fp32_export_suffixes
+    sizes = [(entry.name, entry.tensor.numel() * export_dtype(entry.name, dtype, fp32_suffixes=fp32_suffixes).itemsize)
+             for entry in entries]
     sizes += [(extra.name, extra.nbytes) for extra in extras.entries]
     shards = plan_shards(sizes, limit)
-    tensors = _export_tensors(entries, dtype, extras, is_writer)
+    tensors = _export_tensors(entries, dtype, fp32_suffixes, extras, is_writer)
     if not is_writer:
         for _ in tensors:  # take part in every all-gather, hold nothing
             pass
@@ -200,7 +203,7 @@ def parse_size(size: int | str) -> int:
 
 
 def _export_tensors(
-    entries: list[ModelTensor], dtype: torch.dtype, extras: ExtraTensorSource, is_writer: bool
+    entries: list[ModelTensor], dtype: torch.dtype, fp32_suffixes: tuple[str, ...], extras: ExtraTensorSource, is_writer: bool
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, CPU tensor in its export dtype), model tensors in model order then the extras.
 
@@ -210,7 +213,8 @@ def _export_tensors(
         tensor = full_tensor(entry)
         if is_writer:
             # copy=True: the export never shares storage with the live model (save_file refuses shared storage)
-            yield entry.name, tensor.to(device="cpu", dtype=export_dtype(entry.name, dtype), copy=True).contiguous()
+            yield entry.name, tensor.to(device="cpu", dtype=export_dtype(entry.name, dtype, fp32_suffixes=fp32_suffixes),
+                                        copy=True).contiguous()
         else:
             yield entry.name, tensor.new_empty(0)
         del tensor

@@ -2,8 +2,11 @@
 progress bar on a TTY, plain lines otherwise), as JSONL in the run folder, and to TensorBoard
 when it is installed.
 
-MFU follows torchtitan's convention (ARCHITECTURE.md, Measuring):
-flops/token = 6·N + 12·L_full·H·d_head·S, N = parameters used in matmuls (a tied LM head once).
+MFU follows torchtitan's convention (ARCHITECTURE.md, Measuring): flops/token = 6·N + Σ over the
+text layers of what their blocks count themselves (`flops_per_token(settings, hidden_size,
+seq_len)`: softmax
+attention's 12·H·d_head·S, nothing for Gated DeltaNet and SwiGLU), N = parameters used in matmuls
+(a tied LM head once).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import math
 import resource
 import sys
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -20,6 +24,7 @@ import torch
 from torch import nn
 
 from assembler.durable_files import replace_durably
+from blocks.registry import get_block
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -44,21 +49,39 @@ def matmul_parameter_count(model: nn.Module) -> int:
 
 
 def flops_per_token(model: nn.Module, text_spec: dict, seq_len: int) -> float:
-    """Training flops per token: 6·N + 12·L_attn·H·d_head·S (forward + backward)."""
+    """Training flops per token: 6·N + the text layers' own (forward + backward)."""
     return 6 * matmul_parameter_count(model) + attention_flops_per_token(text_spec, seq_len)
 
 
 def attention_flops_per_token(text_spec: dict, seq_len: int) -> float:
-    """12·H·d_head·S summed over the text layers whose mixer is softmax attention (the score and
-    value matmuls, forward + backward, torchtitan's convention); linear-attention kernels are not
-    counted (conservative)."""
-    layer_types = text_spec["layer_types"]
-    total = 0
-    for name in text_spec["layers"]:
-        mixer = layer_types[name]["mixer"]
-        if "num_heads" in mixer and "head_dim" in mixer:
-            total += 12 * mixer["num_heads"] * mixer["head_dim"] * seq_len
-    return float(total)
+    """The training flops per token that 6·N does not count, summed over the text layers: each
+    block of a layer (mixer, mlp) counts its own by its class's `flops_per_token(settings,
+    hidden_size, seq_len)` (softmax attention: the score and value matmuls, 12·H·d_head·S;
+    linear-attention kernels are not counted, conservatively). A block class without that method
+    adds nothing (warned once)."""
+    hidden_size = text_spec["hidden_size"]
+    per_layer_type = {
+        name: sum(_block_flops_per_token(kind, section, hidden_size, seq_len) for kind, section in layer_type.items())
+        for name, layer_type in text_spec["layer_types"].items()
+    }
+    return float(sum(per_layer_type[name] for name in text_spec["layers"]))
+
+
+_WARNED_WITHOUT_FLOPS: set[type] = set()  # block classes already warned about
+
+
+def _block_flops_per_token(kind: str, section: dict, hidden_size: int, seq_len: int) -> float:
+    """What the registered block `section` names (a layer type's `kind` entry) counts beyond 6·N."""
+    cls = get_block(kind, section["block"])
+    count = getattr(cls, "flops_per_token", None)
+    if count is None:
+        if cls not in _WARNED_WITHOUT_FLOPS:
+            _WARNED_WITHOUT_FLOPS.add(cls)
+            warnings.warn(f"{kind} block {section['block']!r} ({cls.__module__}.{cls.__qualname__}) has no "
+                          "flops_per_token: MFU counts only its parameters' 6·N; give it a staticmethod "
+                          "flops_per_token(settings, hidden_size, seq_len) -> float for the rest")
+        return 0.0
+    return float(count(section, hidden_size, seq_len))
 
 
 def peak_flops(device: torch.device) -> float | None:

@@ -1,0 +1,1 @@
+"""The built-in model families, one package each (see assembler/family.py for the interface)."""

@@ -1,0 +1,72 @@
+"""Qwen3.5: a vision tower and a hybrid Gated DeltaNet / gated-attention text tower
+(transformers' `Qwen3_5ForConditionalGeneration`)."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from torch import nn
+
+from assembler.family import BlockRef, ModelFamily, register_family
+from assembler.families.qwen3_5 import hf_config
+from assembler.towers import build_text_tower, build_vision_tower, text_blocks, text_summary_rows
+from blocks.ops import OpTable
+from blocks.vision_language_model import SpecialTokens, VisionLanguageModel
+
+VISION_BLOCK_TYPE = "vision"  # the vision blocks' name in compile and checkpointing policies
+VISUAL_PREFIX = "model.visual"
+TEXT_PREFIX = "model.language_model"
+
+
+class Qwen3_5(ModelFamily):
+    name = "qwen3_5"
+    hf_model_types = ("qwen3_5",)
+    hf_architecture = hf_config.ARCHITECTURE
+    # The Gated DeltaNet's log decay rate (bf16 would shift every token's decay) and its gated
+    # RMSNorm weight, kept fp32 as the released checkpoints keep them.
+    fp32_export_suffixes = (".linear_attn.A_log", ".linear_attn.norm.weight")
+
+    def build(self, model_spec: dict, ops: OpTable) -> VisionLanguageModel:
+        vision = model_spec.get("vision")
+        return VisionLanguageModel(
+            visual=build_vision_tower(vision, ops) if vision else None,
+            language_model=build_text_tower(model_spec["text"], ops),
+            tokens=SpecialTokens(**model_spec["tokens"]),
+            spatial_merge_size=vision["spatial_merge_size"] if vision else 1,
+            tie_word_embeddings=model_spec["text"]["tie_word_embeddings"],
+            ops=ops,
+        )
+
+    def blocks(self, model: nn.Module) -> Iterator[BlockRef]:
+        visual = model.model.visual
+        if visual is not None:
+            for index, block in enumerate(visual.blocks):
+                yield BlockRef(f"{VISUAL_PREFIX}.blocks.{index}", block, VISION_BLOCK_TYPE)
+        yield from text_blocks(model.model.language_model, TEXT_PREFIX)
+
+    def init_std(self, model_spec: dict, module_path: str) -> float:
+        if module_path.startswith(VISUAL_PREFIX) and model_spec.get("vision"):
+            return model_spec["vision"]["initializer_range"]
+        return model_spec["text"]["initializer_range"]
+
+    def towers(self, model: nn.Module) -> dict[str, nn.Module]:
+        return {"vision": model.model.visual} if model.model.visual is not None else {}
+
+    def summary_rows(self, model: nn.Module) -> list[tuple[str, str, nn.Module]]:
+        rows = []
+        visual = model.model.visual
+        if visual is not None:
+            rows.append((f"{VISUAL_PREFIX}.patch_embed", "vision patch embedding", visual.patch_embed))
+            rows.append((f"{VISUAL_PREFIX}.pos_embed", "vision position embedding", visual.pos_embed))
+            rows += [(ref.path, "vision block", ref.module) for ref in self.blocks(model) if ref.block_type == VISION_BLOCK_TYPE]
+            rows.append((f"{VISUAL_PREFIX}.merger", "patch merger", visual.merger))
+        return rows + text_summary_rows(model, model.model.language_model, TEXT_PREFIX)
+
+    def model_from_hf(self, config: dict, where: str | None) -> tuple[dict, list]:
+        return hf_config.model_from_hf(config, where)
+
+    def hf_config(self, spec, dtype: str) -> dict:  # noqa: ANN001 (Spec)
+        return hf_config.hf_config_from_spec(spec, dtype)
+
+
+FAMILY = register_family(Qwen3_5())

@@ -1,0 +1,103 @@
+"""Spec sections → the towers families compose: the decoder text tower and the vision tower.
+
+A block section's settings are the block's constructor keywords (minus `block`). Besides them a
+text block gets `hidden_size` and the op table, plus the keywords its class's `tower_settings`
+maps to settings of the text tower (e.g. `{"rms_norm_eps": "rms_norm_eps", "qk_norm_type":
+"norms.qk"}`): the one visible place where a block reads beyond its own section.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from torch import nn
+
+from assembler.family import BlockRef
+from blocks.decoder_layer import DecoderLayer
+from blocks.ops import OpTable
+from blocks.registry import get_block
+from blocks.rope import TextRotaryEmbedding
+from blocks.text_tower import TextTower
+
+ZERO_CENTERED = "zero_centered"  # the norm flavour x̂·(1+w); `default` is x̂·w
+
+
+def build_text_tower(text: dict, ops: OpTable) -> TextTower:
+    """The decoder of `model.text`: embedding, one DecoderLayer per entry of `layers` (its layer
+    type's mixer and MLP), final norm, and the rotary embedding the attention mixers read."""
+    hidden_size, eps, norms = text["hidden_size"], text["rms_norm_eps"], text["norms"]
+
+    def rms_norm(norm_type: str) -> nn.Module:
+        return get_block("norm", "rms_norm")(hidden_size, eps=eps, zero_centered=norm_type == ZERO_CENTERED, ops=ops)
+
+    def block(kind: str, section: dict) -> nn.Module:
+        settings = dict(section)
+        cls = get_block(kind, settings.pop("block"))
+        from_tower = {keyword: _setting(text, path) for keyword, path in getattr(cls, "tower_settings", {}).items()}
+        return cls(**settings, **from_tower, hidden_size=hidden_size, ops=ops)
+
+    layer_types = text["layer_types"]
+    layers = [
+        DecoderLayer(
+            mixer=block("mixer", layer_types[layer_type]["mixer"]),
+            mlp=block("mlp", layer_types[layer_type]["mlp"]),
+            input_layernorm=rms_norm(norms["layer"]),
+            post_attention_layernorm=rms_norm(norms["layer"]),
+            layer_type=layer_type,
+        )
+        for layer_type in text["layers"]
+    ]
+    return TextTower(
+        embed_tokens=nn.Embedding(text["vocab_size"], hidden_size),
+        layers=layers,
+        norm=rms_norm(norms["final"]),
+        rotary_emb=_rotary_embedding(text),
+    )
+
+
+def _rotary_embedding(text: dict) -> TextRotaryEmbedding:
+    # One rotary embedding for the tower, sized by the attention mixers' head_dim (validation
+    # makes them agree); a tower without attention gets an empty one.
+    head_dims = [lt["mixer"]["head_dim"] for lt in text["layer_types"].values() if "head_dim" in lt["mixer"]]
+    rope = text["rope"]
+    return TextRotaryEmbedding(
+        head_dim=head_dims[0] if head_dims else 0,
+        partial_rotary_factor=rope["partial_rotary_factor"],
+        theta=rope["theta"],
+        mrope_section=rope["mrope_section"],
+        mrope_interleaved=rope["mrope_interleaved"],
+    )
+
+
+def _setting(text: dict, dotted_path: str):  # noqa: ANN202 (any setting's value)
+    value = text
+    for key in dotted_path.split("."):
+        value = value[key]
+    return value
+
+
+def build_vision_tower(vision: dict, ops: OpTable) -> nn.Module:
+    """The vision tower of `model.vision`, its patch merger built from `vision.merger`."""
+    section = {k: v for k, v in vision.items() if k not in ("block", "merger", "initializer_range")}
+    merger_section = dict(vision["merger"])
+    merger = get_block("merger", merger_section.pop("block"))(
+        **merger_section, hidden_size=vision["hidden_size"], spatial_merge_size=vision["spatial_merge_size"], ops=ops
+    )
+    return get_block("vision", vision["block"])(**section, merger=merger, ops=ops)
+
+
+def text_blocks(tower: nn.Module, prefix: str) -> Iterator[BlockRef]:
+    """The decoder layers of a text tower (`blocks.text_tower.TextTower`) under `prefix`."""
+    for index, layer in enumerate(tower.layers):
+        yield BlockRef(f"{prefix}.layers.{index}", layer, layer.layer_type)
+
+
+def text_summary_rows(model: nn.Module, tower: nn.Module, prefix: str) -> list[tuple[str, str, nn.Module]]:
+    """Summary rows of a text tower under `prefix` and of the model's `lm_head`."""
+    rows = [(f"{prefix}.embed_tokens", "token embedding", tower.embed_tokens)]
+    rows += [(ref.path, f"decoder layer ({ref.block_type}: {type(ref.module.mixer).__name__})", ref.module)
+             for ref in text_blocks(tower, prefix)]
+    rows.append((f"{prefix}.norm", "final norm", tower.norm))
+    tied = model.lm_head.weight is tower.embed_tokens.weight
+    rows.append(("lm_head", "LM head (tied to the embedding)" if tied else "LM head", nn.Module() if tied else model.lm_head))
+    return rows
