@@ -77,7 +77,8 @@ def assemble() -> None:
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Dotted spec override applied to every SPEC, value parsed as YAML (e.g. -o train.steps=10).")
 @click.option("--resolved", is_flag=True, help="Also print each valid spec resolved (defaults filled in).")
-def validate(specs: tuple[Path, ...], overrides: tuple[str, ...], resolved: bool) -> None:
+@click.option("--verbose", is_flag=True, help="Also say where the spec's family and every block it names come from (module, package).")
+def validate(specs: tuple[Path, ...], overrides: tuple[str, ...], resolved: bool, verbose: bool) -> None:
     """Check SPEC files against the schema and the block registry: one OK line per valid spec."""
     from assembler.spec_loading import load_spec
 
@@ -95,10 +96,31 @@ def validate(specs: tuple[Path, ...], overrides: tuple[str, ...], resolved: bool
         seen = f"vision depth {vision['depth']}" if vision else "no vision tower"
         click.echo(f"OK {path}: {spec.name} ({spec.model['family']}) — {text['num_layers']} text layers ({counts}), "
                    f"{seen}, ops {spec.ops['backend']}")
+        if verbose:
+            for line in origin_lines(spec):
+                click.echo(f"  {line}")
         if resolved:
             click.echo(spec.to_yaml())
     if failed:
         raise click.exceptions.Exit(USER_ERROR_EXIT_CODE)
+
+
+def origin_lines(spec) -> list[str]:  # noqa: ANN001 (Spec)
+    """`family NAME: module (package)` and `PATH: kind block NAME: module (package)` for every block the spec names."""
+    from assembler.family import family_of
+    from assembler.spec_errors import format_path
+    from assembler.spec_validation import block_fields
+    from blocks.registry import get_block, origin
+
+    family = family_of(spec)
+    lines = [f"family {family.name}: {origin(family)}"]
+    data = {"model": spec.model}
+    for path, kind in block_fields(data).items():
+        name = data
+        for key in path:
+            name = name[key]
+        lines.append(f"{format_path(path)}: {kind} block {name}: {origin(get_block(kind, name))}")
+    return lines
 
 
 @assemble.command()

@@ -1,40 +1,16 @@
-"""`assemble export CHECKPOINT_OR_RUN_DIR OUT_DIR`: write an HF folder transformers / vLLM / SGLang load.
-
-CHECKPOINT_OR_RUN_DIR is one of
-- an HF model folder (config.json + safetensors): re-exported through the assembled model (a
-  round trip that proves the model reads and writes it losslessly) with the dtype policy;
-- a training checkpoint folder (`step_NNNNNN` with COMPLETE) or a run folder (its latest complete
-  checkpoint): the model its resolved_spec.yaml describes, loaded from the DCP checkpoint;
-- a run folder without checkpoints but with its `hf/` export: that export, re-exported.
-Tokenizer / processor files and the `mtp.*` tensors come from the HF folder the weights started
-from (the input folder itself, or the run's `train.init_from`).
-"""
+"""`assemble export CHECKPOINT_OR_RUN_DIR OUT_DIR`: the command's arguments and messages; what it
+exports and how is `assembler.export`'s."""
 
 from __future__ import annotations
 
 import sys
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
-import torch
 
+from assembler.export import EXPORT_DTYPES
 from assembler.spec_errors import USER_ERROR_EXIT_CODE
-from assembler.train.run_dir import HF_EXPORT_FOLDER, RESOLVED_SPEC_FILE
 from blocks.constants import DTYPES
-
-EXPORT_DTYPES = ("bfloat16", "float32")  # what an HF export holds (the dtype policy keeps its fp32 tensors fp32)
-
-
-@dataclass(frozen=True)
-class ExportSource:
-    """Where the weights come from: an HF folder or a DCP checkpoint, with the spec that describes them."""
-
-    spec: object
-    hf_dir: Path | None  # weights in an HF folder, or
-    dcp_dir: Path | None  # weights in a training checkpoint
-    source_dir: Path | None  # tokenizer files and mtp.* tensors
 
 
 @click.command("export")
@@ -42,11 +18,13 @@ class ExportSource:
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--shard-size", default="5GB", show_default=True, help="Largest shard file, e.g. 500MB, 5GB, 2GiB.")
 @click.option("--dtype", type=click.Choice(EXPORT_DTYPES), default="bfloat16", show_default=True,
-              help="Dtype of every tensor but A_log and linear_attn.norm.weight (always float32).")
+              help="Dtype of every tensor but those the model family keeps in float32 "
+              "(Qwen3.5: A_log and linear_attn.norm.weight).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it holds an earlier export (one with the "
               ".assemble-export marker); any other folder, the source, or a folder containing it is refused.")
 def export_command(checkpoint_or_run_dir: Path, out_dir: Path, shard_size: str, dtype: str, overwrite: bool) -> None:
     """Export CHECKPOINT_OR_RUN_DIR (HF folder, training checkpoint or run folder) as an HF folder at OUT_DIR."""
+    from assembler.export import export
     from assembler.spec_errors import UserError
 
     try:
@@ -56,86 +34,3 @@ def export_command(checkpoint_or_run_dir: Path, out_dir: Path, shard_size: str, 
             click.echo(f"error: {line}", err=True)
         sys.exit(USER_ERROR_EXIT_CODE)
     click.echo(f"exported: {written}")
-
-
-def export(path: Path, out_dir: Path, *, shard_size: int | str, dtype: torch.dtype, overwrite: bool = False) -> Path:
-    """Build the model the source describes on the meta device, load it, write it; returns OUT_DIR."""
-    from assembler.build import build_model
-    from assembler.hf_checkpoint import load_hf_checkpoint, save_hf_checkpoint
-
-    from assembler.hf_checkpoint.writing import check_export_target
-
-    source = resolve_export_source(Path(path))
-    inputs = tuple(p for p in (Path(path), source.hf_dir, source.dcp_dir, source.source_dir) if p is not None)
-    check_export_target(Path(out_dir), overwrite, inputs=inputs)  # before loading: a refusal costs nothing
-    model = build_model(source.spec, device="meta")
-    if source.hf_dir is not None:
-        _keep_export_dtypes_on_meta(model, dtype)  # materialise straight into the written dtypes: half the memory
-        load_hf_checkpoint(model, source.hf_dir, source.spec)
-    else:
-        _load_training_checkpoint(model, source.dcp_dir)
-    return save_hf_checkpoint(model, out_dir, source.spec, source_dir=source.source_dir, shard_size=shard_size, dtype=dtype,
-                              overwrite=overwrite, inputs=inputs)
-
-
-def resolve_export_source(path: Path) -> ExportSource:
-    from assembler.hf_checkpoint import CheckpointError
-    from assembler.hf_checkpoint.reading import read_config
-    from assembler.hf_config import spec_from_hf_config
-    from assembler.train.checkpoint import is_complete, latest_loadable_checkpoint, verify_checkpoint
-
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: no such folder; expected an HF model folder, a training checkpoint or a run folder")
-    if (path / "config.json").is_file():
-        return ExportSource(spec=spec_from_hf_config(read_config(path)), hf_dir=path, dcp_dir=None, source_dir=path)
-    if is_complete(path):
-        verify_checkpoint(path)  # named: a damaged one is an error naming the file
-        checkpoint = path
-    else:  # a run folder: its newest whole checkpoint, damaged newer ones reported
-        checkpoint = latest_loadable_checkpoint(path / "checkpoints", lambda note: click.echo(note, err=True))
-    if checkpoint is not None:
-        spec = _load_resolved_spec(checkpoint / RESOLVED_SPEC_FILE)
-        init_from = spec.train.get("init_from")
-        return ExportSource(spec=spec, hf_dir=None, dcp_dir=checkpoint, source_dir=Path(init_from) if init_from else None)
-    if (path / HF_EXPORT_FOLDER / "config.json").is_file():
-        spec = _load_resolved_spec(path / RESOLVED_SPEC_FILE)
-        return ExportSource(spec=spec, hf_dir=path / HF_EXPORT_FOLDER, dcp_dir=None, source_dir=path / HF_EXPORT_FOLDER)
-    raise CheckpointError(
-        f"{path}: nothing to export here: no config.json (HF folder), no complete training checkpoint "
-        f"(checkpoints/step_NNNNNN with COMPLETE) and no {HF_EXPORT_FOLDER}/ export"
-    )
-
-
-def _load_resolved_spec(path: Path):
-    from assembler import load_spec
-    from assembler.hf_checkpoint import CheckpointError
-
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing; a training checkpoint or run folder keeps the spec that wrote it here")
-    return load_spec(path)
-
-
-def _keep_export_dtypes_on_meta(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Give meta parameters the dtypes they will be written in (costs nothing on meta)."""
-    from assembler.family import family_of_model
-    from assembler.hf_checkpoint.dtype_policy import export_dtype
-
-    fp32_suffixes = family_of_model(model).fp32_export_suffixes
-    for name, parameter in model.named_parameters():
-        parameter.data = parameter.data.to(export_dtype(name, dtype, fp32_suffixes=fp32_suffixes))
-
-
-def _load_training_checkpoint(model: torch.nn.Module, checkpoint: Path) -> None:
-    """The model part of a DCP training checkpoint (assembler.train.checkpoint's layout), into a
-    meta-built model materialised on the CPU. DCP files are this project's own (never downloaded)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
-
-    model.to_empty(device="cpu")  # modules re-derive their non-persistent buffers (rotary) here
-    if getattr(model, "tie_word_embeddings", False):
-        model.tie_weights()  # to_empty unties
-    state = {"model": get_model_state_dict(model)}
-    with warnings.catch_warnings():  # DCP warns that one process means no process group: intended
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=str(checkpoint))
-    set_model_state_dict(model, state["model"])

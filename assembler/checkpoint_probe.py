@@ -34,6 +34,7 @@ from assembler.checkpoint_plan import BlockCost, MemoryModel, PlanDoesNotFit, de
 from assembler.parallelize import KEPT_OP_PREFIXES, iter_blocks, keep_fp32_params
 from assembler.spec import Spec
 from assembler.spec_errors import UserError
+from assembler.spec_sections import CheckpointingSettings, FsdpSettings
 from blocks.constants import DTYPES
 
 FRAGMENTATION_MARGIN = 0.08  # the share of the card left to the caching allocator's fragmentation
@@ -48,7 +49,7 @@ def resolve_auto_checkpointing(spec: Spec, first_batch: dict[str, Any], device: 
     ac = spec.parallel["activation_checkpointing"]
     if ac["mode"] != "auto":
         return spec, None
-    placement = ac.get("placement", "inside_compile")
+    placement = CheckpointingSettings.of(ac).placement
     if device.type != "cuda":
         return _with_section(spec, {"mode": "none", "placement": placement}), \
             "activation checkpointing (auto, cpu): no device memory to plan for; no checkpointing"
@@ -75,7 +76,7 @@ def measure_memory_model(spec: Spec, first_batch: dict[str, Any], device: torch.
 
     clock = clock or _device_clock(device)
     dtype = DTYPES[compute_dtype(spec, sharded=device.type == "cuda")]  # every CUDA run is sharded
-    fp32_patterns = spec.parallel["fsdp"].get("fp32_params", [])
+    fp32_patterns = FsdpSettings.of(spec.parallel["fsdp"]).fp32_params
     probe = build_model(_one_block_per_type(spec), device=device, dtype=dtype, seed=0)
     keep_fp32_params(probe, fp32_patterns)
     inputs = _capture_block_inputs(probe, to_device(first_batch, device), dtype)

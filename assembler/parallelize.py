@@ -50,6 +50,7 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 
 from assembler.family import family_of_model
 from assembler.spec import Spec
+from assembler.spec_sections import CheckpointingSettings, CompileSettings, FsdpSettings
 from blocks.constants import DTYPES
 
 log = logging.getLogger(__name__)
@@ -86,39 +87,39 @@ def parallelize(model: nn.Module, spec: Spec, *, mesh: "dist.device_mesh.DeviceM
     under torchrun is sharded like any other). Returns `model`.
     """
     policy = spec.parallel
-    fsdp_spec = policy.get("fsdp", {})
+    fsdp = FsdpSettings.of(policy["fsdp"])
     if mesh is None and dist.is_available() and dist.is_initialized():
         from torch.distributed.device_mesh import init_device_mesh
 
         mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (dist.get_world_size(),))
 
-    fp32_names = keep_fp32_params(model, fsdp_spec.get("fp32_params", []))
-    param_dtype = DTYPES[fsdp_spec.get("param_dtype", "bfloat16")]
+    fp32_names = keep_fp32_params(model, fsdp.fp32_params)
+    param_dtype = DTYPES[fsdp.param_dtype]
     nested_fp32_units = mesh is not None and param_dtype != torch.float32 and bool(fp32_names)
 
     blocks = list(iter_blocks(model))
-    ac_spec = policy.get("activation_checkpointing", {})
-    if ac_spec.get("mode") == "auto":
+    ac_spec = policy["activation_checkpointing"]
+    if ac_spec["mode"] == "auto":
         raise ValueError("parallel.activation_checkpointing.mode auto: plan it first (assembler.checkpoint_probe.resolve_auto_checkpointing)")
     checkpointed = blocks_to_checkpoint(blocks, ac_spec)
     op_level = blocks_to_checkpoint(blocks, ac_spec, key="op_level")
-    checkpoint_around_compile = ac_spec.get("placement", "inside_compile") == "around_compile"
+    checkpoint_around_compile = CheckpointingSettings.of(ac_spec).placement == "around_compile"
     for name, block, block_type in blocks:
         record = BlockPolicy(name=name, block_type=block_type)
         record.checkpointed, record.op_level = name in checkpointed, name in op_level
         # Op-level checkpointing chooses by aten op, so it must see the ops: always inside compile.
         if record.op_level or (record.checkpointed and not checkpoint_around_compile):
             apply_activation_checkpointing(block, op_level=record.op_level)
-        compile_policy = policy.get("compile", {}).get(block_type, {})
-        if compile_policy.get("enabled", False):
-            fullgraph = bool(compile_policy.get("fullgraph", True))
+        compile_policy = CompileSettings.of(policy["compile"].get(block_type, {}), block_type)
+        if compile_policy.enabled:
+            fullgraph = compile_policy.fullgraph
             if fullgraph and nested_fp32_units and _holds(block, name, fp32_names):
                 log.warning(
                     "%s (%s): compiled with fullgraph=False: its fp32-kept parameters form a nested FSDP unit, whose "
                     "hooks torch.compile cannot trace (FSDP2 disables Dynamo on them)", name, block_type,
                 )
                 fullgraph = False
-            mode = compile_policy.get("mode")
+            mode = compile_policy.mode
             apply_compile(block, fullgraph=fullgraph, mode=mode)
             record.compiled, record.fullgraph, record.compile_mode = True, fullgraph, mode
         if record.checkpointed and not record.op_level and checkpoint_around_compile:
@@ -126,7 +127,7 @@ def parallelize(model: nn.Module, spec: Spec, *, mesh: "dist.device_mesh.DeviceM
         block.parallel_policy = record
 
     if mesh is not None:
-        apply_fsdp(model, blocks, fsdp_spec, mesh=mesh, fp32_names=fp32_names)
+        apply_fsdp(model, blocks, policy["fsdp"], mesh=mesh, fp32_names=fp32_names)
     return model
 
 
@@ -142,17 +143,18 @@ def blocks_to_checkpoint(blocks: list[tuple[str, nn.Module, str]], ac_spec: dict
     "layers") or op-level checkpointing (`key` "op_level"): none, every block (mode `full`, full
     checkpointing only), or in mode `selective` the listed block types (`linear`, `full`,
     `vision`) and text layer indices."""
-    mode = ac_spec.get("mode", "none")
+    settings = CheckpointingSettings.of(ac_spec)  # missing settings: the schema's defaults
+    mode = settings.mode
     if mode == "none":
         return set()
     if mode == "full":
         return {name for name, _, _ in blocks} if key == "layers" else set()
     if mode != "selective":
         raise ValueError(f"parallel.activation_checkpointing.mode: unknown mode {mode!r}; known: none, full, selective, auto")
-    if not (ac_spec.get("layers") or ac_spec.get("op_level")):
+    if not (settings.layers or settings.op_level):
         raise ValueError("parallel.activation_checkpointing: mode `selective` needs `layers` and/or `op_level` "
                          "(block types and/or text layer indices)")
-    chosen = ac_spec.get(key) or []
+    chosen = getattr(settings, key) or []
     types = {item for item in chosen if isinstance(item, str)}
     indices = {item for item in chosen if isinstance(item, int)}
     known = {block_type for _, _, block_type in blocks}
@@ -215,13 +217,14 @@ def apply_fsdp(
     """fully_shard per block (with nested fp32 units where needed), the untied embeddings, then the root."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
-    param_dtype = DTYPES[fsdp_spec.get("param_dtype", "bfloat16")]
-    mixed = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=DTYPES[fsdp_spec.get("reduce_dtype", "float32")])
+    fsdp = FsdpSettings.of(fsdp_spec)
+    param_dtype = DTYPES[fsdp.param_dtype]
+    mixed = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=DTYPES[fsdp.reduce_dtype])
     fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, cast_forward_inputs=False)
     common = dict(
         mesh=mesh,
-        reshard_after_forward=bool(fsdp_spec.get("reshard_after_forward", True)),
-        offload_policy=CPUOffloadPolicy() if fsdp_spec.get("cpu_offload", False) else OffloadPolicy(),
+        reshard_after_forward=fsdp.reshard_after_forward,
+        offload_policy=CPUOffloadPolicy() if fsdp.cpu_offload else OffloadPolicy(),
     )
 
     for name, block, _ in blocks:

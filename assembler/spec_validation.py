@@ -14,6 +14,7 @@ from jsonschema import Draft202012Validator
 from assembler.spec_errors import Problem, SpecError, did_you_mean, format_path
 from assembler.spec_schema import cached_schema, child_schema, resolve_ref
 from blocks.constants import VISION_TOKEN_KEYS
+from blocks.settings import divisors
 
 VISION_BLOCK_TYPE = "vision"  # the block type of the vision tower's blocks in compile / checkpointing policies
 
@@ -30,10 +31,6 @@ def block_fields(spec: dict) -> dict[tuple[str, ...], str]:
         fields[("model", "vision", "merger", "block")] = "merger"
     return fields
 
-
-def mixers_of(spec: dict, block: str) -> dict[str, dict]:
-    """{layer type name: mixer section} of the layer types whose mixer is `block`."""
-    return {name: lt["mixer"] for name, lt in spec["model"]["text"]["layer_types"].items() if lt["mixer"]["block"] == block}
 
 # YAML's 1.0 is a number; 1 is an integer; JSON Schema would also call 1.0 an integer, which would
 # hand a float to nn.Linear. Booleans are never numbers.
@@ -223,29 +220,28 @@ def _check_layer_types_named(spec: Any) -> Iterable[Problem]:
                           f"one of {declared}")
 
 
-def _check_attention_heads(spec: dict) -> Iterable[Problem]:
-    for name, mixer in mixers_of(spec, "gated_attention").items():
-        heads, kv_heads = mixer["num_heads"], mixer["num_kv_heads"]
-        if heads % kv_heads:
-            yield Problem(f"model.text.layer_types.{name}.mixer.num_kv_heads", f"{kv_heads} does not divide num_heads {heads}",
-                          f"set num_kv_heads to a divisor of num_heads ({_divisors(heads)})", kv_heads, f"a divisor of {heads}")
+def _check_block_settings(spec: dict) -> Iterable[Problem]:
+    """What each text block says about its own settings (`settings_problems`: relations between
+    them, such as heads that must divide evenly), at the setting's full path."""
+    from blocks.registry import UnknownBlockError, get_block
 
-
-def _check_deltanet_heads(spec: dict) -> Iterable[Problem]:
-    for name, mixer in mixers_of(spec, "gated_deltanet").items():
-        key_heads, value_heads = mixer["num_key_heads"], mixer["num_value_heads"]
-        if value_heads % key_heads:
-            yield Problem(f"model.text.layer_types.{name}.mixer.num_value_heads",
-                          f"{value_heads} is not a multiple of num_key_heads {key_heads}",
-                          "each key head serves a whole group of value heads: set num_value_heads to a multiple of "
-                          f"num_key_heads, or num_key_heads to a divisor of num_value_heads ({_divisors(value_heads)})",
-                          value_heads, f"a multiple of {key_heads}")
+    for layer_type, sections in spec["model"]["text"]["layer_types"].items():
+        for slot in ("mixer", "mlp"):
+            section = sections[slot]
+            try:
+                cls = get_block(slot, section["block"])
+            except UnknownBlockError:
+                continue  # reported by _check_registered_blocks
+            for problem in getattr(cls, "settings_problems", lambda settings: ())(section):
+                yield Problem(f"model.text.layer_types.{layer_type}.{slot}.{problem.key}", problem.message, problem.hint,
+                              problem.value, problem.expected)
 
 
 def _check_mrope_sections(spec: dict) -> Iterable[Problem]:
-    """The text tower has one rotary embedding: every attention layer type shares its head_dim."""
+    """The text tower has one rotary embedding: every mixer that reads it (one with a `head_dim`,
+    as assembler/towers.py sizes it) shares its head_dim."""
     text = spec["model"]["text"]
-    attention = mixers_of(spec, "gated_attention")
+    attention = {name: lt["mixer"] for name, lt in text["layer_types"].items() if "head_dim" in lt["mixer"]}
     head_dims = sorted({mixer["head_dim"] for mixer in attention.values()})
     if len(head_dims) > 1:
         yield Problem("model.text.layer_types", f"the attention layer types have head_dim {head_dims}",
@@ -299,7 +295,7 @@ def _check_vision(spec: dict) -> Iterable[Problem]:
     vision, text_hidden = spec["model"]["vision"], spec["model"]["text"]["hidden_size"]
     if vision["hidden_size"] % vision["num_heads"]:
         yield Problem("model.vision.num_heads", f"{vision['num_heads']} does not divide hidden_size {vision['hidden_size']}",
-                      f"set num_heads to a divisor of hidden_size ({_divisors(vision['hidden_size'])})",
+                      f"set num_heads to a divisor of hidden_size ({divisors(vision['hidden_size'])})",
                       vision["num_heads"], f"a divisor of {vision['hidden_size']}")
     out = vision["merger"]["out_hidden_size"]
     if out != text_hidden:
@@ -368,16 +364,11 @@ def _check_registered_blocks(spec: dict) -> Iterable[Problem]:
             yield Problem(format_path(path), f"{name!r} is not a registered {kind} block", hint, name, f"one of {known}")
 
 
-def _divisors(n: int) -> str:
-    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
-
-
 _SEMANTIC_CHECKS: tuple[Callable[[dict], Iterable[Problem]], ...] = (
     _check_layer_count,
     _check_layer_types_named,
     _check_block_type_names,
-    _check_attention_heads,
-    _check_deltanet_heads,
+    _check_block_settings,
     _check_mrope_sections,
     _check_family,
     _check_vision,

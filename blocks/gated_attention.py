@@ -3,6 +3,8 @@ sigmoid output gate emitted by q_proj alongside the queries."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -10,6 +12,7 @@ from blocks.context import TextContext
 from blocks.norms import RMSNorm
 from blocks.ops import OpTable
 from blocks.registry import register
+from blocks.settings import SettingProblem, divisors
 from blocks.rope import apply_rotary
 
 QK_NORM_TYPES = ("default", "zero_centered")
@@ -55,6 +58,14 @@ class GatedAttention(nn.Module):
         (torchtitan's convention: the full S×S square, the causal mask's saving not deducted)."""
         return float(12 * settings["num_heads"] * settings["head_dim"] * seq_len)
 
+    @staticmethod
+    def settings_problems(settings: dict) -> Iterator[SettingProblem]:
+        """Grouped-query attention: every key/value head serves a whole group of query heads."""
+        heads, kv_heads = settings["num_heads"], settings["num_kv_heads"]
+        if heads % kv_heads:
+            yield SettingProblem("num_kv_heads", f"{kv_heads} does not divide num_heads {heads}",
+                                 f"set num_kv_heads to a divisor of num_heads ({divisors(heads)})", kv_heads, f"a divisor of {heads}")
+
     def __init__(
         self,
         *,
@@ -69,8 +80,8 @@ class GatedAttention(nn.Module):
         ops: OpTable,
     ) -> None:
         super().__init__()
-        if num_heads % num_kv_heads:
-            raise ValueError(f"gated_attention: num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}")
+        for problem in self.settings_problems({"num_heads": num_heads, "num_kv_heads": num_kv_heads}):
+            raise ValueError(f"gated_attention: {problem.key} {problem.message}; {problem.hint}")
         if qk_norm_type not in QK_NORM_TYPES:
             raise ValueError(f"gated_attention: qk_norm_type {qk_norm_type!r} is not one of {', '.join(QK_NORM_TYPES)}")
         self.num_heads = num_heads

@@ -8,6 +8,8 @@ Parameter names are the HF checkpoint's (`model.language_model.layers.N.linear_a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,6 +17,7 @@ from torch import nn
 from blocks.context import TextContext
 from blocks.ops import OpTable
 from blocks.registry import register
+from blocks.settings import SettingProblem, divisors
 
 GATE_NORM_TYPES = ("default", "zero_centered")
 
@@ -76,6 +79,17 @@ class GatedDeltaNet(nn.Module):
         delta-rule kernel's work is left out, so MFU errs low (ARCHITECTURE.md, Measuring)."""
         return 0.0
 
+    @staticmethod
+    def settings_problems(settings: dict) -> Iterator[SettingProblem]:
+        """Every key head serves a whole group of value heads."""
+        key_heads, value_heads = settings["num_key_heads"], settings["num_value_heads"]
+        if value_heads % key_heads:
+            yield SettingProblem(
+                "num_value_heads", f"{value_heads} is not a multiple of num_key_heads {key_heads}",
+                "each key head serves a whole group of value heads: set num_value_heads to a multiple of "
+                f"num_key_heads, or num_key_heads to a divisor of num_value_heads ({divisors(value_heads)})",
+                value_heads, f"a multiple of {key_heads}")
+
     def __init__(
         self,
         *,
@@ -90,11 +104,8 @@ class GatedDeltaNet(nn.Module):
         ops: OpTable,
     ) -> None:
         super().__init__()
-        if num_value_heads % num_key_heads:
-            raise ValueError(
-                f"gated_deltanet: num_value_heads ({num_value_heads}) must be a multiple of num_key_heads "
-                f"({num_key_heads}); each key head serves a whole group of value heads"
-            )
+        for problem in self.settings_problems({"num_key_heads": num_key_heads, "num_value_heads": num_value_heads}):
+            raise ValueError(f"gated_deltanet: {problem.key} {problem.message}; {problem.hint}")
         if gate_norm_type not in GATE_NORM_TYPES:
             raise ValueError(f"gated_deltanet: gate_norm_type {gate_norm_type!r} is not one of {GATE_NORM_TYPES}")
         self.num_key_heads = num_key_heads

@@ -7,7 +7,7 @@ so a spec cannot run arbitrary Python.
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
+from importlib.metadata import entry_points, packages_distributions
 from typing import Callable, TypeVar
 
 from torch import nn
@@ -104,3 +104,11 @@ def _import_all_blocks() -> None:
         _plugins_loaded = True
         for entry_point in entry_points(group=ENTRY_POINT_GROUP):
             entry_point.load()
+
+
+def origin(obj: object) -> str:
+    """Where a registered class (or instance) comes from: its module and the installed distribution
+    that ships it, e.g. `blocks.gated_attention (assemble)`; for `assemble validate --verbose`."""
+    module = (obj if isinstance(obj, type) else type(obj)).__module__
+    distributions = packages_distributions().get(module.split(".")[0], [])
+    return f"{module} ({', '.join(dict.fromkeys(distributions))})" if distributions else module

@@ -31,6 +31,17 @@ def test_validate_prints_one_ok_line_per_spec():
     assert lines[1].startswith(f"OK {TINY}: qwen3_5_tiny")
 
 
+def test_validate_verbose_says_where_the_family_and_each_block_come_from():
+    result = run("validate", "--verbose", ROOT / "specs" / "qwen3_tiny.yaml")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert "(qwen3)" in lines[0] and "no vision tower" in lines[0]
+    assert lines[1].startswith("  family qwen3: assembler.families.qwen3")
+    assert lines[2].startswith("  model.text.layer_types.full.mixer.block: mixer block gated_attention: blocks.gated_attention")
+    assert lines[3].startswith("  model.text.layer_types.full.mlp.block: mlp block swiglu: blocks.mlp")
+    assert len(lines) == 4
+
+
 def test_validate_reports_bad_specs_and_still_checks_the_rest(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\nmodel: {}\n")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,11 @@ from assembler.train.loop import train
 from assembler.train.metrics import attention_flops_per_token
 from blocks.context import TextContext
 from blocks.registry import register, registered_blocks, unregister
+from blocks.settings import SettingProblem
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 MIXER_NAME = "my_test_mixer"
+MAX_WINDOW = 8
 STEPS = 6
 
 
@@ -43,6 +46,13 @@ class CausalWindowMean(nn.Module):
     def flops_per_token(settings: dict, hidden_size: int, seq_len: int) -> float:
         """The window's adds (window per channel), forward and twice that backward."""
         return float(3 * settings["window"] * hidden_size)
+
+    @staticmethod
+    def settings_problems(settings: dict) -> Iterator[SettingProblem]:
+        """A relation between settings the schema cannot state (here: a window a toy can afford)."""
+        if settings["window"] > MAX_WINDOW:
+            yield SettingProblem("window", f"{settings['window']} is wider than {MAX_WINDOW}", "use a smaller window",
+                                 settings["window"], f"at most {MAX_WINDOW}")
 
     def __init__(self, *, hidden_size: int, ops, window: int) -> None:  # noqa: ANN001 (the op table, unused)
         super().__init__()
@@ -107,6 +117,10 @@ def test_the_registered_mixer_is_validated_and_filled_from_its_own_schema(custom
     too_small["model"]["text"]["layer_types"]["mean"]["mixer"]["window"] = 0
     with pytest.raises(SpecError, match=r"layer_types\.mean\.mixer\.window: 0 is below the minimum 1"):
         load(too_small)
+    too_wide = spec_dict()
+    too_wide["model"]["text"]["layer_types"]["mean"]["mixer"]["window"] = MAX_WINDOW + 1
+    with pytest.raises(SpecError, match=rf"layer_types\.mean\.mixer\.window: {MAX_WINDOW + 1} is wider than {MAX_WINDOW}"):
+        load(too_wide)  # the block's own settings_problems, reported at the setting's full path
     misnamed = spec_dict()
     misnamed["model"]["text"]["layer_types"]["mean"]["mixer"]["block"] = "my_test_mixr"
     with pytest.raises(SpecError, match=rf"'my_test_mixr' is not one of gated_attention, gated_deltanet, {MIXER_NAME} "

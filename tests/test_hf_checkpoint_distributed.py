@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -16,15 +15,10 @@ import torch.multiprocessing as mp
 from assembler import spec_from_hf_config
 from assembler.build import build_model
 from assembler.hf_checkpoint import load_hf_checkpoint, save_hf_checkpoint
+from tests.free_port import free_port
 
 WORLD_SIZE = 2
 SHARD_SIZE = "40KB"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank_main(rank: int, port: int, source: str, out: str, report: str) -> None:
@@ -65,7 +59,7 @@ def test_fsdp2_load_and_export_equal_one_rank(tmp_path):
     one_rank = save_hf_checkpoint(single, tmp_path / "one_rank", spec, source_dir=source, shard_size=SHARD_SIZE)
 
     report = tmp_path / "report.json"
-    mp.spawn(_rank_main, args=(_free_port(), str(source), str(tmp_path / "two_ranks"), str(report)), nprocs=WORLD_SIZE)
+    mp.spawn(_rank_main, args=(free_port(), str(source), str(tmp_path / "two_ranks"), str(report)), nprocs=WORLD_SIZE)
 
     shape = json.loads(report.read_text())
     assert shape["local_rows"] == shape["global_rows"] // WORLD_SIZE  # really sharded

@@ -18,6 +18,7 @@ import assembler.train.loop as loop
 from assembler import distributed
 from assembler.data.records import DataError
 from cli_train import USER_ERROR_EXIT_CODE, train_command
+from tests.free_port import free_port
 
 TINY = Path(__file__).resolve().parents[1] / "specs" / "qwen3_5_tiny.yaml"
 
@@ -88,7 +89,8 @@ def _save_with_a_full_disk_on(rank: int, world_size: int, port: int, folder: str
 
 @pytest.mark.parametrize("full_on", [0, 1])
 def test_a_full_disk_on_one_rank_stops_every_rank(tmp_path, full_on):
-    outcomes = _outcomes_of_two_ranks(lambda r, results: (r, 2, 29_700 + full_on, str(tmp_path), full_on, results),
+    port = free_port()
+    outcomes = _outcomes_of_two_ranks(lambda r, results: (r, 2, port, str(tmp_path), full_on, results),
                                       _save_with_a_full_disk_on, timeout=120)
     for outcome in outcomes.values():
         assert outcome.startswith("refused, shared=True") and f"rank {full_on}: no space left" in outcome
@@ -124,7 +126,8 @@ def _export_with_a_full_disk_on_rank_0(rank: int, port: int, folder: str, result
 
 
 def test_a_full_disk_during_a_sharded_export_stops_every_rank(tmp_path):
-    outcomes = _outcomes_of_two_ranks(lambda r, results: (r, 29_710, str(tmp_path), results),
+    port = free_port()
+    outcomes = _outcomes_of_two_ranks(lambda r, results: (r, port, str(tmp_path), results),
                                       _export_with_a_full_disk_on_rank_0, timeout=180)
     for outcome in outcomes.values():
         assert outcome.startswith("refused, shared=True") and "the disk is full" in outcome

@@ -27,6 +27,7 @@ from assembler.data.images import ImageProcessor
 from assembler.data.packing import PackingStats, collate_row, fit_to_budget, plan_rows
 from assembler.data.records import ChatRecord, DataError, read_sources
 from assembler.data.tokenizer import Tokenizer, load_tokenizer
+from assembler.spec_sections import DataSettings
 from blocks.constants import VISION_TOKEN_KEYS
 
 # The spec's model.tokens key -> the tokenizer's special token it must equal.
@@ -174,32 +175,30 @@ def build_loader_from_sections(
     vision:          `model.vision` (patch sizes), or None for a text-only model.
     vocab_size:      `model.text.vocab_size`, checked to hold every tokenizer id.
     """
-    packing = data.get("packing") or {}
-    max_length = packing.get("length", tokens_per_step)
+    settings = DataSettings.of(data)  # missing settings: the schema's defaults
+    max_length = settings.packing.length or tokens_per_step
     if max_length > tokens_per_step:
         raise DataError(
             f"data.packing.length {max_length} is larger than train.tokens_per_step {tokens_per_step}: "
             f"a document must fit one row; lower data.packing.length or raise train.tokens_per_step"
         )
-    loss_on = data.get("loss_on", "assistant")
-    if loss_on not in LOSS_ON:
-        raise DataError(f"data.loss_on: {loss_on!r} is not one of {', '.join(LOSS_ON)}")
-    tokenizer = tokenizer or load_tokenizer(data.get("tokenizer"), base_dir=base_dir)
+    if settings.loss_on not in LOSS_ON:
+        raise DataError(f"data.loss_on: {settings.loss_on!r} is not one of {', '.join(LOSS_ON)}")
+    tokenizer = tokenizer or load_tokenizer(settings.tokenizer, base_dir=base_dir)
     check_tokenizer(tokenizer, tokens, vocab_size, has_vision=vision is not None)
 
     image_processor = None
     if vision is not None:
-        images = data.get("images") or {}
         image_processor = ImageProcessor(
             patch_size=vision["patch_size"], temporal_patch_size=vision["temporal_patch_size"],
             merge_size=vision["spatial_merge_size"],
-            min_pixels=images.get("min_pixels", 4096), max_pixels=images.get("max_pixels", 65536),
+            min_pixels=settings.images.min_pixels, max_pixels=settings.images.max_pixels,
         )
-    sources = [base_dir / source["path"] for source in data["sources"]]
-    read = read_sources(sources, on_error=data.get("on_error", "raise"))
+    sources = [base_dir / source["path"] for source in settings.sources]
+    read = read_sources(sources, on_error=settings.on_error)
     samples, stats = encode_records(
-        read.records, tokenizer, image_processor=image_processor, loss_on=loss_on, max_length=max_length,
-        overlong=packing.get("overlong", "truncate"), on_error=data.get("on_error", "raise"),
+        read.records, tokenizer, image_processor=image_processor, loss_on=settings.loss_on, max_length=max_length,
+        overlong=settings.packing.overlong, on_error=settings.on_error,
     )
     stats.skipped += len(read.skipped)
     if not samples:
@@ -209,7 +208,7 @@ def build_loader_from_sections(
             f"records skipped; use data.packing.overlong: truncate, a larger length, or fix the records"
         )
     return PackedBatchLoader(
-        samples, budget=tokens_per_step, seed=seed, shuffle=data.get("shuffle", True), rank=rank,
+        samples, budget=tokens_per_step, seed=seed, shuffle=settings.shuffle, rank=rank,
         world_size=world_size, pad_token_id=tokenizer.token_id(ENDOFTEXT), image_token_id=tokens["image"],
         spatial_merge_size=vision["spatial_merge_size"] if vision else 1, image_processor=image_processor,
         stats=stats,

@@ -92,7 +92,7 @@ def build_for_world(spec: Spec, world: World) -> nn.Module:
         model = build_model(spec, device="meta").to(dtype)
         model = parallelize_for_world(model, spec, world)
         # FSDP2's CPU offload keeps the sharded parameters in host memory (it copies them in per unit).
-        shard_device = torch.device("cpu") if spec.parallel["fsdp"].get("cpu_offload") else world.device
+        shard_device = torch.device("cpu") if spec.parallel["fsdp"]["cpu_offload"] else world.device
         model.to_empty(device=shard_device)
         load_hf_checkpoint(model, init_from, spec, device=shard_device)
         return model
@@ -152,7 +152,7 @@ def train(
     if world.device.type == "cpu":
         keep_freed_memory_for_reuse()
     cfg = spec.train
-    run_dir = run_folder(spec.name, output_dir if output_dir is not None else cfg.get("output_dir"))
+    run_dir = run_folder(spec.name, output_dir if output_dir is not None else cfg["output_dir"])
     checkpoints_dir = run_dir / CHECKPOINTS_FOLDER
     resolved_yaml = spec.to_yaml()
     # Rank 0 decides (what to resume, whether the folder is this model's) and every rank follows,
@@ -176,7 +176,7 @@ def train(
                 notes += resume_changes(resume_from / RESOLVED_SPEC_FILE, resolved_yaml, resumed_step)
                 if resume_from.parent == checkpoints_dir:
                     check_same_model(run_dir, resolved_yaml)
-            if cfg.get("export_hf"):  # refused now, not after the whole run
+            if cfg["export_hf"]:  # refused now, not after the whole run
                 check_export_target(run_dir / HF_EXPORT_FOLDER, True, inputs=_export_inputs(spec))
             abandoned = abandon_newer_checkpoints(checkpoints_dir, resumed_step)
             if abandoned is not None:
@@ -314,7 +314,7 @@ def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, lo
         logger.message(f"steady state ({steady.describe()}), peak memory {peak_memory_gib(world.device):.1f} GiB")
         logger.summary({"steady_state": {**steady.to_dict(), "peak_memory_gib": peak_memory_gib(world.device)}})
     hf_export = None
-    if cfg.get("export_hf"):
+    if cfg["export_hf"]:
         hf_export = export_hf(model, spec, run_dir / HF_EXPORT_FOLDER)
         logger.message(f"HF export: {hf_export}")
     return TrainResult(run_dir=run_dir, losses=losses, last_checkpoint=last_checkpoint, hf_export=hf_export)

@@ -7,33 +7,36 @@ and resumes exactly.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
+from assembler.spec_sections import OptimizerSettings, ScheduleSettings
+
 SCHEDULES = ("cosine", "linear", "constant")
 
 
-def build_optimizer(model: nn.Module, optimizer_spec: dict) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, optimizer_spec: Mapping[str, Any]) -> torch.optim.AdamW:
     """AdamW over the model's trainable parameters; fused where supported (see `_fused_supported`).
 
-    Weight decay applies to matrices only: decaying norm gains, biases and the DeltaNet's
-    A_log / dt_bias would pull them away from their meaningful centres.
+    `optimizer_spec`: `train.optimizer` (missing settings take the schema's defaults). Weight
+    decay applies to matrices only: decaying norm gains, biases and the DeltaNet's A_log /
+    dt_bias would pull them away from their meaningful centres.
     """
-    name = optimizer_spec.get("name", "adamw")
-    if name != "adamw":
-        raise ValueError(f"train.optimizer.name: unknown optimizer {name!r}; known: adamw")
+    settings = OptimizerSettings.of(optimizer_spec)
+    if settings.name != "adamw":
+        raise ValueError(f"train.optimizer.name: unknown optimizer {settings.name!r}; known: adamw")
     params = [p for p in model.parameters() if p.requires_grad]  # parameters() de-duplicates tied weights
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
-    weight_decay = float(optimizer_spec.get("weight_decay", 0.0))
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    betas = tuple(optimizer_spec.get("betas", (0.9, 0.95)))
+    groups = [{"params": decay, "weight_decay": float(settings.weight_decay)}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(
         groups,
-        lr=float(optimizer_spec["lr"]),
-        betas=(float(betas[0]), float(betas[1])),
-        eps=float(optimizer_spec.get("eps", 1e-8)),
+        lr=float(settings.lr),
+        betas=(float(settings.betas[0]), float(settings.betas[1])),
+        eps=float(settings.eps),
         fused=_fused_supported(params),
     )
 
@@ -74,11 +77,10 @@ def lr_multiplier(step: int, *, total_steps: int, warmup_steps: int, name: str, 
     return min_lr_ratio + (1.0 - min_lr_ratio) * shape
 
 
-def build_lr_schedule(optimizer: torch.optim.Optimizer, schedule_spec: dict, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_lr_schedule(optimizer: torch.optim.Optimizer, schedule_spec: Mapping[str, Any], total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR stepping once per optimizer step, following `train.schedule`."""
-    warmup_steps = int(schedule_spec.get("warmup_steps", 0))
-    name = schedule_spec.get("name", "cosine")
-    min_lr_ratio = float(schedule_spec.get("min_lr_ratio", 0.0))
+    settings = ScheduleSettings.of(schedule_spec)  # missing settings: the schema's defaults
+    warmup_steps, name, min_lr_ratio = int(settings.warmup_steps), settings.name, float(settings.min_lr_ratio)
     lr_multiplier(0, total_steps=total_steps, warmup_steps=warmup_steps, name=name, min_lr_ratio=min_lr_ratio)  # validate now
 
     def multiplier(step: int) -> float:

@@ -1,0 +1,154 @@
+"""Typed views of the spec sections code reads setting by setting: frozen dataclasses filled from
+the schema's defaults, so no caller restates a default (`.get("eps", 1e-8)`) that can drift from
+the schema's.
+
+`OptimizerSettings.of(spec.train["optimizer"])` takes a loaded spec's section (already complete)
+or a partial one a test writes by hand; either way every missing setting takes the schema default
+of its path, and a setting without one is an error naming that path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from assembler.spec_schema import cached_schema, child_schema, fill_defaults
+
+Section = TypeVar("Section")
+
+
+def typed_section(cls: type[Section], values: Mapping[str, Any], path: str) -> Section:
+    """`cls` (a dataclass) from `values` at the spec's dotted `path`, schema defaults filled in;
+    a field that is a dataclass itself is filled from the sub-section of the same name."""
+    node: dict | None = cached_schema()
+    for key in path.split("."):
+        node = child_schema(node, key) if node is not None else None
+    if node is None:
+        raise KeyError(f"{cls.__name__}: the spec schema has no section {path!r}")
+    filled = fill_defaults(dict(values), node)
+    hints = typing.get_type_hints(cls)
+    settings = {}
+    for field in dataclasses.fields(cls):
+        if field.name not in filled and field.default is dataclasses.MISSING:
+            raise ValueError(f"{path}.{field.name}: missing, and the schema gives it no default")
+        value = filled.get(field.name, field.default)
+        kind = hints[field.name]
+        if dataclasses.is_dataclass(kind):
+            value = typed_section(kind, value, f"{path}.{field.name}")
+        elif typing.get_origin(kind) is tuple:
+            value = tuple(value)
+        settings[field.name] = value
+    return cls(**settings)
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """`train.optimizer`."""
+
+    PATH: ClassVar[str] = "train.optimizer"
+    name: str
+    lr: float
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> OptimizerSettings:
+        return typed_section(cls, values, cls.PATH)
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    """`train.schedule`."""
+
+    PATH: ClassVar[str] = "train.schedule"
+    name: str
+    warmup_steps: int
+    min_lr_ratio: float
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> ScheduleSettings:
+        return typed_section(cls, values, cls.PATH)
+
+
+@dataclass(frozen=True)
+class PackingSettings:
+    """`data.packing`. length None: `train.tokens_per_step` (a document must fit one row)."""
+
+    length: int | None
+    overlong: str
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """`data.images`: the pixel bounds images are resized into."""
+
+    min_pixels: int
+    max_pixels: int
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """`data` (the sources stay as the spec lists them)."""
+
+    PATH: ClassVar[str] = "data"
+    sources: list
+    tokenizer: str | None
+    packing: PackingSettings
+    loss_on: str
+    on_error: str
+    images: ImageSettings
+    shuffle: bool
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> DataSettings:
+        return typed_section(cls, values, cls.PATH)
+
+
+@dataclass(frozen=True)
+class FsdpSettings:
+    """`parallel.fsdp`."""
+
+    PATH: ClassVar[str] = "parallel.fsdp"
+    param_dtype: str
+    reduce_dtype: str
+    reshard_after_forward: bool
+    fp32_params: list
+    cpu_offload: bool
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> FsdpSettings:
+        return typed_section(cls, values, cls.PATH)
+
+
+@dataclass(frozen=True)
+class CheckpointingSettings:
+    """`parallel.activation_checkpointing`. layers / op_level: block types and text layer indices
+    (mode `selective`); memory_budget_gib: mode `auto`'s budget (None: the card's)."""
+
+    PATH: ClassVar[str] = "parallel.activation_checkpointing"
+    mode: str
+    placement: str
+    layers: list | None = None  # absent in the spec: none
+    op_level: list | None = None
+    memory_budget_gib: float | None = None
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> CheckpointingSettings:
+        return typed_section(cls, values, cls.PATH)
+
+
+@dataclass(frozen=True)
+class CompileSettings:
+    """One block type's entry of `parallel.compile`. mode None: torch.compile's default."""
+
+    enabled: bool
+    fullgraph: bool
+    mode: str | None = None
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any], block_type: str) -> CompileSettings:
+        return typed_section(cls, values, f"parallel.compile.{block_type}")
