@@ -94,7 +94,7 @@ def validate(specs: tuple[Path, ...], overrides: tuple[str, ...], resolved: bool
         counts = ", ".join(f"{text['layers'].count(name)} {name}" for name in text["layer_types"])
         vision = spec.model.get("vision")
         seen = f"vision depth {vision['depth']}" if vision else "no vision tower"
-        click.echo(f"OK {path}: {spec.name} ({spec.model['family']}) — {text['num_layers']} text layers ({counts}), "
+        click.echo(f"OK {path}: {spec.name} ({spec.model['family']}) — {text['num_hidden_layers']} text layers ({counts}), "
                    f"{seen}, ops {spec.ops['backend']}")
         if verbose:
             for line in origin_lines(spec):

@@ -95,7 +95,7 @@ def measure_memory_model(spec: Spec, first_batch: dict[str, Any], device: torch.
 def _one_block_per_type(spec: Spec) -> Spec:
     text = dict(spec.model["text"])
     layers = list(dict.fromkeys(text["layers"]))  # one of each type, in first-seen order
-    text.update(layers=layers, num_layers=len(layers))
+    text.update(layers=layers, num_hidden_layers=len(layers))
     model = {**spec.model, "text": text}
     if model.get("vision"):
         model["vision"] = {**model["vision"], "depth": 1}

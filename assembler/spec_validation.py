@@ -40,6 +40,17 @@ _TYPE_CHECKER = Draft202012Validator.TYPE_CHECKER.redefine(
 _SpecValidator = jsonschema.validators.extend(Draft202012Validator, type_checker=_TYPE_CHECKER)
 
 
+# Spec keys renamed to transformers' config names (so spec <-> config.json is a rule, not a
+# table): an old spec's key gets the new name as its hint.
+RENAMED_KEYS = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads", "num_kv_heads": "num_key_value_heads",
+                "conv_kernel_size": "conv_kernel_dim", "theta": "rope_theta"}
+
+
+def _renamed_hint(key: str, allowed: list[str]) -> str | None:
+    new = RENAMED_KEYS.get(key)
+    return f"renamed to `{new}` (transformers' name for it)" if new in allowed else None
+
+
 def validate_spec_dict(spec: dict, file: str | None = None) -> None:
     """Raise SpecError listing every problem of `spec` (defaults already filled in), or return."""
     problems = schema_problems(spec)
@@ -48,7 +59,9 @@ def validate_spec_dict(spec: dict, file: str | None = None) -> None:
     else:
         problems = semantic_problems(spec)
     if problems:
-        error = SpecError(problems)
+        # A block section's settings are checked by the section's schema and again by its block
+        # branch (allOf if/then): say each problem once.
+        error = SpecError(list({(p.path, p.message, p.hint): p for p in problems}.values()))
         raise error.with_file(file) if file else error
 
 
@@ -83,7 +96,7 @@ def _problems_from(error: jsonschema.ValidationError) -> list[Problem]:
             Problem(
                 format_path(path + [key]),
                 "unknown key",
-                did_you_mean(key, allowed) or f"allowed keys here: {', '.join(allowed)}",
+                _renamed_hint(key, allowed) or did_you_mean(key, allowed) or f"allowed keys here: {', '.join(allowed)}",
                 value=key,
                 expected=", ".join(allowed),
             )
@@ -200,10 +213,10 @@ def _type_hint(value: Any, types: str | list[str]) -> str:
 
 def _check_layer_count(spec: dict) -> Iterable[Problem]:
     text = spec["model"]["text"]
-    count, layers = text["num_layers"], text["layers"]
+    count, layers = text["num_hidden_layers"], text["layers"]
     if len(layers) != count:
-        yield Problem("model.text.layers", f"has {len(layers)} entries but num_layers is {count}",
-                      f"list one layer type per layer, or set num_layers: {len(layers)}", layers, f"{count} entries")
+        yield Problem("model.text.layers", f"has {len(layers)} entries but num_hidden_layers is {count}",
+                      f"list one layer type per layer, or set num_hidden_layers: {len(layers)}", layers, f"{count} entries")
 
 
 def _check_layer_types_named(spec: Any) -> Iterable[Problem]:
@@ -326,12 +339,12 @@ def _check_activation_checkpointing(spec: dict) -> Iterable[Problem]:
     if mode != "auto" and "memory_budget_gib" in policy:
         yield Problem(f"{path}.memory_budget_gib", f"is only used with mode: auto (mode is {mode})",
                       "remove it, or set mode: auto", policy["memory_budget_gib"], "absent")
-    num_layers = spec["model"]["text"]["num_layers"]
+    num_hidden_layers = spec["model"]["text"]["num_hidden_layers"]
     for key in ("layers", "op_level"):
         for index, entry in enumerate(policy.get(key, [])):
-            if isinstance(entry, int) and entry >= num_layers:
+            if isinstance(entry, int) and entry >= num_hidden_layers:
                 yield Problem(f"{path}.{key}[{index}]", f"layer index {entry} is out of range",
-                              f"the text tower has {num_layers} layers (0..{num_layers - 1})", entry, f"< {num_layers}")
+                              f"the text tower has {num_hidden_layers} layers (0..{num_hidden_layers - 1})", entry, f"< {num_hidden_layers}")
     both = _checkpointed_by(spec, policy.get("layers", [])) & _checkpointed_by(spec, policy.get("op_level", []))
     if both:
         named = ["vision" if i < 0 else i for i in sorted(both)]

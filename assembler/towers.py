@@ -63,7 +63,7 @@ def _rotary_embedding(text: dict) -> TextRotaryEmbedding:
     return TextRotaryEmbedding(
         head_dim=head_dims[0] if head_dims else 0,
         partial_rotary_factor=rope["partial_rotary_factor"],
-        theta=rope["theta"],
+        theta=rope["rope_theta"],
         mrope_section=rope["mrope_section"],
         mrope_interleaved=rope["mrope_interleaved"],
     )

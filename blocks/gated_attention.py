@@ -39,8 +39,8 @@ class GatedAttention(nn.Module):
         "description": "Gated softmax attention with grouped key/value heads, optional q/k RMSNorm and sigmoid "
                        "output gate; (m)RoPE on part of each head.",
         "properties": {
-            "num_heads": {"type": "integer", "description": "Number of query heads.", "minimum": 1},
-            "num_kv_heads": {"type": "integer", "description": "Number of key/value heads; must divide num_heads.", "minimum": 1},
+            "num_attention_heads": {"type": "integer", "description": "Number of query heads.", "minimum": 1},
+            "num_key_value_heads": {"type": "integer", "description": "Number of key/value heads; must divide num_attention_heads.", "minimum": 1},
             "head_dim": {"type": "integer", "description": "Dimension of one attention head.", "minimum": 1},
             "qk_norm": {"type": "boolean", "description": "RMSNorm on queries and keys per head (q_norm, k_norm).",
                         "default": True},
@@ -48,7 +48,7 @@ class GatedAttention(nn.Module):
                             "description": "Sigmoid output gate computed from the input (q_proj produces query and gate).",
                             "default": True},
         },
-        "required": ["num_heads", "num_kv_heads", "head_dim"],
+        "required": ["num_attention_heads", "num_key_value_heads", "head_dim"],
     }
 
     @staticmethod
@@ -56,22 +56,22 @@ class GatedAttention(nn.Module):
         """Training FLOPs per token beyond 6·N of the projections: the score (q·k) and weighted-sum
         (p·v) matmuls, 2·2·Hq·D·S forward, three times that forward + backward = 12·Hq·D·S
         (torchtitan's convention: the full S×S square, the causal mask's saving not deducted)."""
-        return float(12 * settings["num_heads"] * settings["head_dim"] * seq_len)
+        return float(12 * settings["num_attention_heads"] * settings["head_dim"] * seq_len)
 
     @staticmethod
     def settings_problems(settings: dict) -> Iterator[SettingProblem]:
         """Grouped-query attention: every key/value head serves a whole group of query heads."""
-        heads, kv_heads = settings["num_heads"], settings["num_kv_heads"]
+        heads, kv_heads = settings["num_attention_heads"], settings["num_key_value_heads"]
         if heads % kv_heads:
-            yield SettingProblem("num_kv_heads", f"{kv_heads} does not divide num_heads {heads}",
-                                 f"set num_kv_heads to a divisor of num_heads ({divisors(heads)})", kv_heads, f"a divisor of {heads}")
+            yield SettingProblem("num_key_value_heads", f"{kv_heads} does not divide num_attention_heads {heads}",
+                                 f"set num_key_value_heads to a divisor of num_attention_heads ({divisors(heads)})", kv_heads, f"a divisor of {heads}")
 
     def __init__(
         self,
         *,
         hidden_size: int,
-        num_heads: int,
-        num_kv_heads: int,
+        num_attention_heads: int,
+        num_key_value_heads: int,
         head_dim: int,
         qk_norm: bool,
         output_gate: bool,
@@ -80,21 +80,21 @@ class GatedAttention(nn.Module):
         ops: OpTable,
     ) -> None:
         super().__init__()
-        for problem in self.settings_problems({"num_heads": num_heads, "num_kv_heads": num_kv_heads}):
+        for problem in self.settings_problems({"num_attention_heads": num_attention_heads, "num_key_value_heads": num_key_value_heads}):
             raise ValueError(f"gated_attention: {problem.key} {problem.message}; {problem.hint}")
         if qk_norm_type not in QK_NORM_TYPES:
             raise ValueError(f"gated_attention: qk_norm_type {qk_norm_type!r} is not one of {', '.join(QK_NORM_TYPES)}")
-        self.num_heads = num_heads
-        self.num_kv_heads = num_kv_heads
+        self.num_heads = num_attention_heads
+        self.num_key_value_heads = num_key_value_heads
         self.head_dim = head_dim
         self.output_gate = output_gate
         self.scaling = head_dim**-0.5
         self.ops = ops
-        query_width = num_heads * head_dim * (2 if output_gate else 1)
+        query_width = num_attention_heads * head_dim * (2 if output_gate else 1)
         self.q_proj = nn.Linear(hidden_size, query_width, bias=False)
-        self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=False)
-        self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=False)
-        self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=False)
+        self.k_proj = nn.Linear(hidden_size, num_key_value_heads * head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden_size, num_key_value_heads * head_dim, bias=False)
+        self.o_proj = nn.Linear(num_attention_heads * head_dim, hidden_size, bias=False)
         if qk_norm:
             zero_centered = qk_norm_type == "zero_centered"
             self.q_norm = RMSNorm(head_dim, eps=rms_norm_eps, zero_centered=zero_centered, ops=ops)

@@ -67,7 +67,7 @@ class GatedDeltaNet(nn.Module):
                                 "minimum": 1},
             "key_head_dim": {"type": "integer", "description": "Dimension of one query/key head.", "minimum": 1},
             "value_head_dim": {"type": "integer", "description": "Dimension of one value head.", "minimum": 1},
-            "conv_kernel_size": {"type": "integer", "description": "Kernel size of the causal depthwise conv1d over q, k, v.",
+            "conv_kernel_dim": {"type": "integer", "description": "Kernel size of the causal depthwise conv1d over q, k, v.",
                                  "minimum": 1, "default": 4},
         },
         "required": ["num_key_heads", "num_value_heads", "key_head_dim", "value_head_dim"],
@@ -98,7 +98,7 @@ class GatedDeltaNet(nn.Module):
         num_value_heads: int,
         key_head_dim: int,
         value_head_dim: int,
-        conv_kernel_size: int,
+        conv_kernel_dim: int,
         gate_norm_type: str,
         rms_norm_eps: float,
         ops: OpTable,
@@ -120,7 +120,7 @@ class GatedDeltaNet(nn.Module):
         # Registered in transformers' order, so state_dict() lists the parameters as HF does.
         # An nn.Conv1d only so the parameter is HF's `conv1d.weight` [C, 1, K]; ops.conv1d runs it.
         self.conv1d = nn.Conv1d(
-            self.conv_dim, self.conv_dim, conv_kernel_size, groups=self.conv_dim, padding=conv_kernel_size - 1, bias=False
+            self.conv_dim, self.conv_dim, conv_kernel_dim, groups=self.conv_dim, padding=conv_kernel_dim - 1, bias=False
         )
         self.dt_bias = nn.Parameter(torch.ones(num_value_heads))
         # U(0.01, 16): bounded away from 0 so A_log is never -inf.

@@ -10,7 +10,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class SettingProblem:
-    """key: the setting inside the block's section (`num_kv_heads`); message: what is wrong; hint:
+    """key: the setting inside the block's section (`num_key_value_heads`); message: what is wrong; hint:
     what to do; value / expected: the value found and a short description of what would do."""
 
     key: str

@@ -62,7 +62,7 @@ def test_perturbing_one_document_leaves_the_others_exactly_unchanged(causal):
 def test_gated_attention_layer_keeps_documents_apart():
     hidden_size, lengths = 32, LENGTHS
     layer = GatedAttention(
-        hidden_size=hidden_size, num_heads=HQ, num_kv_heads=HKV, head_dim=D, qk_norm=True, output_gate=True,
+        hidden_size=hidden_size, num_attention_heads=HQ, num_key_value_heads=HKV, head_dim=D, qk_norm=True, output_gate=True,
         qk_norm_type="zero_centered", rms_norm_eps=1e-6, ops=resolve_ops("hf"),
     )
     randomize_parameters_(layer, seed=3, std=0.3)

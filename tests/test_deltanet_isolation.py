@@ -88,7 +88,7 @@ def test_delta_rule_state_does_not_cross_a_document_boundary():
 def _mixer(seed: int = 3) -> GatedDeltaNet:
     mixer = GatedDeltaNet(
         hidden_size=32, num_key_heads=HK, num_value_heads=HV, key_head_dim=DK, value_head_dim=DV,
-        conv_kernel_size=KERNEL, gate_norm_type="default", rms_norm_eps=1e-6, ops=resolve_ops("hf"),
+        conv_kernel_dim=KERNEL, gate_norm_type="default", rms_norm_eps=1e-6, ops=resolve_ops("hf"),
     )
     randomize_parameters_(mixer, seed=seed, std=0.3)
     with torch.no_grad():

@@ -76,7 +76,7 @@ def test_mtp_tensors_survive_a_second_export(source, tmp_path):
 def test_config_disagreeing_with_spec_names_the_field(source):
     spec = _spec(source, num_key_value_heads=1)
     model = build_model(spec, device="meta")
-    with pytest.raises(CheckpointError, match=r"config\.json describes a different model.*\n.*num_kv_heads: spec has 1, the checkpoint has 2"):
+    with pytest.raises(CheckpointError, match=r"config\.json describes a different model.*\n.*num_key_value_heads: spec has 1, the checkpoint has 2"):
         load_hf_checkpoint(model, source, spec)
     assert all(p.device.type == "meta" for p in model.parameters())
 

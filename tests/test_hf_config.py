@@ -119,7 +119,7 @@ def test_import_that_fails_validation_names_the_config_file(tmp_path, reference)
     path.write_text(json.dumps(config))
     with pytest.raises(SpecError) as caught:
         spec_from_hf_config(path)
-    assert f"{path}: model.text.layer_types.full.mixer.num_kv_heads: 3 does not divide num_heads 16" in str(caught.value)
+    assert f"{path}: model.text.layer_types.full.mixer.num_key_value_heads: 3 does not divide num_attention_heads 16" in str(caught.value)
 
 
 def test_spec_without_hf_equivalent_is_refused():

@@ -54,7 +54,7 @@ def test_unknown_block_type_names_are_refused_with_a_suggestion():
     with pytest.raises(SpecError, match=r"activation_checkpointing\.layers\[0\]: 'wdie' is not a block type"):
         load_spec(TINY, [*WIDE, "parallel.activation_checkpointing={mode: selective, layers: [wdie]}"])
     with pytest.raises(SpecError, match=r"model\.text\.layer_types: 'vision' is not allowed here — .*vision tower"):
-        load_spec(TINY, ["model.text.layer_types.vision={mixer: {block: gated_attention, num_heads: 4, num_kv_heads: 2, "
+        load_spec(TINY, ["model.text.layer_types.vision={mixer: {block: gated_attention, num_attention_heads: 4, num_key_value_heads: 2, "
                          "head_dim: 32}, mlp: {block: swiglu, intermediate_size: 128}}"])
 
 
@@ -63,7 +63,7 @@ def test_attention_flops_follow_the_mixer_not_the_name():
         "model.text.layers=[linear, linear, attn, attn]",
         "model.text.layer_types={linear: {mixer: {block: gated_deltanet, num_key_heads: 2, num_value_heads: 4, "
         "key_head_dim: 16, value_head_dim: 16}, mlp: {block: swiglu, intermediate_size: 128}}, "
-        "attn: {mixer: {block: gated_attention, num_heads: 4, num_kv_heads: 2, head_dim: 32}, "
+        "attn: {mixer: {block: gated_attention, num_attention_heads: 4, num_key_value_heads: 2, head_dim: 32}, "
         "mlp: {block: swiglu, intermediate_size: 128}}}",
         "parallel.compile={}",
     ])

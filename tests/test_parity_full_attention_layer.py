@@ -47,8 +47,8 @@ def _our_layer(config) -> DecoderLayer:
     return DecoderLayer(
         mixer=GatedAttention(
             hidden_size=config.hidden_size,
-            num_heads=config.num_attention_heads,
-            num_kv_heads=config.num_key_value_heads,
+            num_attention_heads=config.num_attention_heads,
+            num_key_value_heads=config.num_key_value_heads,
             head_dim=config.head_dim,
             qk_norm=True,
             output_gate=True,

@@ -38,7 +38,7 @@ def _our_layer(config) -> DecoderLayer:
             num_value_heads=config.linear_num_value_heads,
             key_head_dim=config.linear_key_head_dim,
             value_head_dim=config.linear_value_head_dim,
-            conv_kernel_size=config.linear_conv_kernel_dim,
+            conv_kernel_dim=config.linear_conv_kernel_dim,
             gate_norm_type="default",
             rms_norm_eps=eps,
             ops=ops,
@@ -114,7 +114,7 @@ def test_zero_centered_gate_norm_uses_one_plus_weight():
     ops = resolve_ops("hf")
     kwargs = dict(
         hidden_size=config.hidden_size, num_key_heads=2, num_value_heads=4, key_head_dim=16, value_head_dim=16,
-        conv_kernel_size=4, rms_norm_eps=1e-6, ops=ops,
+        conv_kernel_dim=4, rms_norm_eps=1e-6, ops=ops,
     )
     default = randomize_parameters_(GatedDeltaNet(gate_norm_type="default", **kwargs), seed=3)
     centered = GatedDeltaNet(gate_norm_type="zero_centered", **kwargs)

@@ -80,9 +80,9 @@ def test_import_writes_a_qwen3_spec(tmp_path):
     assert spec.model["family"] == "qwen3" and "vision" not in spec.model
     assert text["layers"] == ["full"] * 3
     mixer = text["layer_types"]["full"]["mixer"]
-    assert (mixer["block"], mixer["num_heads"], mixer["num_kv_heads"], mixer["head_dim"]) == ("gated_attention", 4, 2, 16)
+    assert (mixer["block"], mixer["num_attention_heads"], mixer["num_key_value_heads"], mixer["head_dim"]) == ("gated_attention", 4, 2, 16)
     assert mixer["output_gate"] is False and mixer["qk_norm"] is True
-    assert text["rope"]["theta"] == 1e6 and text["rope"]["mrope_section"] == [8, 0, 0]
+    assert text["rope"]["rope_theta"] == 1e6 and text["rope"]["mrope_section"] == [8, 0, 0]
     assert spec.model["tokens"]["eos"] == 299
 
 

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from assembler import load_spec_from_dict
 from assembler.spec_errors import Problem, SpecError
 from cli import assemble
 
@@ -35,13 +36,13 @@ def write_variant(tmp_path: Path, edit, base: Path = TINY) -> Path:
 def test_unknown_nested_key_suggests_the_right_one(tmp_path):
     def misspell(d):
         mixer = d["model"]["text"]["layer_types"]["full"]["mixer"]
-        mixer["num_kv_head"] = mixer.pop("num_kv_heads")
+        mixer["num_kv_head"] = mixer.pop("num_key_value_heads")
 
     code, err = validate(write_variant(tmp_path, misspell))
     assert code == 2
-    assert "model.text.layer_types.full.mixer.num_kv_head: unknown key — did you mean 'num_kv_heads'?" in err
+    assert "model.text.layer_types.full.mixer.num_kv_head: unknown key — did you mean 'num_key_value_heads'?" in err
     # the key it replaced is now missing, and that is said too
-    assert "model.text.layer_types.full.mixer.num_kv_heads: required key is missing" in err
+    assert "model.text.layer_types.full.mixer.num_key_value_heads: required key is missing" in err
 
 
 def test_unknown_top_level_section_suggests(tmp_path):
@@ -73,17 +74,17 @@ def test_float_for_integer_and_yaml_exponent_trap(tmp_path):
 
 
 def test_layer_count_mismatch():
-    code, err = validate(TINY, "-o", "model.text.num_layers=6")
+    code, err = validate(TINY, "-o", "model.text.num_hidden_layers=6")
     assert code == 2
-    assert "model.text.layers: has 4 entries but num_layers is 6" in err
-    assert "set num_layers: 4" in err
+    assert "model.text.layers: has 4 entries but num_hidden_layers is 6" in err
+    assert "set num_hidden_layers: 4" in err
 
 
 def test_kv_heads_not_dividing_heads_lists_divisors():
-    code, err = validate(FLAGSHIP, "-o", "model.text.layer_types.full.mixer.num_kv_heads=3")
+    code, err = validate(FLAGSHIP, "-o", "model.text.layer_types.full.mixer.num_key_value_heads=3")
     assert code == 2
-    assert ("qwen3_5_4b.yaml: model.text.layer_types.full.mixer.num_kv_heads: 3 does not divide num_heads 16 — "
-            "set num_kv_heads to a divisor of num_heads (1, 2, 4, 8, 16)") in err
+    assert ("qwen3_5_4b.yaml: model.text.layer_types.full.mixer.num_key_value_heads: 3 does not divide num_attention_heads 16 — "
+            "set num_key_value_heads to a divisor of num_attention_heads (1, 2, 4, 8, 16)") in err
 
 
 def test_value_heads_not_multiple_of_key_heads():
@@ -188,3 +189,20 @@ def test_problem_format_with_and_without_location():
     assert str(Problem("a.b[2]", "is wrong", "fix it", file="x.yaml")) == "x.yaml: a.b[2]: is wrong — fix it"
     assert str(Problem("", "YAML syntax error: bad", file="x.yaml", line=3, column=7)) == "x.yaml:3:7: YAML syntax error: bad"
     assert str(Problem("k", "is wrong")) == "k: is wrong"
+
+
+def test_a_key_renamed_to_the_transformers_name_says_its_new_name(tmp_path):
+    # Specs before 2026-12-01 used num_kv_heads / rope.theta / num_layers: say what they are called now, once each.
+    old = yaml.safe_load(TINY.read_text())
+    old["model"]["text"]["num_layers"] = old["model"]["text"].pop("num_hidden_layers")
+    old["model"]["text"]["rope"]["theta"] = old["model"]["text"]["rope"].pop("rope_theta")
+    mixer = old["model"]["text"]["layer_types"]["full"]["mixer"]
+    mixer["num_kv_heads"] = mixer.pop("num_key_value_heads")
+    with pytest.raises(SpecError) as caught:
+        load_spec_from_dict(old, source=TINY)
+    message = str(caught.value)
+    for path, new in [("model.text.num_layers", "num_hidden_layers"), ("model.text.rope.theta", "rope_theta"),
+                      ("model.text.layer_types.full.mixer.num_kv_heads", "num_key_value_heads")]:
+        assert f"{path}: unknown key — renamed to `{new}`" in message
+    lines = message.splitlines()
+    assert len(lines) == len(set(lines)), "a problem was reported twice"

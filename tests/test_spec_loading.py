@@ -93,10 +93,10 @@ def test_override_creates_a_section_the_file_does_not_have():
 
 def test_overrides_apply_before_validation():
     with pytest.raises(SpecError) as caught:
-        load_spec(TINY, ["model.text.num_layers=5"])
-    assert "num_layers is 5" in str(caught.value)
+        load_spec(TINY, ["model.text.num_hidden_layers=5"])
+    assert "num_hidden_layers is 5" in str(caught.value)
     # and an override can repair what the file gets wrong
-    assert load_spec(TINY, ["model.text.num_layers=5", "model.text.layers=[linear, linear, linear, full, full]"])
+    assert load_spec(TINY, ["model.text.num_hidden_layers=5", "model.text.layers=[linear, linear, linear, full, full]"])
 
 
 def test_apply_overrides_leaves_its_input_alone():
@@ -152,7 +152,7 @@ def test_load_spec_from_dict_validates_too():
     spec = load_spec_from_dict(data)
     assert isinstance(spec, Spec) and spec.source is None
     data["model"]["text"]["layers"] = ["linear"]
-    with pytest.raises(SpecError, match="has 1 entries but num_layers is 4"):
+    with pytest.raises(SpecError, match="has 1 entries but num_hidden_layers is 4"):
         load_spec_from_dict(data)
 
 

@@ -32,7 +32,7 @@ def test_matmul_parameters_count_the_head_once_and_no_lookup(tie):
 def test_flops_per_token_formula():
     text = {"hidden_size": 8, "layers": ["linear", "full", "linear", "full"], "layer_types": {
         "linear": {"mixer": {"block": "gated_deltanet", "num_key_heads": 2}},  # linear attention: not counted
-        "full": {"mixer": {"block": "gated_attention", "num_heads": 4, "head_dim": 32}}}}
+        "full": {"mixer": {"block": "gated_attention", "num_attention_heads": 4, "head_dim": 32}}}}
     seq = 1024
     assert flops_per_token(TinyLM(True), text, seq) == 6 * 864 + 12 * 2 * 4 * 32 * seq
 

@@ -2,7 +2,7 @@
 
 The folder's config is converted to a spec's model section (assembler.hf_config, the same rule
 `assemble import` uses) and compared field by field, so a mismatch is named the way the user
-writes it in YAML (`model.text.layer_types.full.mixer.num_kv_heads`).
+writes it in YAML (`model.text.layer_types.full.mixer.num_key_value_heads`).
 """
 
 from __future__ import annotations

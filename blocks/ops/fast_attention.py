@@ -34,14 +34,14 @@ def attention(
     q: [B, T, Hq, D], k/v: [B, T, Hkv, D] (Hq a multiple of Hkv) -> [B, T, Hq, D] in q's dtype.
     """
     batch, seq_len, num_heads, head_dim = q.shape
-    num_kv_heads = k.shape[2]
-    if num_kv_heads == 0 or num_heads % num_kv_heads:
-        raise ValueError(f"attention: {num_heads} query heads is not a multiple of {num_kv_heads} key/value heads")
+    num_key_value_heads = k.shape[2]
+    if num_key_value_heads == 0 or num_heads % num_key_value_heads:
+        raise ValueError(f"attention: {num_heads} query heads is not a multiple of {num_key_value_heads} key/value heads")
     if ctx.num_documents == batch and _flash_attn_varlen is None:  # documents never span rows: one per row
         return _dense_attention(q, k, v, scale=scale, causal=causal)
     q = q.reshape(batch * seq_len, num_heads, head_dim)
-    k = k.reshape(batch * seq_len, num_kv_heads, head_dim)
-    v = v.reshape(batch * seq_len, num_kv_heads, head_dim)
+    k = k.reshape(batch * seq_len, num_key_value_heads, head_dim)
+    v = v.reshape(batch * seq_len, num_key_value_heads, head_dim)
     cu_seqlens, max_seqlen = ctx.cu_seqlens, ctx.max_seqlen
     if _flash_attn_varlen is not None:
         out = _flash_attn_varlen(
@@ -51,11 +51,11 @@ def attention(
         from torch.nn.attention.varlen import varlen_attn
 
         extra = {}
-        if num_kv_heads != num_heads:
+        if num_key_value_heads != num_heads:
             if _VARLEN_HAS_GQA:
                 extra["enable_gqa"] = True
             else:
-                groups = num_heads // num_kv_heads
+                groups = num_heads // num_key_value_heads
                 k = k.repeat_interleave(groups, dim=1)
                 v = v.repeat_interleave(groups, dim=1)
         out = varlen_attn(

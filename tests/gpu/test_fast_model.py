@@ -30,7 +30,7 @@ CUDA = "cuda"
 GRAD_RTOL = 5e-2        # ‖g_fast − g_hf‖ / ‖g_hf‖ over all parameters' gradients together
 PARAM_GRAD_RTOL = 1e-1  # the same for each parameter alone
 SPECS = Path(__file__).resolve().parents[2] / "specs"
-TWO_LAYER_4B = ["model.text.num_layers=2", "model.text.layers=[linear, full]"]
+TWO_LAYER_4B = ["model.text.num_hidden_layers=2", "model.text.layers=[linear, full]"]
 FP32_KEPT = ["*.linear_attn.A_log", "*.linear_attn.norm.weight"]
 
 

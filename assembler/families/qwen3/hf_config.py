@@ -53,7 +53,7 @@ def model_from_hf(config: dict, where: str | None) -> tuple[dict, list[Problem]]
     reader.unknown(config, "", BOOKKEEPING_FIELDS | set(HF_DEFAULTS) | _WINDOW_FIELDS | {
         "model_type", "eos_token_id", "layer_types", "rope_parameters", "rope_scaling", "rope_theta"})
     get = lambda field: config.get(field, HF_DEFAULTS[field])  # noqa: E731
-    num_layers = get("num_hidden_layers")
+    num_hidden_layers = get("num_hidden_layers")
     for index, kind in enumerate(config.get("layer_types") or []):
         if kind != HF_LAYER_TYPE:
             reader.refuse(f"layer_types[{index}]", f"{kind!r} cannot be represented", f"only {HF_LAYER_TYPE!r} is", kind)
@@ -63,11 +63,11 @@ def model_from_hf(config: dict, where: str | None) -> tuple[dict, list[Problem]]
         "text": {
             "vocab_size": get("vocab_size"),
             "hidden_size": get("hidden_size"),
-            "num_layers": num_layers,
-            "layers": [LAYER_TYPE] * num_layers,
+            "num_hidden_layers": num_hidden_layers,
+            "layers": [LAYER_TYPE] * num_hidden_layers,
             "layer_types": {LAYER_TYPE: {
-                "mixer": {"block": "gated_attention", "num_heads": get("num_attention_heads"),
-                          "num_kv_heads": get("num_key_value_heads"), "head_dim": head_dim,
+                "mixer": {"block": "gated_attention", "num_attention_heads": get("num_attention_heads"),
+                          "num_key_value_heads": get("num_key_value_heads"), "head_dim": head_dim,
                           "qk_norm": True, "output_gate": False},
                 "mlp": {"block": "swiglu", "intermediate_size": get("intermediate_size")},
             }},
@@ -94,21 +94,21 @@ def hf_config_from_spec(spec: Spec, dtype: str = "bfloat16") -> dict:
         "vocab_size": text["vocab_size"],
         "hidden_size": text["hidden_size"],
         "intermediate_size": mlp["intermediate_size"],
-        "num_hidden_layers": text["num_layers"],
-        "num_attention_heads": mixer["num_heads"],
-        "num_key_value_heads": mixer["num_kv_heads"],
+        "num_hidden_layers": text["num_hidden_layers"],
+        "num_attention_heads": mixer["num_attention_heads"],
+        "num_key_value_heads": mixer["num_key_value_heads"],
         "head_dim": mixer["head_dim"],
         "hidden_act": "silu",
         "max_position_embeddings": text["max_position_embeddings"],
         "initializer_range": text["initializer_range"],
         "rms_norm_eps": text["rms_norm_eps"],
         "tie_word_embeddings": text["tie_word_embeddings"],
-        "rope_parameters": {"rope_type": "default", "rope_theta": text["rope"]["theta"]},
+        "rope_parameters": {"rope_type": "default", "rope_theta": text["rope"]["rope_theta"]},
         "attention_bias": False,
         "attention_dropout": 0.0,
         "use_sliding_window": False,
         "sliding_window": None,
-        "layer_types": [HF_LAYER_TYPE] * text["num_layers"],
+        "layer_types": [HF_LAYER_TYPE] * text["num_hidden_layers"],
         "eos_token_id": spec.model["tokens"]["eos"],
         "bos_token_id": None,
         "pad_token_id": None,
@@ -119,7 +119,7 @@ _NORMS = {"layer": "default", "qk": "default", "final": "default", "deltanet_gat
 
 
 def _rope(theta: float, head_dim: int) -> dict:
-    return {"theta": theta, "partial_rotary_factor": 1.0, "mrope_section": [head_dim // 2, 0, 0], "mrope_interleaved": False}
+    return {"rope_theta": theta, "partial_rotary_factor": 1.0, "mrope_section": [head_dim // 2, 0, 0], "mrope_interleaved": False}
 
 
 def _refuse_unrepresentable(spec: Spec) -> tuple[dict, dict]:
@@ -145,7 +145,7 @@ def _refuse_unrepresentable(spec: Spec) -> tuple[dict, dict]:
     for key in ("layer", "qk", "final"):
         if text["norms"][key] != "default":
             refuse(f"model.text.norms.{key}", text["norms"][key], "default", "Qwen3's RMSNorms are x̂·w")
-    wanted_rope = _rope(text["rope"]["theta"], mixer.get("head_dim", 0))
+    wanted_rope = _rope(text["rope"]["rope_theta"], mixer.get("head_dim", 0))
     for key, wanted in wanted_rope.items():
         if text["rope"][key] != wanted:
             refuse(f"model.text.rope.{key}", text["rope"][key], wanted, "Qwen3 rotates the whole head with plain RoPE")

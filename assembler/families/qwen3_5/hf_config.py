@@ -60,9 +60,9 @@ def hf_config_from_spec(spec: Spec, dtype: str = "bfloat16") -> dict:
         "vocab_size": text["vocab_size"],
         "hidden_size": text["hidden_size"],
         "intermediate_size": mlp["intermediate_size"],
-        "num_hidden_layers": text["num_layers"],
-        "num_attention_heads": full["num_heads"],
-        "num_key_value_heads": full["num_kv_heads"],
+        "num_hidden_layers": text["num_hidden_layers"],
+        "num_attention_heads": full["num_attention_heads"],
+        "num_key_value_heads": full["num_key_value_heads"],
         "hidden_act": "silu",
         "max_position_embeddings": text["max_position_embeddings"],
         "initializer_range": text["initializer_range"],
@@ -70,7 +70,7 @@ def hf_config_from_spec(spec: Spec, dtype: str = "bfloat16") -> dict:
         "tie_word_embeddings": text["tie_word_embeddings"],
         "rope_parameters": {
             "rope_type": "default",
-            "rope_theta": rope["theta"],
+            "rope_theta": rope["rope_theta"],
             "partial_rotary_factor": rope["partial_rotary_factor"],
             "mrope_section": list(rope["mrope_section"]),
             "mrope_interleaved": rope["mrope_interleaved"],
@@ -78,7 +78,7 @@ def hf_config_from_spec(spec: Spec, dtype: str = "bfloat16") -> dict:
         "attention_bias": False,
         "attention_dropout": 0.0,
         "head_dim": full["head_dim"],
-        "linear_conv_kernel_dim": linear["conv_kernel_size"],
+        "linear_conv_kernel_dim": linear["conv_kernel_dim"],
         "linear_key_head_dim": linear["key_head_dim"],
         "linear_value_head_dim": linear["value_head_dim"],
         "linear_num_key_heads": linear["num_key_heads"],
@@ -172,8 +172,8 @@ def _refuse_unrepresentable(spec: Spec) -> tuple[dict, dict, dict]:
     # defaults, which build nothing.
     no_linear = {"num_key_heads": HF_TEXT_DEFAULTS["linear_num_key_heads"], "num_value_heads": HF_TEXT_DEFAULTS["linear_num_value_heads"],
                  "key_head_dim": HF_TEXT_DEFAULTS["linear_key_head_dim"], "value_head_dim": HF_TEXT_DEFAULTS["linear_value_head_dim"],
-                 "conv_kernel_size": HF_TEXT_DEFAULTS["linear_conv_kernel_dim"]}
-    no_full = {"num_heads": HF_TEXT_DEFAULTS["num_attention_heads"], "num_kv_heads": HF_TEXT_DEFAULTS["num_key_value_heads"],
+                 "conv_kernel_dim": HF_TEXT_DEFAULTS["linear_conv_kernel_dim"]}
+    no_full = {"num_attention_heads": HF_TEXT_DEFAULTS["num_attention_heads"], "num_key_value_heads": HF_TEXT_DEFAULTS["num_key_value_heads"],
                "head_dim": HF_TEXT_DEFAULTS["head_dim"]}
     return mixers.get("gated_deltanet", no_linear), mixers.get("gated_attention", no_full), next(iter(mlps.values()))
 
@@ -223,12 +223,12 @@ class _ConfigReader(ConfigReader):
             "model_type", "tie_word_embeddings", "eos_token_id", "layer_types", "full_attention_interval",
             "attn_output_gate", "rope_parameters", "rope_scaling", "rope_theta", "partial_rotary_factor"})
         get = lambda field: text.get(field, HF_TEXT_DEFAULTS[field])  # noqa: E731
-        num_layers = get("num_hidden_layers")
-        layers = self.layer_types(text, num_layers)
+        num_hidden_layers = get("num_hidden_layers")
+        layers = self.layer_types(text, num_hidden_layers)
         return {
             "vocab_size": get("vocab_size"),
             "hidden_size": get("hidden_size"),
-            "num_layers": num_layers,
+            "num_hidden_layers": num_hidden_layers,
             "layers": layers,
             "layer_types": self.layer_type_sections(text, get, layers),
             "norms": {"layer": "zero_centered", "qk": "zero_centered", "final": "zero_centered", "deltanet_gate": "default"},
@@ -249,12 +249,12 @@ class _ConfigReader(ConfigReader):
                 "num_value_heads": get("linear_num_value_heads"),
                 "key_head_dim": get("linear_key_head_dim"),
                 "value_head_dim": get("linear_value_head_dim"),
-                "conv_kernel_size": get("linear_conv_kernel_dim"),
+                "conv_kernel_dim": get("linear_conv_kernel_dim"),
             }, "mlp": dict(mlp)},
             "full": {"mixer": {
                 "block": "gated_attention",
-                "num_heads": get("num_attention_heads"),
-                "num_kv_heads": get("num_key_value_heads"),
+                "num_attention_heads": get("num_attention_heads"),
+                "num_key_value_heads": get("num_key_value_heads"),
                 "head_dim": get("head_dim"),
                 "qk_norm": True,
                 "output_gate": True,
@@ -262,14 +262,14 @@ class _ConfigReader(ConfigReader):
         }
         return {name: section for name, section in sections.items() if name in layers}
 
-    def layer_types(self, text: dict, num_layers: int) -> list[str]:
+    def layer_types(self, text: dict, num_hidden_layers: int) -> list[str]:
         if "layer_types" not in text:
             interval = text.get("full_attention_interval", 4)
             if not isinstance(interval, int) or isinstance(interval, bool) or interval < 1:
                 self.refuse("text_config.full_attention_interval", f"{interval!r} is not a layer interval",
                             "expected a whole number >= 1 (every N-th layer is full attention), or give layer_types", interval)
-                return ["linear"] * num_layers
-            return ["full" if (i + 1) % interval == 0 else "linear" for i in range(num_layers)]
+                return ["linear"] * num_hidden_layers
+            return ["full" if (i + 1) % interval == 0 else "linear" for i in range(num_hidden_layers)]
         layers = []
         for index, kind in enumerate(text["layer_types"]):
             if kind not in _LAYER_TYPES:
@@ -288,7 +288,7 @@ class _ConfigReader(ConfigReader):
         self.expect(rope, prefix, "mrope_interleaved", True, "transformers' Qwen3.5 always interleaves mRoPE sections")
         self.unknown(rope, prefix, {"rope_type", "rope_theta", "partial_rotary_factor", "mrope_section", "mrope_interleaved", "type"})
         get = lambda field: rope.get(field, HF_ROPE_DEFAULTS[field])  # noqa: E731
-        return {"theta": get("rope_theta"), "partial_rotary_factor": get("partial_rotary_factor"),
+        return {"rope_theta": get("rope_theta"), "partial_rotary_factor": get("partial_rotary_factor"),
                 "mrope_section": list(get("mrope_section")), "mrope_interleaved": True}
 
     def vision(self, vision: dict) -> dict:
