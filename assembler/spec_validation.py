@@ -14,7 +14,6 @@ from jsonschema import Draft202012Validator
 from assembler.spec_errors import Problem, SpecError, did_you_mean, format_path
 from assembler.spec_schema import cached_schema, child_schema, resolve_ref
 from blocks.constants import VISION_TOKEN_KEYS
-from blocks.settings import divisors
 
 VISION_BLOCK_TYPE = "vision"  # the block type of the vision tower's blocks in compile / checkpointing policies
 
@@ -234,20 +233,20 @@ def _check_layer_types_named(spec: Any) -> Iterable[Problem]:
 
 
 def _check_block_settings(spec: dict) -> Iterable[Problem]:
-    """What each text block says about its own settings (`settings_problems`: relations between
-    them, such as heads that must divide evenly), at the setting's full path."""
+    """What each block the spec names says about its own settings (`settings_problems`: relations
+    between them, such as heads that must divide evenly), at the setting's full path."""
     from blocks.registry import UnknownBlockError, get_block
 
-    for layer_type, sections in spec["model"]["text"]["layer_types"].items():
-        for slot in ("mixer", "mlp"):
-            section = sections[slot]
-            try:
-                cls = get_block(slot, section["block"])
-            except UnknownBlockError:
-                continue  # reported by _check_registered_blocks
-            for problem in getattr(cls, "settings_problems", lambda settings: ())(section):
-                yield Problem(f"model.text.layer_types.{layer_type}.{slot}.{problem.key}", problem.message, problem.hint,
-                              problem.value, problem.expected)
+    for path, kind in block_fields(spec).items():
+        section: Any = spec
+        for key in path[:-1]:  # the section holding `block`
+            section = section[key]
+        try:
+            cls = get_block(kind, section["block"])
+        except UnknownBlockError:
+            continue  # reported by _check_registered_blocks
+        for problem in getattr(cls, "settings_problems", lambda settings: ())(section):
+            yield Problem(format_path((*path[:-1], problem.key)), problem.message, problem.hint, problem.value, problem.expected)
 
 
 def _check_mrope_sections(spec: dict) -> Iterable[Problem]:
@@ -306,10 +305,6 @@ def _check_vision(spec: dict) -> Iterable[Problem]:
     if not spec["model"].get("vision"):
         return
     vision, text_hidden = spec["model"]["vision"], spec["model"]["text"]["hidden_size"]
-    if vision["hidden_size"] % vision["num_heads"]:
-        yield Problem("model.vision.num_heads", f"{vision['num_heads']} does not divide hidden_size {vision['hidden_size']}",
-                      f"set num_heads to a divisor of hidden_size ({divisors(vision['hidden_size'])})",
-                      vision["num_heads"], f"a divisor of {vision['hidden_size']}")
     out = vision["merger"]["out_hidden_size"]
     if out != text_hidden:
         yield Problem("model.vision.merger.out_hidden_size", f"{out} does not match model.text.hidden_size {text_hidden}",

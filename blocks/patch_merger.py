@@ -20,6 +20,22 @@ from blocks.registry import register
 class PatchMerger(nn.Module):
     """[N, hidden_size] -> [N / spatial_merge_size**2, out_hidden_size]."""
 
+    # Its spec section's settings (assembled into the spec schema; `block` is added there).
+    settings_schema = {
+        "description": ("Folds spatial_merge_size² neighbouring patches into one token and projects it to the text "
+                        "tower's width."),
+        "properties": {
+            "out_hidden_size": {
+                "type": "integer",
+                "description": "Output width; must equal model.text.hidden_size.",
+                "minimum": 1
+            }
+        },
+        "required": [
+            "out_hidden_size"
+        ]
+    }
+
     def __init__(self, *, hidden_size: int, spatial_merge_size: int, out_hidden_size: int, ops: OpTable | None = None):
         super().__init__()
         self.spatial_merge_unit = spatial_merge_size**2

@@ -9,11 +9,14 @@ The input patches come in the order the Qwen image processor emits (see `blocks.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
 from blocks.ops import OpTable
 from blocks.registry import register
+from blocks.settings import SettingProblem, divisors
 from blocks.vision_block import VisionBlock
 from blocks.vision_grid import position_embedding_taps, rotary_position_ids, vision_packing_context
 from blocks.vision_rope import VisionRotaryEmbedding
@@ -39,6 +42,95 @@ class VisionPatchEmbed(nn.Module):
 @register("vision", "vision_tower")
 class VisionTower(nn.Module):
     """pixel_values [N, C*tp*p*p], grid_thw [I, 3] -> merged features [N / merge**2, out_hidden]."""
+
+    # Its spec section's settings (assembled into the spec schema; `block` is added there).
+    settings_schema = {
+        "description": ("A ViT over 3D (temporal x spatial) patches with a learned position grid and 2D axial "
+                        "RoPE, whose patch merger feeds the text tower."),
+        "properties": {
+            "depth": {
+                "type": "integer",
+                "description": "Number of transformer blocks.",
+                "minimum": 1
+            },
+            "hidden_size": {
+                "type": "integer",
+                "description": "Width of the vision tower; a multiple of num_heads.",
+                "minimum": 1
+            },
+            "num_heads": {
+                "type": "integer",
+                "description": "Number of attention heads.",
+                "minimum": 1
+            },
+            "intermediate_size": {
+                "type": "integer",
+                "description": "Hidden width of the vision MLP.",
+                "minimum": 1
+            },
+            "in_channels": {
+                "type": "integer",
+                "description": "Image channels.",
+                "minimum": 1,
+                "default": 3
+            },
+            "patch_size": {
+                "type": "integer",
+                "description": "Spatial patch size in pixels.",
+                "minimum": 1,
+                "default": 16
+            },
+            "temporal_patch_size": {
+                "type": "integer",
+                "description": "Frames per patch.",
+                "minimum": 1,
+                "default": 2
+            },
+            "spatial_merge_size": {
+                "type": "integer",
+                "description": "The merger folds spatial_merge_size² neighbouring patches into one text token.",
+                "minimum": 1,
+                "default": 2
+            },
+            "num_position_embeddings": {
+                "type": "integer",
+                "description": "Size of the learned position-embedding grid (a square number).",
+                "minimum": 1,
+                "default": 2304
+            },
+            "rope_theta": {
+                "type": "number",
+                "description": "Base of the 2D axial rotary embedding.",
+                "exclusiveMinimum": 0,
+                "default": 10000.0
+            },
+            "initializer_range": {
+                "type": "number",
+                "description": "Std of the normal init of the vision weights.",
+                "minimum": 0,
+                "default": 0.02
+            },
+            "merger": {
+                "$ref": "#/$defs/merger",
+                "description": "Projects merged patches into the text tower's hidden size."
+            }
+        },
+        "required": [
+            "depth",
+            "hidden_size",
+            "num_heads",
+            "intermediate_size",
+            "merger"
+        ]
+    }
+
+    @staticmethod
+    def settings_problems(settings: dict) -> Iterator[SettingProblem]:
+        """Every attention head gets the same share of the width."""
+        width, heads = settings["hidden_size"], settings["num_heads"]
+        if width % heads:
+            yield SettingProblem("num_heads", f"{heads} does not divide hidden_size {width}",
+                                 f"set num_heads to a divisor of hidden_size ({divisors(width)})", heads, f"a divisor of {width}")
 
     def __init__(
         self,

@@ -94,11 +94,11 @@ def _enum_at(path: tuple[str, ...]) -> list[str]:
 def _schema_block_names() -> dict[str, set[str]]:
     """{registry kind: block names the schema accepts}: the block sections' discriminators."""
     defs = load_schema()["$defs"]
-    names = {kind: set(defs[kind]["properties"]["block"]["enum"]) for kind in ("mixer", "mlp")}
+    names = {kind: set(defs[kind]["properties"]["block"]["enum"]) for kind in ("mixer", "mlp", "vision", "merger")}
     for kind, branch in names.items():  # each named block has its own settings schema
         assert {b["if"]["properties"]["block"]["const"] for b in defs[kind]["allOf"]} == branch
-    names["vision"] = set(_enum_at(("model", "vision", "block")))
-    names["merger"] = set(_enum_at(("model", "vision", "merger", "block")))
+    # and the spec's sections name these discriminators
+    assert _enum_at(("model", "vision", "block")) == sorted(names["vision"])
     return names
 
 
