@@ -44,8 +44,18 @@ def typed_section(cls: type[Section], values: Mapping[str, Any], path: str) -> S
     return cls(**settings)
 
 
+class SpecSection:
+    """A typed section found at `PATH` in a spec: `Settings.of(section dict)`."""
+
+    PATH: ClassVar[str]
+
+    @classmethod
+    def of(cls: type[Section], values: Mapping[str, Any]) -> Section:
+        return typed_section(cls, values, cls.PATH)
+
+
 @dataclass(frozen=True)
-class OptimizerSettings:
+class OptimizerSettings(SpecSection):
     """`train.optimizer`."""
 
     PATH: ClassVar[str] = "train.optimizer"
@@ -55,23 +65,15 @@ class OptimizerSettings:
     eps: float
     weight_decay: float
 
-    @classmethod
-    def of(cls, values: Mapping[str, Any]) -> OptimizerSettings:
-        return typed_section(cls, values, cls.PATH)
-
 
 @dataclass(frozen=True)
-class ScheduleSettings:
+class ScheduleSettings(SpecSection):
     """`train.schedule`."""
 
     PATH: ClassVar[str] = "train.schedule"
     name: str
     warmup_steps: int
     min_lr_ratio: float
-
-    @classmethod
-    def of(cls, values: Mapping[str, Any]) -> ScheduleSettings:
-        return typed_section(cls, values, cls.PATH)
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ class ImageSettings:
 
 
 @dataclass(frozen=True)
-class DataSettings:
+class DataSettings(SpecSection):
     """`data` (the sources stay as the spec lists them)."""
 
     PATH: ClassVar[str] = "data"
@@ -103,13 +105,9 @@ class DataSettings:
     images: ImageSettings
     shuffle: bool
 
-    @classmethod
-    def of(cls, values: Mapping[str, Any]) -> DataSettings:
-        return typed_section(cls, values, cls.PATH)
-
 
 @dataclass(frozen=True)
-class FsdpSettings:
+class FsdpSettings(SpecSection):
     """`parallel.fsdp`."""
 
     PATH: ClassVar[str] = "parallel.fsdp"
@@ -119,13 +117,9 @@ class FsdpSettings:
     fp32_params: list
     cpu_offload: bool
 
-    @classmethod
-    def of(cls, values: Mapping[str, Any]) -> FsdpSettings:
-        return typed_section(cls, values, cls.PATH)
-
 
 @dataclass(frozen=True)
-class CheckpointingSettings:
+class CheckpointingSettings(SpecSection):
     """`parallel.activation_checkpointing`. layers / op_level: block types and text layer indices
     (mode `selective`); memory_budget_gib: mode `auto`'s budget (None: the card's)."""
 
@@ -135,10 +129,6 @@ class CheckpointingSettings:
     layers: list | None = None  # absent in the spec: none
     op_level: list | None = None
     memory_budget_gib: float | None = None
-
-    @classmethod
-    def of(cls, values: Mapping[str, Any]) -> CheckpointingSettings:
-        return typed_section(cls, values, cls.PATH)
 
 
 @dataclass(frozen=True)
