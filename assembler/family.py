@@ -53,7 +53,6 @@ class ModelFamily(abc.ABC):
 
     name: str  # the spec's model.family
     hf_model_types: tuple[str, ...]  # the config.json model_type(s) `model_from_hf` reads
-    hf_architecture: str  # the transformers class an export's config.json names
 
     @abc.abstractmethod
     def build(self, model_spec: dict, ops: OpTable) -> nn.Module:

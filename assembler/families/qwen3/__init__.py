@@ -19,7 +19,6 @@ TEXT_PREFIX = "model"
 class Qwen3(ModelFamily):
     name = "qwen3"
     hf_model_types = (hf_config.MODEL_TYPE,)
-    hf_architecture = hf_config.ARCHITECTURE
 
     def build(self, model_spec: dict, ops: OpTable) -> CausalLanguageModel:
         text = model_spec["text"]

@@ -7,13 +7,13 @@ from typing import Iterator
 
 from torch import nn
 
-from assembler.family import BlockRef, ModelFamily, register_family
 from assembler.families.qwen3_5 import hf_config
+from assembler.family import BlockRef, ModelFamily, register_family
+from assembler.spec_validation import VISION_BLOCK_TYPE  # the vision blocks' name in compile / checkpointing policies
 from assembler.towers import build_text_tower, build_vision_tower, text_blocks, text_summary_rows
 from blocks.ops import OpTable
 from blocks.vision_language_model import SpecialTokens, VisionLanguageModel
 
-VISION_BLOCK_TYPE = "vision"  # the vision blocks' name in compile and checkpointing policies
 VISUAL_PREFIX = "model.visual"
 TEXT_PREFIX = "model.language_model"
 
@@ -21,7 +21,6 @@ TEXT_PREFIX = "model.language_model"
 class Qwen3_5(ModelFamily):
     name = "qwen3_5"
     hf_model_types = ("qwen3_5",)
-    hf_architecture = hf_config.ARCHITECTURE
     # The Gated DeltaNet's log decay rate (bf16 would shift every token's decay) and its gated
     # RMSNorm weight, kept fp32 as the released checkpoints keep them.
     fp32_export_suffixes = (".linear_attn.A_log", ".linear_attn.norm.weight")
