@@ -22,6 +22,7 @@ from assembler import build_model, load_spec, spec_from_hf_config
 from assembler.families.qwen3 import hf_config as qwen3_hf
 from assembler.hf_checkpoint import load_hf_checkpoint, save_hf_checkpoint
 from assembler.spec_errors import SpecError
+from blocks.packing import PackingContext
 from cli import assemble
 from tests.oracle import randomize_parameters_
 
@@ -152,3 +153,24 @@ def test_the_tiny_qwen3_spec_trains_and_its_export_loads_in_transformers(tmp_pat
         # The export is bf16 (the released dtype policy); both sides read the same bf16 weights
         # into fp32 parameters, so the logits must agree exactly.
         assert torch.equal(exported(input_ids=input_ids).logits, ours(input_ids).logits)
+
+
+def test_a_packed_row_gives_each_document_transformers_logits_run_alone(tmp_path):
+    # Two documents in one row (positions restart at the second): each document's logits are
+    # transformers' on that document alone. Relative tolerance 1e-6 (fp32): the row's matmuls see
+    # a longer M dimension than a document's, which may change their blocking (so not bitwise);
+    # any leak across the boundary or a wrong position would be orders of magnitude larger.
+    # Observed bitwise equal on the 2-core CI machine.
+    folder = _reference_folder(tmp_path / "ref", tie=False)
+    reference = _reference(folder, torch.float32)
+    _, ours = _ours(folder, tmp_path, torch.float32)
+    lengths = [13, 8]
+    input_ids = torch.randint(0, VOCAB, (1, sum(lengths)), generator=torch.Generator().manual_seed(3))
+    packing = PackingContext.from_document_lengths([lengths])
+    with torch.no_grad():
+        packed = ours(input_ids, packing=packing).logits
+        start = 0
+        for length in lengths:
+            alone = reference(input_ids=input_ids[:, start:start + length]).logits
+            torch.testing.assert_close(packed[:, start:start + length], alone, rtol=1e-6, atol=0)
+            start += length
