@@ -54,3 +54,5 @@ def train_command(spec: Path, overrides: tuple[str, ...], resume: Path | None, o
     if is_main:
         final = f", final loss {result.losses[max(result.losses)]:.4f}" if result.losses else ""
         click.echo(f"done in {time.monotonic() - start:.0f} s{final}: {result.run_dir}")
+    if distributed.launched_by_torchrun():
+        distributed.leave_process(0)  # see leave_process: torch's exit-time teardown can abort a finished rank
