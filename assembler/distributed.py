@@ -76,11 +76,10 @@ def is_distributed_run() -> bool:
 def barrier() -> None:
     """Wait for every rank of the default process group; a no-op for a single process.
 
-    A run that succeeded calls it before `teardown`: a rank that leaves the group while a peer
-    still has a collective in flight closes the sockets under that peer's gloo work, which can then
-    abort the peer at exit ("terminate called without an active exception": torchrun exits 1 for a
-    run that trained fine; seen in CI on 2 CPU ranks). Not on an error path: a rank that failed
-    alone would leave the others waiting here."""
+    A run that succeeded calls it before `teardown`, so no rank leaves the group while a peer still
+    has a collective in flight (its sockets would close under the peer's work; see also
+    `leave_process`). Not on an error path: a rank that failed alone would leave the others
+    waiting here."""
     if is_distributed_run():
         dist.barrier()
 
