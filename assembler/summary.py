@@ -50,10 +50,8 @@ def format_summary(model: nn.Module, spec_name: str) -> str:
     lines = [f"{spec_name}", f"{'#':>4}  {'block':<{width}}  {'type':<{kind_width}}  {'parameters':>15}"]
     lines += [f"{r.index:>4}  {r.name:<{width}}  {r.kind:<{kind_width}}  {r.parameters:>15,}" for r in rows]
     counts = parameter_counts(model)
-    lines += [
-        "",
-        f"text tower:               {counts.text:>15,}",
-        f"vision tower with merger: {counts.vision:>15,}",
-        f"total:                    {counts.total:>15,}",
-    ]
+    lines += ["", f"text tower:               {counts.text:>15,}"]
+    if family_of_model(model).towers(model):  # a text-only model has no vision line
+        lines.append(f"vision tower with merger: {counts.vision:>15,}")
+    lines.append(f"total:                    {counts.total:>15,}")
     return "\n".join(lines)

@@ -174,3 +174,15 @@ def test_a_packed_row_gives_each_document_transformers_logits_run_alone(tmp_path
             alone = reference(input_ids=input_ids[:, start:start + length]).logits
             torch.testing.assert_close(packed[:, start:start + length], alone, rtol=1e-6, atol=0)
             start += length
+
+
+def test_the_build_summary_lists_the_text_model_without_a_vision_line():
+    result = CliRunner().invoke(assemble, ["build", str(TINY), "--summary"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert [line.split()[1] for line in lines[2:7]] == ["model.embed_tokens", "model.layers.0", "model.layers.1",
+                                                         "model.norm", "lm_head"]
+    assert not any("vision" in line for line in lines)
+    text = next(line for line in lines if line.startswith("text tower:"))
+    total = next(line for line in lines if line.startswith("total:"))
+    assert text.split()[-1] == total.split()[-1]
