@@ -1,6 +1,6 @@
 """Model families: everything one kind of model needs beyond its blocks, behind one interface.
 
-A spec names its family in `model.family` (default `qwen3_5`); an HF `config.json` names one by
+A spec names its family in `model.family` (the schema's default: `qwen3_5`); an HF `config.json` names one by
 its `model_type`. Generic code (build, parallelize, train, bench, export, summary) asks the family
 and never names a family's module paths, its HF keys or its blocks:
 
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from assembler.spec import Spec
     from blocks.ops import OpTable
 
-DEFAULT_FAMILY = "qwen3_5"  # the schema's default for model.family
 ENTRY_POINT_GROUP = "assemble.families"
 FAMILY_ATTRIBUTE = "assemble_family"  # the attribute of a built model naming its family
 BUILTIN_FAMILY_MODULES = ("assembler.families.qwen3_5", "assembler.families.qwen3")
@@ -113,10 +112,9 @@ def family_named(name: str) -> ModelFamily:
     return families[name]
 
 
-def family_of(spec: Spec | dict) -> ModelFamily:
-    """The family of a loaded Spec, or of a spec / model-section dict (`model.family`, default qwen3_5)."""
-    model = spec.model if hasattr(spec, "model") else spec.get("model", spec)
-    return family_named(model.get("family", DEFAULT_FAMILY))
+def family_of(spec: Spec) -> ModelFamily:
+    """The family a loaded Spec names (`model.family`, filled with the schema's default)."""
+    return family_named(spec.model["family"])
 
 
 def family_of_model(model: nn.Module) -> ModelFamily:

@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from assembler.family import DEFAULT_FAMILY, family_for_hf_model_type, family_of, registered_families
+from assembler.family import family_for_hf_model_type, family_of, registered_families
 from assembler.spec import Spec
 from assembler.spec_errors import Problem, SpecError
 from assembler.spec_loading import load_spec_from_dict
@@ -37,8 +37,7 @@ def spec_from_hf_config(config: dict | str | os.PathLike, name: str | None = Non
     model, problems = family.model_from_hf(config, where)
     if problems:
         raise SpecError(problems)
-    if family.name != DEFAULT_FAMILY:
-        model = {"family": family.name, **model}
+    model = {"family": family.name, **model}
     spec_name = name or (_name_from_path(where) if where else "imported")
     try:
         return load_spec_from_dict({"name": spec_name, "model": model})

@@ -293,9 +293,9 @@ def _check_block_type_names(spec: dict) -> Iterable[Problem]:
 
 
 def _check_family(spec: dict) -> Iterable[Problem]:
-    from assembler.family import DEFAULT_FAMILY, registered_families
+    from assembler.family import registered_families
 
-    name, known = spec["model"].get("family", DEFAULT_FAMILY), registered_families()
+    name, known = spec["model"]["family"], registered_families()
     if name not in known:
         yield Problem("model.family", f"no model family {name!r}", f"known families: {', '.join(sorted(known))}",
                       name, " or ".join(sorted(known)))
