@@ -55,7 +55,7 @@ run_part() {
   case "$1" in
     tests)
       echo "== GPU tests"
-      timeout "$(t tests 300)" python3 -m pytest ${SUITE_TESTS:-tests/gpu} -v -rs -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -40 ;;
+      timeout "$(t tests 900)" python3 -m pytest ${SUITE_TESTS:-tests/gpu} -v -rs -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -40 ;;
     baseline)
       # The anchors a user would pick: transformers, and transformers + Liger-Kernel, each with and
       # without gradient checkpointing (ANCHORS picks; Liger patches classes, so one process each).

@@ -30,5 +30,9 @@ def test_driver_kills_resumes_exports_and_compares_logits_on_the_tiny_spec(tmp_p
     # over gloo): the same fp32 math summed in another order, so 1e-6 here, far inside the GPU's 1e-3.
     assert kill["resumed_worst_rel"] <= 1e-6 and kill["before_kill_worst_rel"] <= 1e-6
     assert kill["export_rc"] == 0
-    assert kill["logits"]["text"]["ok"] and kill["logits"]["text+image"]["ok"], kill["logits"]
+    # fp32 on the CPU: transformers' fp32 run is the reference itself (floor 0), and ours must agree
+    # with it to FP32_RTOL, a summation-order bound (the hf backend is bitwise in the parity tests).
+    for name in ("text", "text+image"):
+        logits = kill["logits"][name]
+        assert logits["floor"] == 0.0 and logits["rel_err"] <= 1e-5 and logits["ok"], kill["logits"]
     assert kill["ok"]
