@@ -41,6 +41,7 @@ def tiny_run(tmp_path_factory) -> Path:
     elapsed = time.monotonic() - start
     assert result.returncode == 0, result.stdout + result.stderr
     print(f"\nassemble train {TINY.name}: {elapsed:.0f} s wall on this machine\n{result.stdout}")
+    (cwd / "train_stdout.txt").write_text(result.stdout)
     return cwd / "runs" / "qwen3_5_tiny"
 
 
@@ -65,6 +66,14 @@ def test_run_folder_and_falling_loss(tiny_run):
     assert (saved.model, saved.train) == (spec.model, spec.train)
     assert latest_checkpoint(tiny_run / "checkpoints").name == f"step_{steps:06d}"
     assert (tiny_run / "hf" / "config.json").is_file()
+
+
+def test_the_log_names_each_ops_backend_and_kernel(tiny_run):
+    log = (tiny_run.parents[1] / "train_stdout.txt").read_text()
+    assert "kernels per op:" in log
+    # The tiny spec runs `auto` on a CPU: every op takes its `hf` implementation, named as such.
+    assert "  attention: hf (transformers' eager attention per document;" in log
+    assert "  delta_rule: hf (transformers' torch chunked gated delta rule per document)" in log
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from assembler.build import build_model, check_ops_can_train, decide_auto_ops
+from assembler.build import build_model, check_ops_can_train, decide_auto_ops, resolve_spec_ops
 from assembler.distributed import World, broadcast_from_main, init_world, shared_by_every_rank
 from assembler.spec import Spec
 from assembler.spec_errors import UserError
@@ -198,6 +198,8 @@ def train(
     try:
         if ops_choice:
             logger.message(ops_choice)
+        # What each op runs here, including the kernels its backend picks per call (OpTable.backends).
+        logger.message("kernels per op:\n" + "\n".join("  " + line for line in resolve_spec_ops(spec).describe().splitlines()))
         return _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, logger, build_loader)
     finally:
         logger.close()

@@ -30,7 +30,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from dataclasses import dataclass, fields
-from typing import Callable
+from typing import Callable, NamedTuple
 
 OP_NAMES = ("attention", "delta_rule", "conv1d", "rms_norm", "gated_rms_norm", "cross_entropy")
 BACKENDS = ("hf", "fast")  # what an op resolves to
@@ -52,6 +52,16 @@ _IMPLEMENTATIONS: dict[str, dict[str, str]] = {
 }
 
 
+class OpChoice(NamedTuple):
+    """One op of an OpTable: its backend, and the kernel(s) that backend runs on this machine, as
+    its module's `kernel()` says (including the choices it makes per call: compiled or eager, one
+    document per row or packed, fla's Hopper guard), so a log names what actually ran."""
+
+    op: str
+    backend: str
+    kernel: str
+
+
 @dataclass(frozen=True)
 class OpTable:
     """The resolved ops of one model: one callable per op name (signatures in the module docstring)."""
@@ -62,7 +72,11 @@ class OpTable:
     rms_norm: Callable
     gated_rms_norm: Callable
     cross_entropy: Callable
-    backends: tuple[tuple[str, str], ...] = ()  # (op name, backend) for logs and summaries
+    backends: tuple[OpChoice, ...] = ()  # for logs and summaries (`describe`)
+
+    def describe(self) -> str:
+        """One line per op: `name: backend (kernel)`."""
+        return "\n".join(f"{choice.op}: {choice.backend} ({choice.kernel})" for choice in self.backends)
 
 
 def resolve_ops(
@@ -81,7 +95,8 @@ def resolve_ops(
     """
     chosen = chosen_backends(backend, overrides, device_type=device_type, compute_dtype=compute_dtype)
     resolved = {name: _load(_IMPLEMENTATIONS[name][which]) for name, which in chosen.items()}
-    return OpTable(**resolved, backends=tuple(chosen.items()))
+    choices = tuple(OpChoice(name, which, _kernel(_IMPLEMENTATIONS[name][which])) for name, which in chosen.items())
+    return OpTable(**resolved, backends=choices)
 
 
 def chosen_backends(
@@ -167,6 +182,11 @@ def unmet_fast_requirements(chosen: dict[str, str], device_type: str, compute_dt
 def _load(path: str) -> Callable:
     module_name, function_name = path.split(":")
     return getattr(importlib.import_module(module_name), function_name)
+
+
+def _kernel(path: str) -> str:
+    """The `kernel()` note of the module implementing `path`: every op module has one."""
+    return importlib.import_module(path.split(":")[0]).kernel()
 
 
 assert {f.name for f in fields(OpTable)} - {"backends"} == set(OP_NAMES)

@@ -92,3 +92,11 @@ def _varlen_has_gqa() -> bool:
 
 _flash_attn_varlen = _load_flash_attn_varlen()
 _VARLEN_HAS_GQA = _varlen_has_gqa()
+
+
+def kernel() -> str:
+    """What this op runs on this machine, for OpTable.backends (chosen here, at import and per call)."""
+    if _flash_attn_varlen is not None:
+        return "flash-attn varlen, native GQA"
+    gqa = "native GQA" if _VARLEN_HAS_GQA else "key/value heads repeated for GQA"
+    return f"torch varlen_attn (FlashAttention), {gqa}; one document per row: scaled_dot_product_attention (cuDNN/FlashAttention)"

@@ -71,3 +71,8 @@ def causal_conv1d_bwd(
 @causal_conv1d_bwd.register_fake
 def _causal_conv1d_bwd_fake(x, weight, grad_out, cu_seqlens):  # noqa: ANN001, ANN202
     return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight)
+
+
+def kernel() -> str:
+    """What this op runs, for OpTable.backends."""
+    return "fla causal_conv1d varlen (Triton), forward and backward"

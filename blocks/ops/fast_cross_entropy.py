@@ -130,3 +130,10 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         grad_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype) if grad_hidden is not None else None
         grad_weight = grad_weight * grad_loss.to(grad_weight.dtype) if grad_weight is not None else None
         return grad_hidden, grad_weight, None, None, None, None
+
+
+def kernel() -> str:
+    """What this op runs on this machine, for OpTable.backends (the chunk math chosen per call)."""
+    weight_sum = "cuBLAS fp32 accumulation (addmm out_dtype)" if _ADDMM_HAS_OUT_DTYPE else "products rounded, then added in fp32"
+    return (f"chunked LM head + loss ({CHUNK_LOGITS_BYTES // 2**30} GiB of logits per chunk), chunk math compiled on CUDA "
+            f"and eager elsewhere; weight gradient: {weight_sum}")

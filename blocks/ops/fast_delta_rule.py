@@ -157,11 +157,7 @@ def fla_backward_is_safe(key_head_dim: int) -> bool:
     """
     import fla.ops.common.chunk_o as chunk_o
 
-    if "active" not in _GUARD:
-        from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0
-
-        _GUARD["active"] = bool(IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not chunk_o.TRITON_ABOVE_3_7_1)
-    if not _GUARD["active"]:
+    if not hopper_guard_applies():
         return True
     import triton
 
@@ -206,3 +202,28 @@ def _torch_backward(grad_out, q_normed, q_rstd, k_normed, k_rstd, v, g, beta, cu
     dq, dk, dv, dg, dbeta = vjp(grad_out.float())
     grads = (dq.to(q_normed.dtype), dk.to(k_normed.dtype), dv.to(v.dtype), dg, dbeta.to(beta.dtype))
     return tuple(x.contiguous() for x in grads)
+
+
+def hopper_guard_applies() -> bool:
+    """Whether fla's Hopper guard (Triton >= 3.4, < 3.7.1) applies on this machine; read once,
+    before `fla_backward_is_safe` lifts it."""
+    if "active" not in _GUARD:
+        import fla.ops.common.chunk_o as chunk_o
+        from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0
+
+        _GUARD["active"] = bool(IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not chunk_o.TRITON_ABOVE_3_7_1)
+    return _GUARD["active"]
+
+
+def kernel() -> str:
+    """What this op runs on this machine, for OpTable.backends: fla's chunked kernels, and where
+    fla's Hopper guard applies, which backward each key head dim gets (see the module docstring)."""
+    import importlib.util
+
+    if importlib.util.find_spec("fla") is None:
+        return "fla chunk_gated_delta_rule (fla not installed: cannot run here)"
+    note = "fla chunk_gated_delta_rule forward and backward (Triton)"
+    if hopper_guard_applies():
+        note += (f"; Hopper with Triton < 3.7.1: fla's backward for key head dim {HOPPER_SAFE_KEY_HEAD_DIM} "
+                 "(guard lifted), the torch chunked backward for any other")
+    return note

@@ -37,3 +37,8 @@ def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, *,
     shape = x.shape
     out = rms_norm_gated(x.reshape(-1, shape[-1]), gate.reshape(-1, shape[-1]), weight, None, activation="swish", eps=eps)
     return out.view(shape)
+
+
+def kernel() -> str:
+    """What these ops run, for OpTable.backends (chosen per call: compiled or not, CUDA or not)."""
+    return "fla fused Triton kernels eagerly; torch math inside a compiled layer (Inductor fuses it); torch math off CUDA"

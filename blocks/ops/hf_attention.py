@@ -111,3 +111,8 @@ def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
         return x
     batch, heads, length, head_dim = x.shape
     return x[:, :, None].expand(batch, heads, groups, length, head_dim).reshape(batch, heads * groups, length, head_dim)
+
+
+def kernel() -> str:
+    """What this op runs, for OpTable.backends (chosen per call: compiled or not)."""
+    return "transformers' eager attention per document; inside a compiled layer one block-diagonal masked attention per row"

@@ -25,3 +25,8 @@ def conv1d(x: torch.Tensor, weight: torch.Tensor, *, ctx: PackingContext) -> tor
     )[:, :, :length]
     out = F.silu(out).to(x.dtype)
     return from_padded_documents(out.transpose(1, 2), ctx)
+
+
+def kernel() -> str:
+    """What this op runs, for OpTable.backends."""
+    return "transformers' torch causal_conv1d per document"

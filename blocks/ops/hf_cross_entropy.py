@@ -32,3 +32,8 @@ def cross_entropy(
             num_items = num_items.to(loss.device)
         loss = loss / num_items
     return loss
+
+
+def kernel() -> str:
+    """What this op runs, for OpTable.backends."""
+    return "LM head matmul, then transformers' ForCausalLMLoss on the whole logits"

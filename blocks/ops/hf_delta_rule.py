@@ -117,3 +117,8 @@ def chunk_gated_delta_rule(
 
     out = out.reshape(batch, num_v_heads, -1, v_head_dim)[:, :, :seq_len]
     return out.transpose(1, 2).to(output_dtype, memory_format=torch.contiguous_format)
+
+
+def kernel() -> str:
+    """What this op runs, for OpTable.backends."""
+    return "transformers' torch chunked gated delta rule per document"

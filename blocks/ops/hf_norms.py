@@ -42,3 +42,8 @@ def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, *,
     out = weight * normed.to(input_dtype)
     out = out * F.silu(gate.to(torch.float32))
     return out.to(input_dtype)
+
+
+def kernel() -> str:
+    """What these ops run, for OpTable.backends."""
+    return "transformers' Qwen3.5 norms, op for op"
