@@ -41,6 +41,10 @@ def test_a_family_named_by_an_entry_point_is_known_by_name_and_model_type(monkey
         name = "plugin_family"
         hf_model_types = ("plugin_model_type",)
 
+    # The built-in families register into _FAMILIES when their modules are first imported: do that
+    # before the dict is swapped for a copy, or a first import here registers into the copy alone
+    # and the family is gone for every later test once the copy is dropped.
+    family_module.registered_families()
     monkeypatch.setattr(family_module, "entry_points",
                         lambda group: [_EntryPoint(lambda: PluginFamily)] if group == family_module.ENTRY_POINT_GROUP else [])
     monkeypatch.setattr(family_module, "_FAMILIES", dict(family_module._FAMILIES))
