@@ -116,16 +116,17 @@ class _StrictSafeLoader(yaml.SafeLoader):
 
 
 def _with_a_compile_policy_per_block_type(spec: dict) -> dict:
-    """`parallel.compile` keyed by block type (the text layer types, `vision`) with every block type
-    present and its defaults filled in, so the resolved spec says how each was compiled. A spec too
-    malformed to name its layer types is left for validation to report."""
+    """`parallel.compile` keyed by block type (the text layer types, and `vision` for a model with a
+    vision tower) with every block type present and its defaults filled in, so the resolved spec says
+    how each was compiled. A spec too malformed to name its layer types is left for validation to report."""
     text = spec.get("model", {}).get("text") if isinstance(spec.get("model"), dict) else None
     compile_section = spec.get("parallel", {}).get("compile") if isinstance(spec.get("parallel"), dict) else None
     if not isinstance(text, dict) or not isinstance(text.get("layer_types"), dict) or not isinstance(compile_section, dict):
         return spec
     policy_schema = cached_schema()["$defs"]["compile_policy"]
     valid_name = re.compile(cached_schema()["properties"]["parallel"]["properties"]["compile"]["propertyNames"]["pattern"])
-    for block_type in [*text["layer_types"], VISION_BLOCK_TYPE]:
+    has_vision = spec["model"].get("vision") is not None
+    for block_type in [*text["layer_types"], *([VISION_BLOCK_TYPE] if has_vision else [])]:
         if block_type not in compile_section and valid_name.match(block_type):  # a bad name is reported once, where it is
             compile_section[block_type] = fill_defaults({}, policy_schema)
     return spec

@@ -278,10 +278,14 @@ def _check_mrope_sections(spec: dict) -> Iterable[Problem]:
 
 
 def _check_block_type_names(spec: dict) -> Iterable[Problem]:
-    """Compile and checkpointing policies name block types: the text layer types, or `vision`."""
-    known = [*spec["model"]["text"]["layer_types"], VISION_BLOCK_TYPE]
+    """Compile and checkpointing policies name block types: the text layer types, or `vision` for a
+    model with a vision tower."""
+    known = [*spec["model"]["text"]["layer_types"], *([VISION_BLOCK_TYPE] if spec["model"].get("vision") is not None else [])]
     for name in spec["parallel"]["compile"]:
-        if name not in known:
+        if name == VISION_BLOCK_TYPE and name not in known:
+            yield Problem(f"parallel.compile.{name}", "this model has no vision tower (no `model.vision`)",
+                          f"remove parallel.compile.{name}; block types: {', '.join(known)}", name, f"one of {known}")
+        elif name not in known:
             yield Problem(f"parallel.compile.{name}", f"{name!r} is not a block type",
                           did_you_mean(name, known) or f"block types: {', '.join(known)}", name, f"one of {known}")
     policy = spec["parallel"]["activation_checkpointing"]

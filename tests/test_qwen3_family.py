@@ -186,3 +186,9 @@ def test_the_build_summary_lists_the_text_model_without_a_vision_line():
     text = next(line for line in lines if line.startswith("text tower:"))
     total = next(line for line in lines if line.startswith("total:"))
     assert text.split()[-1] == total.split()[-1]
+
+
+def test_a_text_only_model_has_no_vision_compile_policy_and_refuses_one():
+    assert list(load_spec(TINY).parallel["compile"]) == ["full"]  # the resolved spec names only its block types
+    with pytest.raises(SpecError, match=r"parallel\.compile\.vision: this model has no vision tower .* remove parallel\.compile\.vision"):
+        load_spec(TINY, ["parallel.compile.vision={enabled: true}"])
