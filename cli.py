@@ -27,6 +27,7 @@ COMMAND_MODULES = {
     "train": "cli_train:train_command",
     "export": "cli_export:export_command",
     "bench": "cli_bench:bench_command",
+    "data": "cli_data:data_command",
 }
 
 

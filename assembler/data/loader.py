@@ -216,8 +216,12 @@ def build_loader_from_sections(
 
 
 def encode_records(records, tokenizer: Tokenizer, *, image_processor: ImageProcessor | None, loss_on: str,
-                   max_length: int, overlong: str, on_error: str = "raise") -> tuple[list[EncodedSample], PackingStats]:
-    """Records -> samples of at most `max_length` tokens, with counts of truncated/dropped/skipped."""
+                   max_length: int, overlong: str, on_error: str = "raise",
+                   problems: list[str] | None = None) -> tuple[list[EncodedSample], PackingStats]:
+    """Records -> samples of at most `max_length` tokens, with counts of truncated/dropped/skipped.
+
+    problems: when given, one "file:line: what" message is appended per record skipped as bad or
+    dropped as overlong (`assemble data` lists them)."""
     stats = PackingStats()
     vision_start, vision_end = tokenizer.token_id(VISION_START), tokenizer.token_id(VISION_END)
     samples = []
@@ -233,14 +237,20 @@ def encode_records(records, tokenizer: Tokenizer, *, image_processor: ImageProce
                 )
             else:
                 sample = encode_text(record, tokenizer)
-        except DataError:
+        except DataError as error:
             if on_error == "raise":
                 raise
             stats.skipped += 1
+            if problems is not None:
+                message = str(error)
+                problems.append(message if message.startswith(record.source) else f"{record.source}: {message}")
             continue
         fitted = fit_to_budget(sample, max_length, overlong=overlong, vision_start_id=vision_start, vision_end_id=vision_end)
         if fitted is None:
             stats.dropped += 1
+            if problems is not None:
+                why = "" if overlong == "drop" else ", and truncated to it no target is left"
+                problems.append(f"{record.source}: dropped: {len(sample)} tokens, longer than data.packing.length {max_length}{why}")
             continue
         stats.truncated += fitted is not sample
         samples.append(fitted)
