@@ -8,7 +8,9 @@
 # rows into $OUT (default ./gpu_suite_out). SUITE_PARTS picks the parts and their order (default
 # "tests baseline ours acaround noac vlm"; also "autotune": no AC with Inductor's max-autotune, and
 # "e2e": benchmarks/gpu_e2e.py, the real CLI end to end, E2E_CELLS picking its cells; "layouts":
-# the bench on the e2e spec, packed and one-document rows); ANCHORS the baseline's anchor rows
+# the bench on the e2e spec, packed and one-document rows; "levers": issue 14's precision levers,
+# one bench row each; "auto": activation checkpointing mode auto under AUTO_BUDGET_GIB at AUTO_SEQS;
+# LEVER_SPEC / LEVER_BACKEND replace their spec and backend, e.g. for a CPU dry run); ANCHORS the baseline's anchor rows
 # (default "plain liger plain-noac liger-noac"), BASE_FLAGS its extra flags (default --memory-peak);
 # SUITE_SEQS the text sizes (BASE_SEQS, NOAC_SEQS per part); SUITE_TESTS the pytest selection
 # (default tests/gpu); T_<part> a part's time limit in seconds; SUITE_QUICK=1 runs fewer steps.
@@ -99,6 +101,25 @@ run_part() {
     e2e)
       echo "== the real CLI end to end (benchmarks/gpu_e2e.py)"
       timeout "$(t e2e 1500)" python3 benchmarks/gpu_e2e.py --out "$OUT" ${E2E_CELLS:+--cells $E2E_CELLS} 2>&1 | tail -30 ;;
+    levers)
+      # Issue 14's precision levers through the training step, one row each at LEVER_SEQS (default 8k),
+      # packed and one document per row: fp32 masters (the default), no fp32-kept parameters (the linear
+      # layers then compile fullgraph), bf16 masters and AdamW states (what the anchors train with), both.
+      for lever in "fp32 masters|" "no fp32-kept params|-o parallel.fsdp.fp32_params=[]" "bf16 masters|-o train.dtype=bfloat16" \
+                   "bf16 masters, no fp32-kept params|-o train.dtype=bfloat16 -o parallel.fsdp.fp32_params=[]"; do
+        label=${lever%%|*}; flags=${lever#*|}
+        echo "== ours, lever: $label"
+        timeout "$(t levers 300)" python3 cli_bench.py "${LEVER_SPEC:-specs/qwen3_5_4b.yaml}" -o ops.backend=${LEVER_BACKEND:-fast} $flags \
+          $(seq_args "${LEVER_SEQS:-8192}") --layout packed --layout one-document --steps $STEPS --warmup $WARMUP --no-profile \
+          --label "ours, $label" --json "$OUT/ours_lever_${label//[^a-z0-9]/_}.json" 2>&1 | tail -12
+      done ;;
+    auto)
+      # Issue 14: `mode: auto` under a 40 GiB budget at 16k, against the fixed plans (acaround, ours).
+      echo "== ours: activation checkpointing mode auto, budget ${AUTO_BUDGET_GIB:-40} GiB"
+      timeout "$(t auto 400)" python3 cli_bench.py "${LEVER_SPEC:-specs/qwen3_5_4b.yaml}" -o ops.backend=${LEVER_BACKEND:-fast} \
+        -o parallel.activation_checkpointing.mode=auto -o parallel.activation_checkpointing.memory_budget_gib=${AUTO_BUDGET_GIB:-40} \
+        $(seq_args "${AUTO_SEQS:-16384}") --steps $STEPS --warmup $WARMUP --no-profile --label "ours, AC auto ${AUTO_BUDGET_GIB:-40} GiB" \
+        --json "$OUT/ours_ac_auto.json" 2>&1 | tail -20 ;;
     vlm)
       echo "== ours: VLM row, four 448x448 images in 8k tokens"
       timeout "$(t vlm 300)" python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast --seq 8192 --images 4x448x448 \

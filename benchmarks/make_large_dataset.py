@@ -1,0 +1,51 @@
+"""Generate a large synthetic JSONL set for the data pipeline's scale measurements (issue 16).
+
+    python benchmarks/make_large_dataset.py OUT_DIR [--records 200000] [--image-share 0.2]
+
+OUT_DIR/records.jsonl holds `--records` chats, deterministic for a given count: a share
+`--image-share` are captions of one of the tiny set's 64x64 PNGs (copied into OUT_DIR/images, so
+each image record points at a real file), the rest text chats of 10–400 random words. The words
+come from a fixed list, so the token-length distribution is realistic in spread, not in content.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_IMAGES = ROOT / "specs" / "data" / "tiny" / "images"
+WORDS = ("the model reads every token of a long document and learns to predict the next one from what came before "
+         "packing keeps rows full attention stays inside each document while the optimizer steps").split()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--image-share", type=float, default=0.2)
+    args = parser.parse_args()
+    images = args.out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    names = sorted(p.name for p in TINY_IMAGES.glob("*.png"))
+    for name in names:
+        shutil.copy(TINY_IMAGES / name, images / name)
+    rng = random.Random(0)
+    with (args.out / "records.jsonl").open("w") as out:
+        for _ in range(args.records):
+            if rng.random() < args.image_share:
+                user = [{"type": "image", "path": f"images/{rng.choice(names)}"}, {"type": "text", "text": "Describe the image."}]
+                answer = " ".join(rng.choices(WORDS, k=rng.randint(3, 12)))
+            else:
+                user = " ".join(rng.choices(WORDS, k=rng.randint(10, 400)))
+                answer = " ".join(rng.choices(WORDS, k=rng.randint(5, 100)))
+            record = {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
+            out.write(json.dumps(record) + "\n")
+    print(f"wrote {args.records} records to {args.out / 'records.jsonl'}")
+
+
+if __name__ == "__main__":
+    main()
