@@ -71,30 +71,30 @@ run_part() {
       done ;;
     layouts)
       echo "== ours through assemble train's step: packed rows and one document per row (the e2e spec)"
-      timeout "$(t layouts 300)" python3 cli_bench.py benchmarks/specs/e2e_4b.yaml -o ops.backend=fast $(seq_args "${BASE_SEQS:-$SEQS}") \
+      timeout "$(t layouts 300)" python3 cli.py bench benchmarks/specs/e2e_4b.yaml -o ops.backend=fast $(seq_args "${BASE_SEQS:-$SEQS}") \
         --layout packed --layout one-document --steps $STEPS --warmup $WARMUP --no-profile --json "$OUT/ours_layouts.json" 2>&1 | tail -30 ;;
     ours)
       echo "== ours: fast ops, compile, full activation checkpointing (memory capped to 78 GiB, what an 80 GB H100 leaves a process)"
-      timeout "$(t ours 360)" python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast $(seq_args "$SEQS") --steps $STEPS \
+      timeout "$(t ours 360)" python3 cli.py bench specs/qwen3_5_4b.yaml -o ops.backend=fast $(seq_args "$SEQS") --steps $STEPS \
         --warmup $WARMUP --memory-cap-gib 78 --memory-peak --label "ours, full AC" --json "$OUT/ours_full_ac.json" 2>&1 | tail -80
       if [ ! -f "$OUT/ours_full_ac.json" ]; then
         echo "== ours, compile failed or timed out: eager fast ops, full activation checkpointing"
-        timeout "$(t eager 200)" python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast \
+        timeout "$(t eager 200)" python3 cli.py bench specs/qwen3_5_4b.yaml -o ops.backend=fast \
           -o "parallel.compile={linear: {enabled: false}, full: {enabled: false}, vision: {enabled: false}}" \
           --seq 8192 --seq 16384 --steps $STEPS --warmup $WARMUP --label "ours eager, full AC" --json "$OUT/ours_eager.json" 2>&1 | tail -60
       fi ;;
     acaround)
       echo "== ours: fast ops, compile, full activation checkpointing placed around the compiled blocks (78 GiB cap)"
-      timeout "$(t acaround 300)" python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast \
+      timeout "$(t acaround 300)" python3 cli.py bench specs/qwen3_5_4b.yaml -o ops.backend=fast \
         -o parallel.activation_checkpointing.placement=around_compile $(seq_args "$SEQS") --steps $STEPS --warmup $WARMUP \
         --memory-cap-gib 78 --memory-peak --label "ours, full AC around compile" --json "$OUT/ours_ac_around.json" 2>&1 | tail -60 ;;
     noac)
       echo "== ours: fast ops, compile, no activation checkpointing"
-      timeout "$(t noac 300)" python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast -o parallel.activation_checkpointing.mode=none \
+      timeout "$(t noac 300)" python3 cli.py bench specs/qwen3_5_4b.yaml -o ops.backend=fast -o parallel.activation_checkpointing.mode=none \
         $(seq_args "${NOAC_SEQS:-4096 8192}") --steps $STEPS --warmup $WARMUP --label "ours, no AC" --json "$OUT/ours_no_ac.json" 2>&1 | tail -60 ;;
     autotune)
       echo "== ours: fast ops, no activation checkpointing, compile mode max-autotune-no-cudagraphs (Inductor's matmul templates)"
-      timeout "$(t autotune 500)" python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast -o parallel.activation_checkpointing.mode=none \
+      timeout "$(t autotune 500)" python3 cli.py bench specs/qwen3_5_4b.yaml -o ops.backend=fast -o parallel.activation_checkpointing.mode=none \
         -o parallel.compile.linear.mode=max-autotune-no-cudagraphs -o parallel.compile.full.mode=max-autotune-no-cudagraphs \
         $(seq_args "${NOAC_SEQS:-4096 8192}") --steps $STEPS --warmup $WARMUP --label "ours, no AC, max-autotune" \
         --json "$OUT/ours_no_ac_autotune.json" 2>&1 | tail -60 ;;
@@ -109,20 +109,20 @@ run_part() {
                    "bf16 masters, no fp32-kept params|-o train.dtype=bfloat16 -o parallel.fsdp.fp32_params=[]"; do
         label=${lever%%|*}; flags=${lever#*|}
         echo "== ours, lever: $label"
-        timeout "$(t levers 300)" python3 cli_bench.py "${LEVER_SPEC:-specs/qwen3_5_4b.yaml}" -o ops.backend=${LEVER_BACKEND:-fast} $flags \
+        timeout "$(t levers 300)" python3 cli.py bench "${LEVER_SPEC:-specs/qwen3_5_4b.yaml}" -o ops.backend=${LEVER_BACKEND:-fast} $flags \
           $(seq_args "${LEVER_SEQS:-8192}") --layout packed --layout one-document --steps $STEPS --warmup $WARMUP --no-profile \
           --label "ours, $label" --json "$OUT/ours_lever_${label//[^a-z0-9]/_}.json" 2>&1 | tail -12
       done ;;
     auto)
       # Issue 14: `mode: auto` under a 40 GiB budget at 16k, against the fixed plans (acaround, ours).
       echo "== ours: activation checkpointing mode auto, budget ${AUTO_BUDGET_GIB:-40} GiB"
-      timeout "$(t auto 400)" python3 cli_bench.py "${LEVER_SPEC:-specs/qwen3_5_4b.yaml}" -o ops.backend=${LEVER_BACKEND:-fast} \
+      timeout "$(t auto 400)" python3 cli.py bench "${LEVER_SPEC:-specs/qwen3_5_4b.yaml}" -o ops.backend=${LEVER_BACKEND:-fast} \
         -o parallel.activation_checkpointing.mode=auto -o parallel.activation_checkpointing.memory_budget_gib=${AUTO_BUDGET_GIB:-40} \
         $(seq_args "${AUTO_SEQS:-16384}") --steps $STEPS --warmup $WARMUP --no-profile --label "ours, AC auto ${AUTO_BUDGET_GIB:-40} GiB" \
         --json "$OUT/ours_ac_auto.json" 2>&1 | tail -20 ;;
     vlm)
       echo "== ours: VLM row, four 448x448 images in 8k tokens"
-      timeout "$(t vlm 300)" python3 cli_bench.py specs/qwen3_5_4b.yaml -o ops.backend=fast --seq 8192 --images 4x448x448 \
+      timeout "$(t vlm 300)" python3 cli.py bench specs/qwen3_5_4b.yaml -o ops.backend=fast --seq 8192 --images 4x448x448 \
         --steps $STEPS --warmup $WARMUP --label "ours VLM, full AC" --json "$OUT/ours_vlm.json" 2>&1 | tail -40 ;;
   esac
 }
