@@ -7,6 +7,10 @@ The side files are copied from the source folder when there is one, else written
 and settings training used (serving_files.py: random init, trained from scratch). Dtypes follow
 dtype_policy.
 
+A model with LoRA adapters (assembler.adapters) is written merged: each adapted weight as
+W + (alpha / r) B A, summed in fp32, and no adapter tensor (the adapters alone are a PEFT folder:
+assembler/adapters/peft_folder.py).
+
 Atomic: everything is written into a hidden temporary folder beside the target, fsynced, then
 renamed onto the final name (swapped with an earlier export in one `renameat2(RENAME_EXCHANGE)`
 where the OS has it); on any error the temporary folder is removed, and a crash leaves at most a
