@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from assembler.train.run_dir import HF_EXPORT_FOLDER, RESOLVED_SPEC_FILE
+from assembler.train.run_dir import ADAPTER_EXPORT_FOLDER, HF_EXPORT_FOLDER, RESOLVED_SPEC_FILE
 
 EXPORT_DTYPES = ("bfloat16", "float32")  # what an HF export holds (the dtype policy keeps its fp32 tensors fp32)
 
@@ -59,6 +59,8 @@ def export(path: Path, out_dir: Path, *, shard_size: int | str, dtype: torch.dty
     has_adapters = source.dcp_dir is not None and source.spec.train.get("adapters") is not None
     if adapter and not has_adapters:
         what = "an HF folder, which holds no adapters" if source.dcp_dir is None else "a run trained without train.adapters"
+        if source.dcp_dir is None and (Path(path) / ADAPTER_EXPORT_FOLDER).is_dir():
+            what += f" (this run has no checkpoint; its {ADAPTER_EXPORT_FOLDER}/ folder is its adapters' PEFT export)"
         raise CheckpointError(f"{path}: --adapter needs a LoRA run's checkpoint (train.adapters set) and this is {what}; "
                               "export it without --adapter for the full model")
     inputs = tuple(p for p in (Path(path), source.hf_dir, source.dcp_dir, source.source_dir) if p is not None)

@@ -86,3 +86,10 @@ def test_a_changed_freeze_list_is_refused_on_resume(run):
                                            "-o", "train.freeze=['model.visual.*']", "--output-dir", str(run["run"])])
     assert result.exit_code == 2, result.output
     assert "train.freeze" in result.output
+
+
+def test_freezing_every_parameter_exits_2(tmp_path):
+    result = CliRunner().invoke(assemble, ["train", str(TINY), *FAST, "-o", "train.steps=1", "-o", "train.freeze=['*']",
+                                           "--output-dir", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    assert "train.freeze: freezes every parameter: nothing would train" in result.output

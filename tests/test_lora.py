@@ -209,3 +209,17 @@ def test_export_flags_are_refused_where_they_do_not_apply(run, tmp_path):
     from_hf = _invoke(["export", str(run["merged"]), str(tmp_path / "y"), "--adapter"])
     assert from_hf.exit_code == 2 and "--adapter needs a LoRA run's checkpoint" in from_hf.output
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_a_lora_run_resumes_bitwise(run, tmp_path):
+    """Killed-and-resumed is tested generically (test_train_resume.py); here: a LoRA run stopped at
+    step 1 and continued to 2 logs the losses of a straight 2-step run, to the bit."""
+    common = ["train", str(TINY), *FAST, "-o", "train.export_hf=false", "-o", "train.checkpoint.every=1",
+              "-o", f"train.init_from={run['base']}", "-o", ADAPTERS]  # dropout 0.05: its RNG resumes too
+    straight = _invoke([*common, "-o", "train.steps=2", "--output-dir", str(tmp_path / "straight")])
+    first = _invoke([*common, "-o", "train.steps=1", "--output-dir", str(tmp_path / "resumed")])
+    resumed = _invoke([*common, "-o", "train.steps=2", "--output-dir", str(tmp_path / "resumed")])
+    assert straight.exit_code == first.exit_code == resumed.exit_code == 0, resumed.output
+    assert "resumed from" in resumed.output
+    losses = lambda d: [json.loads(line)["loss"] for line in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")

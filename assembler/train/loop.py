@@ -33,7 +33,7 @@ from assembler.adapters.lora import initialize_spec_adapters
 from assembler.build import build_model, check_ops_can_train, decide_auto_ops
 from assembler.distributed import World, broadcast_from_main, init_world, shared_by_every_rank
 from assembler.spec import Spec
-from assembler.spec_errors import UserError
+from assembler.spec_errors import Problem, SpecError, UserError
 from assembler.train.checkpoint import (
     CHECKPOINTS_FOLDER,
     ResumeError,
@@ -117,6 +117,9 @@ def choose_trained_parameters(model: nn.Module, spec: Spec, *, device: torch.dev
 
     prepare_adapters(model, spec, device=device, initialize=initialize_adapters)
     freeze_parameters(model, list(spec.train["freeze"]))
+    if not any(p.requires_grad for p in model.parameters()):
+        raise SpecError(Problem(path="train.freeze", value=spec.train["freeze"], message="freezes every parameter: nothing would train",
+                                hint="leave some parameters out of it (or train adapters: train.adapters)"))
 
 
 def keep_freed_memory_for_reuse() -> None:
