@@ -93,3 +93,9 @@ def test_freezing_every_parameter_exits_2(tmp_path):
                                            "--output-dir", str(tmp_path / "r")])
     assert result.exit_code == 2, result.output
     assert "train.freeze: freezes every parameter: nothing would train" in result.output
+
+
+def test_validate_reports_a_freeze_glob_matching_nothing_without_training():
+    result = CliRunner().invoke(assemble, ["validate", str(TINY), "-o", "train.freeze=['model.vision.*']"])
+    assert result.exit_code == 2, result.output
+    assert "qwen3_5_tiny.yaml: train.freeze[0]: 'model.vision.*' matches no parameter" in result.output

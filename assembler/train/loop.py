@@ -33,7 +33,7 @@ from assembler.adapters.lora import initialize_spec_adapters
 from assembler.build import build_model, check_ops_can_train, decide_auto_ops
 from assembler.distributed import World, broadcast_from_main, init_world, shared_by_every_rank
 from assembler.spec import Spec
-from assembler.spec_errors import Problem, SpecError, UserError
+from assembler.spec_errors import UserError
 from assembler.train.checkpoint import (
     CHECKPOINTS_FOLDER,
     ResumeError,
@@ -49,6 +49,7 @@ from assembler.train.checkpoint import (
 )
 from assembler.train.metrics import MetricsLogger, StepTimer, flops_per_token, peak_flops, peak_memory_gib
 from assembler.train.freeze import parameter_counts
+from assembler.train.trained_parameters import choose_trained_parameters
 from assembler.train.optim import build_lr_schedule, build_optimizer
 from assembler.train.run_dir import ADAPTER_EXPORT_FOLDER, HF_EXPORT_FOLDER, RESOLVED_SPEC_FILE, check_same_model, resume_changes, run_folder, save_resolved_spec
 from assembler.train.step import NonFiniteStep, training_step
@@ -106,20 +107,6 @@ def build_for_world(spec: Spec, world: World) -> nn.Module:
         load_hf_checkpoint(model, init_from, spec)
     choose_trained_parameters(model, spec, device=world.device)
     return parallelize_for_world(model, spec, world)
-
-
-def choose_trained_parameters(model: nn.Module, spec: Spec, *, device: torch.device | str = "cpu",
-                              initialize_adapters: bool = True) -> None:
-    """`train.adapters` (LoRA on the targeted linear layers, every base parameter frozen), then
-    `train.freeze`, on the built, unsharded model; SpecError naming a glob that matches nothing."""
-    from assembler.adapters.lora import prepare_adapters
-    from assembler.train.freeze import freeze_parameters
-
-    prepare_adapters(model, spec, device=device, initialize=initialize_adapters)
-    freeze_parameters(model, list(spec.train["freeze"]))
-    if not any(p.requires_grad for p in model.parameters()):
-        raise SpecError(Problem(path="train.freeze", value=spec.train["freeze"], message="freezes every parameter: nothing would train",
-                                hint="leave some parameters out of it (or train adapters: train.adapters)"))
 
 
 def keep_freed_memory_for_reuse() -> None:
