@@ -56,7 +56,7 @@ def export(path: Path, out_dir: Path, *, shard_size: int | str, dtype: torch.dty
     if adapter and merge:
         raise CheckpointError("--adapter and --merge: choose one (the adapters alone, or the model with them merged in)")
     source = resolve_export_source(Path(path))
-    has_adapters = source.dcp_dir is not None and source.spec.train.get("adapters") is not None
+    has_adapters = source.dcp_dir is not None and source.spec.train["adapters"] is not None
     if adapter and not has_adapters:
         what = "an HF folder, which holds no adapters" if source.dcp_dir is None else "a run trained without train.adapters"
         if source.dcp_dir is None and (Path(path) / ADAPTER_EXPORT_FOLDER).is_dir():

@@ -85,7 +85,7 @@ def initialize_adapters(model: nn.Module, seed: int, device: torch.device | str 
 def prepare_adapters(model: nn.Module, spec, *, device: torch.device | str = "cpu", initialize: bool = True) -> None:
     """`train.adapters` applied to `model` (nothing when null): add them, then (unless the model is
     still on the meta device: `initialize=False`, call `initialize_spec_adapters` later) fill them."""
-    if spec.train.get("adapters") is None:
+    if spec.train["adapters"] is None:
         return
     add_lora_adapters(model, spec.train["adapters"])
     if initialize:

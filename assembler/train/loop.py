@@ -351,5 +351,5 @@ def export_hf(model: nn.Module, spec: Spec, out_dir: Path) -> Path:
 def _export_inputs(spec: Spec) -> tuple[Path, ...]:
     """Folders the run's exports read from (they may not replace them): `train.init_from` and
     `train.adapters.init_from`."""
-    adapters = spec.train.get("adapters") or {}
+    adapters = spec.train["adapters"] or {}
     return tuple(spec.resolve_path(path) for path in (spec.train.get("init_from"), adapters.get("init_from")) if path)

@@ -30,6 +30,6 @@ def check_trained_parameters(spec: Spec) -> None:
     """`choose_trained_parameters` on the spec's model built on the meta device (allocates nothing)."""
     from assembler.build import build_model
 
-    if spec.train.get("adapters") is None and not spec.train["freeze"]:
+    if spec.train["adapters"] is None and not spec.train["freeze"]:
         return
     choose_trained_parameters(build_model(spec, device="meta"), spec, initialize_adapters=False)
