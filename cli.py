@@ -82,13 +82,15 @@ def assemble() -> None:
 def validate(specs: tuple[Path, ...], overrides: tuple[str, ...], resolved: bool, verbose: bool) -> None:
     """Check SPEC files against the schema and the block registry: one OK line per valid spec."""
     from assembler.spec_loading import load_spec
+    from assembler.train.trained_parameters import check_trained_parameters
 
     failed = 0
     for path in specs:
         try:
             spec = load_spec(path, list(overrides))
+            check_trained_parameters(spec)  # freeze / adapter globs against the model's names
         except SpecError as error:
-            print_error(error)
+            print_error(error.with_file(str(path)))
             failed += 1
             continue
         text = spec.model["text"]

@@ -1,4 +1,4 @@
-"""`assemble export CHECKPOINT_OR_RUN_DIR OUT_DIR`: the command's arguments and messages; what it
+"""`assemble export CHECKPOINT_OR_RUN_DIR OUT_DIR [--adapter | --merge]`: the command's arguments and messages; what it
 exports and how is `assembler.export`'s."""
 
 from __future__ import annotations
@@ -22,13 +22,20 @@ from blocks.constants import DTYPES
               "(Qwen3.5: A_log and linear_attn.norm.weight).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it holds an earlier export (one with the "
               ".assemble-export marker); any other folder, the source, or a folder containing it is refused.")
-def export_command(checkpoint_or_run_dir: Path, out_dir: Path, shard_size: str, dtype: str, overwrite: bool) -> None:
+@click.option("--adapter", is_flag=True, help="A LoRA run (train.adapters): write only its adapters, as a PEFT folder "
+              "(adapter_config.json + adapter_model.safetensors, in the adapters' dtype) that "
+              "peft.PeftModel.from_pretrained loads onto the base model.")
+@click.option("--merge", is_flag=True, help="A LoRA run: write the full model with the adapters merged into the "
+              "base weights (what a LoRA run exports without either flag).")
+def export_command(checkpoint_or_run_dir: Path, out_dir: Path, shard_size: str, dtype: str, overwrite: bool,
+                   adapter: bool, merge: bool) -> None:
     """Export CHECKPOINT_OR_RUN_DIR (HF folder, training checkpoint or run folder) as an HF folder at OUT_DIR."""
     from assembler.export import export
     from assembler.spec_errors import UserError
 
     try:
-        written = export(checkpoint_or_run_dir, out_dir, shard_size=shard_size, dtype=DTYPES[dtype], overwrite=overwrite)
+        written = export(checkpoint_or_run_dir, out_dir, shard_size=shard_size, dtype=DTYPES[dtype], overwrite=overwrite,
+                         adapter=adapter, merge=merge)
     except UserError as error:  # CheckpointError, SpecError: a message, exit 2, no traceback
         for line in str(error).splitlines():
             click.echo(f"error: {line}", err=True)

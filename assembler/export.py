@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from assembler.train.run_dir import HF_EXPORT_FOLDER, RESOLVED_SPEC_FILE
+from assembler.train.run_dir import ADAPTER_EXPORT_FOLDER, HF_EXPORT_FOLDER, RESOLVED_SPEC_FILE
 
 EXPORT_DTYPES = ("bfloat16", "float32")  # what an HF export holds (the dtype policy keeps its fp32 tensors fp32)
 
@@ -39,13 +39,30 @@ class ExportSource:
     source_dir: Path | None  # tokenizer files and mtp.* tensors
 
 
-def export(path: Path, out_dir: Path, *, shard_size: int | str, dtype: torch.dtype, overwrite: bool = False) -> Path:
-    """Build the model the source describes on the meta device, load it, write it; returns OUT_DIR."""
+def export(path: Path, out_dir: Path, *, shard_size: int | str, dtype: torch.dtype, overwrite: bool = False,
+           adapter: bool = False, merge: bool = False) -> Path:
+    """Build the model the source describes on the meta device, load it, write it; returns OUT_DIR.
+
+    A LoRA run's checkpoint (`train.adapters`) exports merged (W + (alpha / r) B A: a plain HF
+    folder; `merge` says so explicitly), or with `adapter` its adapters alone as a PEFT folder
+    (assembler.adapters.peft_folder). `adapter` of a source without adapters is a CheckpointError.
+    """
+    from assembler.adapters.lora import prepare_adapters
+    from assembler.adapters.peft_folder import save_adapter_folder
     from assembler.build import build_model
-    from assembler.hf_checkpoint import load_hf_checkpoint, save_hf_checkpoint
+    from assembler.hf_checkpoint import CheckpointError, load_hf_checkpoint, save_hf_checkpoint
     from assembler.hf_checkpoint.writing import check_export_target
 
+    if adapter and merge:
+        raise CheckpointError("--adapter and --merge: choose one (the adapters alone, or the model with them merged in)")
     source = resolve_export_source(Path(path))
+    has_adapters = source.dcp_dir is not None and source.spec.train["adapters"] is not None
+    if adapter and not has_adapters:
+        what = "an HF folder, which holds no adapters" if source.dcp_dir is None else "a run trained without train.adapters"
+        if source.dcp_dir is None and (Path(path) / ADAPTER_EXPORT_FOLDER).is_dir():
+            what += f" (this run has no checkpoint; its {ADAPTER_EXPORT_FOLDER}/ folder is its adapters' PEFT export)"
+        raise CheckpointError(f"{path}: --adapter needs a LoRA run's checkpoint (train.adapters set) and this is {what}; "
+                              "export it without --adapter for the full model")
     inputs = tuple(p for p in (Path(path), source.hf_dir, source.dcp_dir, source.source_dir) if p is not None)
     check_export_target(Path(out_dir), overwrite, inputs=inputs)  # before loading: a refusal costs nothing
     model = build_model(source.spec, device="meta")
@@ -53,7 +70,12 @@ def export(path: Path, out_dir: Path, *, shard_size: int | str, dtype: torch.dty
         _keep_export_dtypes_on_meta(model, dtype)  # materialise straight into the written dtypes: half the memory
         load_hf_checkpoint(model, source.hf_dir, source.spec)
     else:
+        prepare_adapters(model, source.spec, initialize=False)  # the checkpoint holds the adapters' values
         _load_training_checkpoint(model, source.dcp_dir)
+    if adapter:
+        return save_adapter_folder(model, out_dir, source.spec, overwrite=overwrite, inputs=inputs)
+    if merge and not has_adapters:
+        _print_note(f"{path}: no adapters to merge (train.adapters is null); exporting the model as it is")
     return save_hf_checkpoint(model, out_dir, source.spec, source_dir=source.source_dir, shard_size=shard_size, dtype=dtype,
                               overwrite=overwrite, inputs=inputs)
 

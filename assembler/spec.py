@@ -52,6 +52,9 @@ class Spec:
         for section, key in (("data", "tokenizer"), ("train", "init_from")):
             if data[section].get(key):
                 data[section][key] = self._anchored(data[section][key])
+        adapters = data["train"]["adapters"]
+        if adapters and adapters.get("init_from"):
+            adapters["init_from"] = self._anchored(adapters["init_from"])
         return header + dump_yaml(data)
 
     def resolve_path(self, path: str | Path) -> Path:

@@ -142,3 +142,23 @@ class CompileSettings:
     @classmethod
     def of(cls, values: Mapping[str, Any], block_type: str) -> CompileSettings:
         return typed_section(cls, values, f"parallel.compile.{block_type}")
+
+
+@dataclass(frozen=True)
+class AdapterSettings(SpecSection):
+    """`train.adapters` (when not null): LoRA's rank r, alpha (the update is scaled by alpha / r),
+    dropout on the adapter input, the module-name globs adapted, the adapters' dtype and the PEFT
+    folder they start from (None: fresh)."""
+
+    PATH: ClassVar[str] = "train.adapters"
+    method: str
+    rank: int
+    alpha: float
+    dropout: float
+    targets: tuple[str, ...]
+    dtype: str
+    init_from: str | None
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank

@@ -61,6 +61,10 @@ class VisionLanguageModel(nn.Module):
         """The token embedding (transformers' name for it)."""
         return self.model.language_model.embed_tokens
 
+    def get_output_embeddings(self) -> nn.Linear:
+        """The LM head (transformers' name for it); the loss op reads its weight directly, never calls it."""
+        return self.lm_head
+
     def tie_weights(self) -> None:
         """Share the embedding with the LM head (call again after `to_empty`, which unties)."""
         self.lm_head.weight = self.model.language_model.embed_tokens.weight

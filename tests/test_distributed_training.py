@@ -202,3 +202,36 @@ def test_idle_vision_adds_exactly_zero_and_reaches_every_vision_parameter():
             assert grad is not None and not grad.any(), name  # idle: a zero gradient, so FSDP reduces it
         else:
             assert torch.equal(grad, grads[name]), name
+
+
+LORA = "train.adapters={rank: 4, alpha: 8, targets: ['*']}"
+
+
+@pytest.fixture(scope="module")
+def lora_runs(init_folder, tmp_path_factory):
+    """LoRA on every linear layer from the same base: 2 ranks (the meta-device path: adapters
+    added on meta, drawn whole from the seed after sharding, sliced per rank) and one process."""
+    run_dir = tmp_path_factory.mktemp("lora_two") / "run"
+    overrides = [f"-o{o}" for o in [*SMALL, f"train.init_from={init_folder}", "train.grad_accumulation=1",
+                                    "train.checkpoint.every=0", LORA]]
+    _torchrun(["train", str(TINY), *overrides, "--output-dir", str(run_dir)], cwd=run_dir.parent)
+    single = train(_spec(init_folder, "train.grad_accumulation=2", "train.checkpoint.every=0", LORA),
+                   output_dir=tmp_path_factory.mktemp("lora_one") / "run", stream=io.StringIO())
+    return run_dir, single
+
+
+@pytest.mark.slow
+def test_lora_on_two_ranks_gives_the_losses_and_adapters_of_one_process(lora_runs):
+    from safetensors.torch import load_file
+
+    run_dir, single = lora_runs
+    records = _metrics(run_dir)
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    for record in records:
+        assert _close(record["loss"], single.losses[record["step"]]), (record["step"], record["loss"], single.losses)
+    assert records[-1]["loss"] < records[0]["loss"]
+    two = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+    one = load_file(str(single.run_dir / "adapter" / "adapter_model.safetensors"))
+    assert two.keys() == one.keys() and len(two) > 0
+    assert all(torch.allclose(two[k], one[k], rtol=0, atol=WEIGHT_ATOL) for k in one)
+    assert any(one[k].abs().max() > 0 for k in one if k.endswith("lora_B.weight"))  # they trained

@@ -18,7 +18,9 @@ from assembler.hf_checkpoint.config_check import check_config_matches_spec
 from assembler.hf_checkpoint.dtype_policy import TIED_HEAD_KEY
 from assembler.hf_checkpoint.errors import CheckpointError
 from assembler.hf_checkpoint.extra_tensors import ExtraTensorSource, is_extra_tensor
-from assembler.hf_checkpoint.model_tensors import checkpoint_name, fill_tensor, materialize_meta_buffers, model_tensors
+from assembler.hf_checkpoint.model_tensors import (
+    checkpoint_name, fill_tensor, is_adapter_tensor, materialize_meta_buffers, model_tensors,
+)
 from assembler.hf_checkpoint.reading import CheckpointFolder, open_checkpoint_folder, stream_tensors
 
 
@@ -49,14 +51,14 @@ def load_hf_checkpoint(
     dtype), materialised, or FSDP2-sharded (each rank copies its shard; every rank calls this).
     With `spec`, the folder's config.json must describe the same architecture. Missing or
     unexpected tensors are an error listing them, except `mtp.*`, which are carried to exports
-    (see extra_tensors). Raises CheckpointError before touching the model if anything is wrong.
+    (see extra_tensors). LoRA adapters' tensors are the adapters' to fill (assembler.adapters). Raises CheckpointError before touching the model if anything is wrong.
     The model remembers the folder (HF_SOURCE_ATTRIBUTE): `save_hf_checkpoint` uses it as the
     default `source_dir`.
     """
     folder = open_checkpoint_folder(checkpoint_dir)
     if spec is not None:
         check_config_matches_spec(folder.config, spec, config_path=folder.path / "config.json")
-    targets = model_tensors(model)
+    targets = {name: entry for name, entry in model_tensors(model).items() if not is_adapter_tensor(name)}  # adapters: not the base's
     embedding_key = _input_embedding_key(model)
     head_from_embedding = _head_filled_from_embedding(folder, targets, embedding_key)
     _check_keys_and_shapes(folder, targets, head_from_embedding)

@@ -26,6 +26,15 @@ except ImportError:  # pragma: no cover - torch builds without distributed
 WRAPPER_SEGMENTS = ("_orig_mod", "_checkpoint_wrapped_module", "_fsdp_wrapped_module")
 
 
+# LoRA adapters' tensors (assembler/adapters) live beside the base weights they adapt but belong to
+# no HF base checkpoint: a base load leaves them to the adapters' own initialisation.
+ADAPTER_TENSOR_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
+
+
+def is_adapter_tensor(name: str) -> bool:
+    return name.endswith(ADAPTER_TENSOR_SUFFIXES)
+
+
 def checkpoint_name(module_path: str) -> str:
     """`model.language_model.layers.0._checkpoint_wrapped_module.mlp.up_proj.weight` → without the wrapper segment."""
     return ".".join(part for part in module_path.split(".") if part not in WRAPPER_SEGMENTS)

@@ -7,6 +7,10 @@ The side files are copied from the source folder when there is one, else written
 and settings training used (serving_files.py: random init, trained from scratch). Dtypes follow
 dtype_policy.
 
+A model with LoRA adapters (assembler.adapters) is written merged: each adapted weight as
+W + (alpha / r) B A, summed in fp32, and no adapter tensor (the adapters alone are a PEFT folder:
+assembler/adapters/peft_folder.py).
+
 Atomic: everything is written into a hidden temporary folder beside the target, fsynced, then
 renamed onto the final name (swapped with an earlier export in one `renameat2(RENAME_EXCHANGE)`
 where the OS has it); on any error the temporary folder is removed, and a crash leaves at most a
@@ -45,7 +49,8 @@ from assembler.hf_checkpoint.dtype_policy import EXPORT_DTYPE, TIED_HEAD_KEY, ex
 from assembler.hf_checkpoint.errors import CheckpointError
 from assembler.hf_checkpoint.extra_tensors import ExtraTensorSource, carry_extra_config
 from assembler.hf_checkpoint.loading import HF_SOURCE_ATTRIBUTE
-from assembler.hf_checkpoint.model_tensors import ModelTensor, full_tensor, model_tensors
+from assembler.adapters.lora_linear import LoraLinear
+from assembler.hf_checkpoint.model_tensors import ModelTensor, full_tensor, is_adapter_tensor, is_dtensor, model_tensors
 from assembler.hf_checkpoint.reading import CONFIG_FILE, INDEX_FILE
 from assembler.hf_checkpoint.serving_files import serving_files
 
@@ -92,7 +97,8 @@ def save_hf_checkpoint(
         source_dir = getattr(model, HF_SOURCE_ATTRIBUTE, None)
     limit = parse_size(shard_size)
     tie = bool(spec.model["text"].get("tie_word_embeddings", False))
-    tensors_by_name = model_tensors(model)
+    # A LoRA model exports merged: each adapted weight is written as W + (alpha / r) B A (_merged).
+    tensors_by_name = {name: entry for name, entry in model_tensors(model).items() if not is_adapter_tensor(name)}
     _check_model_matches_spec(tensors_by_name, spec)
     entries = [entry for name, entry in tensors_by_name.items() if is_written(name, tie)]
     is_writer = process_rank() == 0
@@ -210,7 +216,7 @@ def _export_tensors(
     Every rank runs the model part (each full_tensor is a collective); only the writer keeps results.
     """
     for entry in entries:
-        tensor = full_tensor(entry)
+        tensor = _merged(entry, full_tensor(entry))
         if is_writer:
             # copy=True: the export never shares storage with the live model (save_file refuses shared storage)
             yield entry.name, tensor.to(device="cpu", dtype=export_dtype(entry.name, dtype, fp32_suffixes=fp32_suffixes),
@@ -220,6 +226,16 @@ def _export_tensors(
         del tensor
     if is_writer:
         yield from extras.read(extras.names)
+
+
+def _merged(entry: ModelTensor, tensor: torch.Tensor) -> torch.Tensor:
+    """The full weight `tensor` of `entry` with its LoRA update added (fp32) when a LoraLinear holds
+    it, else `tensor`. The adapters are all-gathered under FSDP2: every rank calls this, in order."""
+    lora = next((module for module, attr in entry.slots if isinstance(module, LoraLinear) and attr == "weight"), None)
+    if lora is None:
+        return tensor
+    gathered = [w.detach().full_tensor() if is_dtensor(w) else w.detach() for w in (lora.lora_A.weight, lora.lora_B.weight)]
+    return lora.merged_weight(tensor, *gathered)
 
 
 def _check_model_matches_spec(tensors_by_name: dict[str, ModelTensor], spec) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from assembler.adapters.lora import initialize_spec_adapters
 from assembler.build import build_model, check_ops_can_train, decide_auto_ops, resolve_spec_ops
 from assembler.distributed import World, broadcast_from_main, init_world, shared_by_every_rank
 from assembler.spec import Spec
@@ -47,8 +48,10 @@ from assembler.train.checkpoint import (
     save_checkpoint,
 )
 from assembler.train.metrics import MetricsLogger, StepTimer, flops_per_token, peak_flops, peak_memory_gib
+from assembler.train.freeze import parameter_counts
+from assembler.train.trained_parameters import choose_trained_parameters
 from assembler.train.optim import build_lr_schedule, build_optimizer
-from assembler.train.run_dir import HF_EXPORT_FOLDER, RESOLVED_SPEC_FILE, check_same_model, resume_changes, run_folder, save_resolved_spec
+from assembler.train.run_dir import ADAPTER_EXPORT_FOLDER, HF_EXPORT_FOLDER, RESOLVED_SPEC_FILE, check_same_model, resume_changes, run_folder, save_resolved_spec
 from assembler.train.step import NonFiniteStep, training_step
 from blocks.constants import DTYPES
 
@@ -90,15 +93,19 @@ def build_for_world(spec: Spec, world: World) -> nn.Module:
 
     if init_from is not None and world.is_distributed:
         model = build_model(spec, device="meta").to(dtype)
+        choose_trained_parameters(model, spec, initialize_adapters=False)  # adapters filled once allocated
         model = parallelize_for_world(model, spec, world)
         # FSDP2's CPU offload keeps the sharded parameters in host memory (it copies them in per unit).
         shard_device = torch.device("cpu") if spec.parallel["fsdp"]["cpu_offload"] else world.device
         model.to_empty(device=shard_device)
         load_hf_checkpoint(model, init_from, spec, device=shard_device)
+        if cfg["adapters"] is not None:
+            initialize_spec_adapters(model, spec, device=shard_device)
         return model
     model = build_model(spec, device=world.device, dtype=dtype, seed=int(cfg["seed"]))
     if init_from is not None:
         load_hf_checkpoint(model, init_from, spec)
+    choose_trained_parameters(model, spec, device=world.device)
     return parallelize_for_world(model, spec, world)
 
 
@@ -178,6 +185,8 @@ def train(
                     check_same_model(run_dir, resolved_yaml)
             if cfg["export_hf"]:  # refused now, not after the whole run
                 check_export_target(run_dir / HF_EXPORT_FOLDER, True, inputs=_export_inputs(spec))
+                if cfg["adapters"] is not None:
+                    check_export_target(run_dir / ADAPTER_EXPORT_FOLDER, True, inputs=_export_inputs(spec))
             abandoned = abandon_newer_checkpoints(checkpoints_dir, resumed_step)
             if abandoned is not None:
                 notes.append(
@@ -244,6 +253,9 @@ def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, lo
     spec, resolved_yaml = _plan_auto_checkpointing(spec, world, run_dir, resolved_yaml, logger, build_loader)
     model = build_for_world(spec, world)
     model.train()
+    counts = parameter_counts(model)
+    logger.message(counts.describe())
+    logger.summary({"parameters": counts.to_dict()})
     optimizer = build_optimizer(model, cfg["optimizer"])
     scheduler = build_lr_schedule(optimizer, cfg["schedule"], total_steps)
 
@@ -318,7 +330,12 @@ def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, lo
     hf_export = None
     if cfg["export_hf"]:
         hf_export = export_hf(model, spec, run_dir / HF_EXPORT_FOLDER)
-        logger.message(f"HF export: {hf_export}")
+        logger.message(f"HF export: {hf_export}" + (" (adapters merged)" if cfg["adapters"] is not None else ""))
+        if cfg["adapters"] is not None:
+            from assembler.adapters.peft_folder import save_adapter_folder
+
+            adapter = save_adapter_folder(model, run_dir / ADAPTER_EXPORT_FOLDER, spec, overwrite=True, inputs=_export_inputs(spec))
+            logger.message(f"adapter export (PEFT): {adapter}")
     return TrainResult(run_dir=run_dir, losses=losses, last_checkpoint=last_checkpoint, hf_export=hf_export)
 
 
@@ -334,5 +351,7 @@ def export_hf(model: nn.Module, spec: Spec, out_dir: Path) -> Path:
 
 
 def _export_inputs(spec: Spec) -> tuple[Path, ...]:
-    """Folders the run's HF export reads from (it may not replace them): `train.init_from`."""
-    return (spec.resolve_path(spec.train["init_from"]),) if spec.train.get("init_from") else ()
+    """Folders the run's exports read from (they may not replace them): `train.init_from` and
+    `train.adapters.init_from`."""
+    adapters = spec.train["adapters"] or {}
+    return tuple(spec.resolve_path(path) for path in (spec.train.get("init_from"), adapters.get("init_from")) if path)

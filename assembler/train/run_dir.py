@@ -15,6 +15,7 @@ from assembler.spec_errors import UserError
 
 RESOLVED_SPEC_FILE = "resolved_spec.yaml"
 HF_EXPORT_FOLDER = "hf"  # the run's own HF export (train.export_hf)
+ADAPTER_EXPORT_FOLDER = "adapter"  # a LoRA run's adapters as a PEFT folder, beside the merged hf/
 
 
 class RunFolderError(UserError):
@@ -48,13 +49,14 @@ def check_same_model(folder: Path, resolved_spec_yaml: str) -> None:
 
 # Fields a resume cannot change: the model (its checkpoint would not load), and what the saved data
 # position counts in (tokenizer, packing, row length, shuffling, seed, the samples' targets and
-# image sizes): with another value the batches would not continue the saved run.
+# image sizes): with another value the batches would not continue the saved run. The trained
+# parameters (adapters, freeze) too: the checkpoint's tensors and optimizer state are theirs.
 FIXED_ON_RESUME = (
     "model", "data.tokenizer", "data.packing", "data.loss_on", "data.images", "data.shuffle",
-    "train.tokens_per_step", "train.seed", "train.dtype",
+    "train.tokens_per_step", "train.seed", "train.dtype", "train.freeze", "train.adapters",
 )
-# Changes that do nothing on resume, so are not reported.
-IGNORED_ON_RESUME = ("name", "train.output_dir", "train.init_from")
+# Changes that do nothing on resume, so are not reported (a checkpoint already holds the adapters).
+IGNORED_ON_RESUME = ("name", "train.output_dir", "train.init_from", "train.adapters.init_from")
 
 
 def resume_changes(saved_spec: Path, resolved_spec_yaml: str, step: int) -> list[str]:
