@@ -142,3 +142,13 @@ class CompileSettings:
     @classmethod
     def of(cls, values: Mapping[str, Any], block_type: str) -> CompileSettings:
         return typed_section(cls, values, f"parallel.compile.{block_type}")
+
+
+@dataclass(frozen=True)
+class MtpSettings(SpecSection):
+    """`model.mtp`: the multi-token-prediction head (absent from a spec: none is built)."""
+
+    PATH: ClassVar[str] = "model.mtp"
+    num_hidden_layers: int
+    layer_type: str
+    loss_weight: float

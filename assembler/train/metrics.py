@@ -183,6 +183,8 @@ def format_duration(seconds: float) -> str:
 
 def _format_record(record: dict[str, Any]) -> str:
     parts = [f"step {record['step']}/{record['total_steps']}", f"loss {record['loss']:.4f}"]
+    if record.get("mtp_loss") is not None:
+        parts.append(f"mtp_loss {record['mtp_loss']:.4f}")
     if "lr" in record:
         parts.append(f"lr {record['lr']:.2e}")
     if "grad_norm" in record:
