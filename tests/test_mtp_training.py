@@ -91,3 +91,17 @@ def test_checkpoint_and_export_hold_the_trained_head(run):
     load_hf_checkpoint(reloaded, export, spec)
     for name, parameter in reloaded.named_parameters():
         assert torch.equal(parameter, ours[name]), name
+
+
+def test_the_flops_per_token_count_the_head():
+    """MFU's numerator: the head's matmul weights (6·N), its attention layer's scores (12·Hq·D·S) and
+    the second LM-head pass (6·V·H); tiny spec: H 64, V 248320, 4 query heads of 32, MLP 128."""
+    from assembler.train.metrics import flops_per_token
+
+    seq = 64
+    without, with_mtp = load_spec(ROOT / "specs" / "qwen3_5_tiny.yaml"), load_spec(ROOT / "specs" / "qwen3_5_tiny.yaml", ["model.mtp={}"])
+    head_matmul_weights = 128 * 64 + (256 + 64 + 64) * 64 + 64 * 128 + 3 * 128 * 64  # fc, q(+gate)/k/v, o, gate/up/down
+    expected = 6 * head_matmul_weights + 12 * 4 * 32 * seq + 6 * 248320 * 64
+    got = (flops_per_token(build_model(with_mtp, device="meta"), with_mtp.model["text"], seq)
+           - flops_per_token(build_model(without, device="meta"), without.model["text"], seq))
+    assert got == expected
