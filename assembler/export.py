@@ -7,7 +7,8 @@ The source is one of
   checkpoint): the model its resolved_spec.yaml describes, loaded from the DCP checkpoint;
 - a run folder without checkpoints but with its `hf/` export: that export, re-exported.
 Tokenizer / processor files and the `mtp.*` tensors come from the HF folder the weights started
-from (the input folder itself, or the run's `train.init_from`).
+from (the input folder itself, or the run's `train.init_from`); a model with its own head
+(`model.mtp`) writes its `mtp.*` itself.
 """
 
 from __future__ import annotations

@@ -90,6 +90,7 @@ class ModelFamily(abc.ABC):
         spec chose that transformers' class cannot express)."""
 
     fp32_export_suffixes: tuple[str, ...] = ()  # tensors an export keeps in fp32, as the releases do
+    supports_mtp: bool = False  # whether `build` makes the `model.mtp` head (validation refuses it otherwise)
 
 
 _FAMILIES: dict[str, ModelFamily] = {}

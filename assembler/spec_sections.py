@@ -162,3 +162,13 @@ class AdapterSettings(SpecSection):
     @property
     def scaling(self) -> float:
         return self.alpha / self.rank
+
+
+@dataclass(frozen=True)
+class MtpSettings(SpecSection):
+    """`model.mtp`: the multi-token-prediction head (absent from a spec: none is built)."""
+
+    PATH: ClassVar[str] = "model.mtp"
+    num_hidden_layers: int
+    layer_type: str
+    loss_weight: float

@@ -305,6 +305,24 @@ def _check_family(spec: dict) -> Iterable[Problem]:
                       name, " or ".join(sorted(known)))
 
 
+def _check_mtp(spec: dict) -> Iterable[Problem]:
+    """`model.mtp` needs a family that builds the head and a declared layer type for its layer."""
+    from assembler.family import registered_families
+
+    mtp = spec["model"].get("mtp")
+    if mtp is None:
+        return
+    family = registered_families().get(spec["model"]["family"])
+    if family is not None and not family.supports_mtp:
+        yield Problem("model.mtp", f"the {family.name} family builds no multi-token-prediction head",
+                      "remove model.mtp, or use a family that has one (qwen3_5)", mtp, "absent")
+    declared = list(spec["model"]["text"]["layer_types"])
+    if mtp["layer_type"] not in declared:
+        yield Problem("model.mtp.layer_type", f"{mtp['layer_type']!r} is not a layer type of model.text.layer_types",
+                      did_you_mean(mtp["layer_type"], declared) or f"declared layer types: {', '.join(declared)}",
+                      mtp["layer_type"], f"one of {declared}")
+
+
 def _check_vision(spec: dict) -> Iterable[Problem]:
     if not spec["model"].get("vision"):
         return
@@ -383,6 +401,7 @@ _SEMANTIC_CHECKS: tuple[Callable[[dict], Iterable[Problem]], ...] = (
     _check_block_settings,
     _check_mrope_sections,
     _check_family,
+    _check_mtp,
     _check_vision,
     _check_token_ids,
     _check_activation_checkpointing,

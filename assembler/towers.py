@@ -13,7 +13,9 @@ from typing import Iterator
 from torch import nn
 
 from assembler.family import BlockRef
+from assembler.spec_sections import MtpSettings
 from blocks.decoder_layer import DecoderLayer
+from blocks.multi_token_prediction import MultiTokenPrediction
 from blocks.ops import OpTable
 from blocks.registry import get_block
 from blocks.rope import TextRotaryEmbedding
@@ -25,10 +27,17 @@ ZERO_CENTERED = "zero_centered"  # the norm flavour x̂·(1+w); `default` is x̂
 def build_text_tower(text: dict, ops: OpTable) -> TextTower:
     """The decoder of `model.text`: embedding, one DecoderLayer per entry of `layers` (its layer
     type's mixer and MLP), final norm, and the rotary embedding the attention mixers read."""
-    hidden_size, eps, norms = text["hidden_size"], text["rms_norm_eps"], text["norms"]
+    return TextTower(
+        embed_tokens=nn.Embedding(text["vocab_size"], text["hidden_size"]),
+        layers=[build_decoder_layer(text, layer_type, ops) for layer_type in text["layers"]],
+        norm=_rms_norm(text, text["norms"]["final"], ops),
+        rotary_emb=_rotary_embedding(text),
+    )
 
-    def rms_norm(norm_type: str) -> nn.Module:
-        return get_block("norm", "rms_norm")(hidden_size, eps=eps, zero_centered=norm_type == ZERO_CENTERED, ops=ops)
+
+def build_decoder_layer(text: dict, layer_type: str, ops: OpTable) -> DecoderLayer:
+    """One pre-norm decoder layer of `model.text`'s layer type `layer_type`."""
+    hidden_size = text["hidden_size"]
 
     def block(kind: str, section: dict) -> nn.Module:
         settings = dict(section)
@@ -36,23 +45,32 @@ def build_text_tower(text: dict, ops: OpTable) -> TextTower:
         from_tower = {keyword: _setting(text, path) for keyword, path in getattr(cls, "tower_settings", {}).items()}
         return cls(**settings, **from_tower, hidden_size=hidden_size, ops=ops)
 
-    layer_types = text["layer_types"]
-    layers = [
-        DecoderLayer(
-            mixer=block("mixer", layer_types[layer_type]["mixer"]),
-            mlp=block("mlp", layer_types[layer_type]["mlp"]),
-            input_layernorm=rms_norm(norms["layer"]),
-            post_attention_layernorm=rms_norm(norms["layer"]),
-            layer_type=layer_type,
-        )
-        for layer_type in text["layers"]
-    ]
-    return TextTower(
-        embed_tokens=nn.Embedding(text["vocab_size"], hidden_size),
-        layers=layers,
-        norm=rms_norm(norms["final"]),
-        rotary_emb=_rotary_embedding(text),
+    sections = text["layer_types"][layer_type]
+    return DecoderLayer(
+        mixer=block("mixer", sections["mixer"]),
+        mlp=block("mlp", sections["mlp"]),
+        input_layernorm=_rms_norm(text, text["norms"]["layer"], ops),
+        post_attention_layernorm=_rms_norm(text, text["norms"]["layer"], ops),
+        layer_type=layer_type,
     )
+
+
+def build_multi_token_prediction(text: dict, mtp: MtpSettings, ops: OpTable) -> MultiTokenPrediction:
+    """The `model.mtp` head over the tower of `model.text`: `num_hidden_layers` decoder layers of
+    `mtp.layer_type`; its own norms (before the fc, after the layers) are of the final norm's kind."""
+    final = text["norms"]["final"]
+    return MultiTokenPrediction(
+        hidden_size=text["hidden_size"],
+        layers=[build_decoder_layer(text, mtp.layer_type, ops) for _ in range(mtp.num_hidden_layers)],
+        pre_fc_norm_embedding=_rms_norm(text, final, ops),
+        pre_fc_norm_hidden=_rms_norm(text, final, ops),
+        norm=_rms_norm(text, final, ops),
+        loss_weight=mtp.loss_weight,
+    )
+
+
+def _rms_norm(text: dict, norm_type: str, ops: OpTable) -> nn.Module:
+    return get_block("norm", "rms_norm")(text["hidden_size"], eps=text["rms_norm_eps"], zero_centered=norm_type == ZERO_CENTERED, ops=ops)
 
 
 def _rotary_embedding(text: dict) -> TextRotaryEmbedding:
@@ -87,7 +105,8 @@ def build_vision_tower(vision: dict, ops: OpTable) -> nn.Module:
 
 
 def text_blocks(tower: nn.Module, prefix: str) -> Iterator[BlockRef]:
-    """The decoder layers of a text tower (`blocks.text_tower.TextTower`) under `prefix`."""
+    """The decoder layers of a text tower (`blocks.text_tower.TextTower`) or of a
+    multi-token-prediction head (`mtp`) under `prefix`."""
     for index, layer in enumerate(tower.layers):
         yield BlockRef(f"{prefix}.layers.{index}", layer, layer.layer_type)
 

@@ -18,10 +18,33 @@ from blocks.ops import OpTable
 
 @dataclass
 class LanguageModelOutput:
-    """loss: scalar, or None without labels. logits: [B, T, V], or None when not asked for."""
+    """loss: the next-token loss, scalar, or None without labels. logits: [B, T, V], or None when
+    not asked for. A model with a multi-token-prediction head (`model.mtp`) adds its loss over
+    the token after next (`mtp_loss`, unweighted), its logits (`mtp_logits` [B, T, V]: row t
+    predicts token t+2) and the weight the training objective gives it."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+    mtp_loss: torch.Tensor | None = None
+    mtp_logits: torch.Tensor | None = None
+    mtp_loss_weight: float = 0.0
+
+    @property
+    def training_loss(self) -> torch.Tensor | None:
+        """What a training step backpropagates: `loss`, plus `mtp_loss_weight` x `mtp_loss` when there is one."""
+        if self.mtp_loss is None:
+            return self.loss
+        return self.loss + self.mtp_loss_weight * self.mtp_loss
+
+
+def next_token_targets(labels: torch.Tensor | None, shift_labels: torch.Tensor | None) -> torch.Tensor | None:
+    """[B, T] already-aligned targets (target t is token t+1) from transformers-style `labels` or
+    given `shift_labels`; None when neither is given. Giving both is an error."""
+    if labels is not None and shift_labels is not None:
+        raise ValueError("give labels or shift_labels, not both")
+    if labels is not None:
+        return nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+    return shift_labels
 
 
 def lm_output(
@@ -41,10 +64,7 @@ def lm_output(
     num_items_in_batch: divide the summed loss by this instead of taking the mean.
     return_logits: default: only when there are no targets.
     """
-    if labels is not None and shift_labels is not None:
-        raise ValueError("give labels or shift_labels, not both")
-    if labels is not None:
-        shift_labels = nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+    shift_labels = next_token_targets(labels, shift_labels)
     loss = None
     if shift_labels is not None:
         loss = ops.cross_entropy(

@@ -23,9 +23,14 @@ class TextTower(nn.Module):
         self.norm = norm
         self.rotary_emb = rotary_emb
 
+    def context(self, inputs_embeds: torch.Tensor, packing: PackingContext) -> TextContext:
+        """The read-only context of a forward over `inputs_embeds` [B, T, H]: the packing and the
+        rotary cos/sin of its positions (what a multi-token-prediction layer reads too)."""
+        return TextContext(packing=packing, rotary=self.rotary_emb(inputs_embeds, packing.position_ids))
+
     def forward(self, inputs_embeds: torch.Tensor, packing: PackingContext) -> torch.Tensor:
         """inputs_embeds [B, T, H] -> final-normed hidden states [B, T, H]."""
-        ctx = TextContext(packing=packing, rotary=self.rotary_emb(inputs_embeds, packing.position_ids))
+        ctx = self.context(inputs_embeds, packing)
         hidden = inputs_embeds
         for layer in self.layers:
             hidden = layer(hidden, ctx)

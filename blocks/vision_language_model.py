@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from blocks.lm_loss import LanguageModelOutput, lm_output
+from blocks.constants import IGNORE_INDEX
+from blocks.lm_loss import LanguageModelOutput, lm_output, next_token_targets
+from blocks.multi_token_prediction import MultiTokenPrediction, next_next_token_labels, next_token_embeddings
 from blocks.ops import OpTable
 from blocks.packing import PackingContext
 from blocks.position_ids import mrope_position_ids
@@ -32,7 +34,8 @@ class SpecialTokens:
 
 
 class VisionLanguageModel(nn.Module):
-    """Qwen3.5-style VLM. `model.visual` may be None for a text-only spec."""
+    """Qwen3.5-style VLM. `model.visual` may be None for a text-only spec; `mtp` (the checkpoint's
+    `mtp.*`, blocks/multi_token_prediction.py) is None unless the spec has `model.mtp`."""
 
     def __init__(
         self,
@@ -43,6 +46,7 @@ class VisionLanguageModel(nn.Module):
         spatial_merge_size: int,
         tie_word_embeddings: bool,
         ops: OpTable,
+        mtp: MultiTokenPrediction | None = None,
     ):
         super().__init__()
         self.model = nn.Module()  # a plain container, so names read `model.visual...` as in HF
@@ -56,6 +60,7 @@ class VisionLanguageModel(nn.Module):
         self.tokens = tokens
         self.spatial_merge_size = spatial_merge_size
         self.ops = ops
+        self.mtp = mtp  # registered last: a model without it initialises and orders tensors as before
 
     def get_input_embeddings(self) -> nn.Embedding:
         """The token embedding (transformers' name for it)."""
@@ -79,6 +84,7 @@ class VisionLanguageModel(nn.Module):
         shift_labels: torch.Tensor | None = None,
         packing: PackingContext | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
+        num_mtp_items_in_batch: int | torch.Tensor | None = None,
         return_logits: bool | None = None,
         idle_vision: bool = False,
     ) -> VisionLanguageModelOutput:
@@ -94,6 +100,8 @@ class VisionLanguageModel(nn.Module):
                         positions computed here by the reference's rope-index rule.
         num_items_in_batch: divide the summed loss by this instead of taking the mean (global-token
                         normalisation across accumulation steps and ranks).
+        num_mtp_items_in_batch: the same for the multi-token-prediction loss (its targets are
+                        fewer: `next_next_token_labels`); only read by a model with `mtp`.
         return_logits:  default: only when no labels are given (the loss never needs full logits).
         idle_vision:    with no `pixel_values`, still run the vision tower, on one blank minimal
                         image whose features add exactly zero to the embeddings. Under FSDP every
@@ -113,8 +121,37 @@ class VisionLanguageModel(nn.Module):
             inputs_embeds = inputs_embeds + self._idle_vision_zero(input_ids.device).to(inputs_embeds.dtype)
         hidden = text(inputs_embeds, packing)
 
-        return lm_output(hidden, self.lm_head, self.ops, labels=labels, shift_labels=shift_labels,
-                         num_items_in_batch=num_items_in_batch, return_logits=return_logits)
+        targets = next_token_targets(labels, shift_labels)
+        out = lm_output(hidden, self.lm_head, self.ops, labels=None, shift_labels=targets,
+                        num_items_in_batch=num_items_in_batch, return_logits=return_logits)
+        if self.mtp is not None:
+            self._add_mtp_output(out, hidden, inputs_embeds, packing, targets, num_mtp_items_in_batch, return_logits)
+        return out
+
+    def _add_mtp_output(
+        self,
+        out: LanguageModelOutput,
+        hidden: torch.Tensor,
+        inputs_embeds: torch.Tensor,
+        packing: PackingContext,
+        targets: torch.Tensor | None,
+        num_items: int | torch.Tensor | None,
+        return_logits: bool | None,
+    ) -> None:
+        """The MTP head's loss over the token after next (and its logits when asked) into `out`.
+        hidden [B, T, H]: the tower's final-normed output; inputs_embeds [B, T, H]: what it read."""
+        ctx = self.model.language_model.context(inputs_embeds, packing)
+        next_embeds = next_token_embeddings(inputs_embeds, packing.seq_idx)
+        mtp_hidden = self.mtp(hidden, next_embeds, ctx)
+        if targets is not None:
+            mtp_targets = next_next_token_labels(targets.to(hidden.device), packing.seq_idx)
+            out.mtp_loss = self.ops.cross_entropy(
+                mtp_hidden.reshape(-1, mtp_hidden.shape[-1]), self.lm_head.weight, mtp_targets.reshape(-1),
+                ignore_index=IGNORE_INDEX, num_items=num_items,
+            )
+        if return_logits or (return_logits is None and targets is None):
+            out.mtp_logits = self.lm_head(mtp_hidden)
+        out.mtp_loss_weight = self.mtp.loss_weight
 
     def _splice_image_features(
         self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor

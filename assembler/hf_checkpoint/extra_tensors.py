@@ -1,19 +1,20 @@
 """Tensors a checkpoint carries that the assembled model does not have: the released Qwen3.5's
 `mtp.*` multi-token-prediction head (15 tensors).
 
-They are not trained here, but an export that dropped them would break speculative decoding in
+Without `model.mtp` in the spec they are not trained, but an export that dropped them would break speculative decoding in
 vLLM / SGLang, so they travel **by reference**: nothing is copied at load time; at export they are
 re-read, byte for byte, from the source folder the model was loaded from (`source_dir`), and
 written with the dtype and shape they had. The export then holds them itself, so exporting from
 an export (or from a run whose `hf/` folder is such an export) carries them on. A training run
 records its source folder in its resolved spec (`train.init_from`), which is where export finds
-them again.
+them again. A model built with `model.mtp` holds the head itself (`mtp.*` are its own tensors,
+loaded, trained and exported like any other): then nothing is carried (`carried_for`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -28,6 +29,11 @@ EXTRA_TENSOR_PREFIXES = ("mtp.",)
 def is_extra_tensor(name: str) -> bool:
     """True for checkpoint tensors that belong to no module of the assembled model (`mtp.*`)."""
     return name.startswith(EXTRA_TENSOR_PREFIXES)
+
+
+def holds_extra_tensors(model_tensor_names: Iterable[str]) -> bool:
+    """True when the model has an `mtp.*` head of its own (`model.mtp`): a folder's `mtp.*` are then its tensors."""
+    return any(is_extra_tensor(name) for name in model_tensor_names)
 
 
 def extra_tensor_entries(folder: CheckpointFolder) -> list[TensorEntry]:
@@ -46,6 +52,11 @@ class ExtraTensorSource:
     def open(cls, source_dir: str | Path | None) -> "ExtraTensorSource":
         """The extras of `source_dir` (validated like any checkpoint folder); none when it is None."""
         return cls(open_checkpoint_folder(source_dir) if source_dir is not None else None)
+
+    @classmethod
+    def carried_for(cls, folder: CheckpointFolder | None, model_tensor_names: Iterable[str]) -> "ExtraTensorSource":
+        """The extras `folder` carries for a model with these tensors: none when it holds the head itself."""
+        return cls(None if holds_extra_tensors(model_tensor_names) else folder)
 
     @property
     def names(self) -> list[str]:

@@ -50,8 +50,10 @@ def load_hf_checkpoint(
     `model` may be on the meta device (tensors are created on `device`, in the meta tensors'
     dtype), materialised, or FSDP2-sharded (each rank copies its shard; every rank calls this).
     With `spec`, the folder's config.json must describe the same architecture. Missing or
-    unexpected tensors are an error listing them, except `mtp.*`, which are carried to exports
-    (see extra_tensors). LoRA adapters' tensors are the adapters' to fill (assembler.adapters). Raises CheckpointError before touching the model if anything is wrong.
+    unexpected tensors are an error listing them, except `mtp.*` for a model without a head of its
+    own (no `model.mtp`), which are carried to exports (see extra_tensors). LoRA adapters' tensors
+    are the adapters' to fill (assembler.adapters). Raises CheckpointError before touching the model
+    if anything is wrong.
     The model remembers the folder (HF_SOURCE_ATTRIBUTE): `save_hf_checkpoint` uses it as the
     default `source_dir`.
     """
@@ -61,7 +63,8 @@ def load_hf_checkpoint(
     targets = {name: entry for name, entry in model_tensors(model).items() if not is_adapter_tensor(name)}  # adapters: not the base's
     embedding_key = _input_embedding_key(model)
     head_from_embedding = _head_filled_from_embedding(folder, targets, embedding_key)
-    _check_keys_and_shapes(folder, targets, head_from_embedding)
+    extras = ExtraTensorSource.carried_for(folder, targets)
+    _check_keys_and_shapes(folder, targets, head_from_embedding, carried=set(extras.names))
 
     for name, value in stream_tensors(folder, [n for n in folder.tensors if n in targets]):
         fill_tensor(targets[name], value, device)
@@ -70,7 +73,6 @@ def load_hf_checkpoint(
         del value  # one checkpoint tensor alive at a time
     materialize_meta_buffers(model, device)
 
-    extras = ExtraTensorSource(folder)
     extras.log_carried()
     setattr(model, HF_SOURCE_ATTRIBUTE, folder.path)  # later exports carry mtp.* and the side files from it
     return LoadedCheckpoint(source_dir=folder.path, config=folder.config, extra_tensor_names=extras.names)
@@ -92,8 +94,8 @@ def _head_filled_from_embedding(folder: CheckpointFolder, targets: dict, embeddi
     return bool(tied) and TIED_HEAD_KEY in targets and TIED_HEAD_KEY not in folder.tensors and embedding_key in targets
 
 
-def _check_keys_and_shapes(folder: CheckpointFolder, targets: dict, head_from_embedding: bool) -> None:
-    stored = {name for name in folder.tensors if not is_extra_tensor(name)}
+def _check_keys_and_shapes(folder: CheckpointFolder, targets: dict, head_from_embedding: bool, *, carried: set[str]) -> None:
+    stored = {name for name in folder.tensors if name not in carried}
     expected = set(targets) - ({TIED_HEAD_KEY} if head_from_embedding else set())
     missing, unexpected = sorted(expected - stored), sorted(stored - expected)
     if missing or unexpected:
@@ -106,7 +108,9 @@ def _check_keys_and_shapes(folder: CheckpointFolder, targets: dict, head_from_em
                 + ", ".join(f"{n} ({folder.tensors[n].file})" for n in unexpected[:20])
                 + (" ..." if len(unexpected) > 20 else "")
             )
-        lines.append("  Is this checkpoint for this spec (layer count, layer types, vision tower)?")
+        lines.append("  Is this checkpoint for this spec (layer count, layer types, vision tower, model.mtp)?")
+        if any(is_extra_tensor(name) for name in missing):
+            lines.append("  The spec's model.mtp head needs the folder's mtp.* tensors; remove model.mtp to load a folder without them.")
         raise CheckpointError("\n".join(lines))
     for name in sorted(stored):
         want, have = tuple(targets[name].tensor.shape), folder.tensors[name].shape

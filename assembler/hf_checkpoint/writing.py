@@ -2,7 +2,8 @@
 
 Layout: `model-0000i-of-0000N.safetensors` shards (each at most `shard_size` bytes unless one
 tensor is larger) + `model.safetensors.index.json` + `config.json` generated from the spec +
-tokenizer / chat template / processor / generation files + the source's `mtp.*` tensors, verbatim.
+tokenizer / chat template / processor / generation files + the source's `mtp.*` tensors, verbatim
+(a model with a head of its own, `model.mtp`, writes its trained `mtp.*` instead).
 The side files are copied from the source folder when there is one, else written from the tokenizer
 and settings training used (serving_files.py: random init, trained from scratch). Dtypes follow
 dtype_policy.
@@ -110,7 +111,7 @@ def save_hf_checkpoint(
         try:
             check_export_target(given_out_dir, overwrite, inputs=(*inputs, *((source_dir,) if source_dir else ())))
             remove_stale_siblings(out_dir)
-            extras = _open_source(source_dir)
+            extras = ExtraTensorSource.carried_for(_open_source(source_dir).folder, tensors_by_name)
             collisions = sorted(set(extras.names) & {entry.name for entry in entries})
             if collisions:
                 raise CheckpointError(f"{source_dir}: extra tensors {collisions} collide with the model's own tensors")

@@ -314,6 +314,7 @@ def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, lo
                 "step": step,
                 "total_steps": total_steps,
                 "loss": outcome.loss,
+                **({"mtp_loss": outcome.mtp_loss} if outcome.mtp_loss is not None else {}),
                 "lr": outcome.lr,
                 "grad_norm": outcome.grad_norm,
                 **timer.read_interval(steps_left=total_steps - step),

@@ -49,8 +49,15 @@ def matmul_parameter_count(model: nn.Module) -> int:
 
 
 def flops_per_token(model: nn.Module, text_spec: dict, seq_len: int) -> float:
-    """Training flops per token: 6·N + the text layers' own (forward + backward)."""
-    return 6 * matmul_parameter_count(model) + attention_flops_per_token(text_spec, seq_len)
+    """Training flops per token: 6·N + the text layers' own (forward + backward). A model with a
+    multi-token-prediction head (`model.mtp`) adds its layers' own and a second pass through the LM
+    head (6·V·H: N counts the head's weight once, but the head runs on the tower's and the MTP's states)."""
+    total = 6 * matmul_parameter_count(model) + attention_flops_per_token(text_spec, seq_len)
+    mtp = getattr(model, "mtp", None)
+    if mtp is not None:
+        total += sum(_layer_type_flops_per_token(text_spec, layer.layer_type, seq_len) for layer in mtp.layers)
+        total += 6 * model.lm_head.weight.numel()
+    return float(total)
 
 
 def attention_flops_per_token(text_spec: dict, seq_len: int) -> float:
@@ -59,12 +66,14 @@ def attention_flops_per_token(text_spec: dict, seq_len: int) -> float:
     hidden_size, seq_len)` (softmax attention: the score and value matmuls, 12·H·d_head·S;
     linear-attention kernels are not counted, conservatively). A block class without that method
     adds nothing (warned once)."""
-    hidden_size = text_spec["hidden_size"]
-    per_layer_type = {
-        name: sum(_block_flops_per_token(kind, section, hidden_size, seq_len) for kind, section in layer_type.items())
-        for name, layer_type in text_spec["layer_types"].items()
-    }
+    per_layer_type = {name: _layer_type_flops_per_token(text_spec, name, seq_len) for name in text_spec["layer_types"]}
     return float(sum(per_layer_type[name] for name in text_spec["layers"]))
+
+
+def _layer_type_flops_per_token(text_spec: dict, layer_type: str, seq_len: int) -> float:
+    """What one layer of `layer_type` (its mixer and MLP blocks) counts beyond 6·N."""
+    sections = text_spec["layer_types"][layer_type]
+    return sum(_block_flops_per_token(kind, section, text_spec["hidden_size"], seq_len) for kind, section in sections.items())
 
 
 _WARNED_WITHOUT_FLOPS: set[type] = set()  # block classes already warned about
@@ -183,6 +192,8 @@ def format_duration(seconds: float) -> str:
 
 def _format_record(record: dict[str, Any]) -> str:
     parts = [f"step {record['step']}/{record['total_steps']}", f"loss {record['loss']:.4f}"]
+    if record.get("mtp_loss") is not None:
+        parts.append(f"mtp_loss {record['mtp_loss']:.4f}")
     if "lr" in record:
         parts.append(f"lr {record['lr']:.2e}")
     if "grad_norm" in record:

@@ -5,7 +5,9 @@ the optimizer and schedule steps. The loss is the sum of per-token losses divide
 target tokens of the whole step (all micro-batches, all ranks), so accumulation and data
 parallelism give the gradient one big batch would. Every rank runs the vision tower on every
 micro-batch in which any rank has an image (on a blank one when it has none), so the ranks' FSDP
-collectives always match.
+collectives always match. A model with a multi-token-prediction head (`model.mtp`, the module at
+`model.mtp`) backpropagates loss + loss_weight x mtp_loss; its MTP loss is normalised the same way,
+by the step's global count of MTP targets, and reported apart.
 """
 
 from __future__ import annotations
@@ -19,18 +21,22 @@ from torch import nn
 
 from assembler.distributed import World, all_reduce_sum
 from blocks.constants import IGNORE_INDEX
+from blocks.multi_token_prediction import next_next_token_labels
 
 MODEL_INPUTS = ("input_ids", "shift_labels", "pixel_values", "image_grid_thw", "packing")
 
 
 @dataclass(frozen=True)
 class StepOutcome:
-    """What one optimizer step gives back. `tokens`: the tokens this rank ran (padding included)."""
+    """What one optimizer step gives back. `loss`: the next-token loss; `mtp_loss`: the
+    multi-token-prediction head's (unweighted), None without one. `tokens`: the tokens this rank
+    ran (padding included)."""
 
     loss: float
     grad_norm: float
     lr: float
     tokens: int
+    mtp_loss: float | None = None
 
 
 class NonFiniteStep(Exception):
@@ -60,24 +66,30 @@ def training_step(
     optimizer step, schedule step. Raises NonFiniteStep (before the update) on a NaN/inf loss or
     gradient norm. `on_phase("backward" | "optimizer")` is called as each phase starts (the
     benchmark's memory report uses it to say where the peak falls)."""
-    num_items, images_anywhere = _step_totals(micro_batches, world.device)
+    has_mtp = getattr(model, "mtp", None) is not None
+    num_items, num_mtp_items, images_anywhere = _step_totals(micro_batches, world.device, count_mtp_targets=has_mtp)
+    mtp_kwargs = {"num_mtp_items_in_batch": num_mtp_items.clamp_min(1)} if has_mtp else {}
     num_items = num_items.clamp_min(1)
     lr = scheduler.get_last_lr()[0]
-    step_loss = torch.zeros((), dtype=torch.float32, device=world.device)
+    step_losses = torch.zeros(2, dtype=torch.float32, device=world.device)  # next-token, MTP
     tokens = 0
     for micro_batch, any_rank_has_images in zip(micro_batches, images_anywhere):
         # Only when sharded: the vision collectives of the ranks must match (see the module docstring).
         idle_vision = world.is_distributed and any_rank_has_images and micro_batch.get("pixel_values") is None
-        out = model(**to_device(micro_batch, world.device), num_items_in_batch=num_items, idle_vision=idle_vision)
+        out = model(**to_device(micro_batch, world.device), num_items_in_batch=num_items, idle_vision=idle_vision, **mtp_kwargs)
         if on_phase is not None:
             on_phase("backward")
-        out.loss.backward()
-        step_loss += out.loss.detach().float()
+        out.training_loss.backward()
+        step_losses[0] += out.loss.detach().float()
+        if out.mtp_loss is not None:
+            step_losses[1] += out.mtp_loss.detach().float()
         tokens += micro_batch["input_ids"].numel()
     grad_norm = float(_grad_norm(model, grad_clip))
-    loss = float(all_reduce_sum(step_loss))
+    loss, mtp_loss = all_reduce_sum(step_losses).tolist()
     if not math.isfinite(loss):
         raise NonFiniteStep("loss", loss)
+    if has_mtp and not math.isfinite(mtp_loss):
+        raise NonFiniteStep("MTP loss", mtp_loss)
     if not math.isfinite(grad_norm):
         raise NonFiniteStep("gradient norm", grad_norm)
     if on_phase is not None:
@@ -85,16 +97,22 @@ def training_step(
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepOutcome(loss=loss, grad_norm=grad_norm, lr=lr, tokens=tokens)
+    return StepOutcome(loss=loss, grad_norm=grad_norm, lr=lr, tokens=tokens, mtp_loss=mtp_loss if has_mtp else None)
 
 
-def _step_totals(micro_batches: list[dict[str, Any]], device: torch.device) -> tuple[torch.Tensor, list[bool]]:
-    """One all-reduce per step: the target tokens of the whole step (every micro-batch on every
-    rank, a [] int64 tensor), and for each micro-batch index whether any rank's has an image."""
+def _step_totals(
+    micro_batches: list[dict[str, Any]], device: torch.device, *, count_mtp_targets: bool
+) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
+    """One all-reduce per step: the next-token targets and (`count_mtp_targets`) the MTP targets of
+    the whole step (every micro-batch on every rank, [] int64 tensors; 0 when not counted), and for
+    each micro-batch index whether any rank's has an image."""
     local = [sum(int((mb["shift_labels"] != IGNORE_INDEX).sum()) for mb in micro_batches)]
+    local.append(sum(int((next_next_token_labels(mb["shift_labels"], mb["packing"].seq_idx) != IGNORE_INDEX).sum())
+                     for mb in micro_batches) if count_mtp_targets else 0)
     local += [int(mb.get("pixel_values") is not None) for mb in micro_batches]
     totals = all_reduce_sum(torch.tensor(local, dtype=torch.int64, device=device)).tolist()
-    return torch.tensor(totals[0], dtype=torch.int64, device=device), [count > 0 for count in totals[1:]]
+    as_tensor = lambda count: torch.tensor(count, dtype=torch.int64, device=device)  # noqa: E731
+    return as_tensor(totals[0]), as_tensor(totals[1]), [count > 0 for count in totals[2:]]
 
 
 def _grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:

@@ -88,6 +88,9 @@ def hf_config_from_spec(spec: Spec, dtype: str = "bfloat16") -> dict:
         "eos_token_id": tokens["eos"],
         "model_type": "qwen3_5_text",
     }
+    if spec.model.get("mtp") is not None:  # vLLM / SGLang read these to build the head from `mtp.*`
+        text_config["mtp_num_hidden_layers"] = spec.model["mtp"]["num_hidden_layers"]
+        text_config["mtp_use_dedicated_embeddings"] = False  # it reads the model's own embedding
     vision_config = {
         "depth": vision["depth"],
         "hidden_size": vision["hidden_size"],
@@ -165,6 +168,11 @@ def _refuse_unrepresentable(spec: Spec) -> tuple[dict, dict, dict]:
     if len(distinct) > 1 or any(m["block"] != "swiglu" for m in mlps.values()):
         problems.append(Problem("model.text.layer_types", f"the layer types' MLPs differ or are not SwiGLU: {mlps}",
                                 "transformers' Qwen3.5 has one SwiGLU MLP for every layer", mlps, "one swiglu mlp"))
+    mtp = spec.model.get("mtp")
+    if mtp is not None and by_mixer.get("gated_attention") != [mtp["layer_type"]]:
+        problems.append(Problem("model.mtp.layer_type", f"{mtp['layer_type']!r} is not the tower's gated-attention layer type",
+                                "the released Qwen3.5 MTP layer is the text tower's full-attention layer",
+                                mtp["layer_type"], " or ".join(by_mixer.get("gated_attention", [])) or "a gated_attention layer type"))
     if problems:
         raise SpecError(problems).with_file(str(spec.source)) if spec.source else SpecError(problems)
     mixers = {block: layer_types[names[0]]["mixer"] for block, names in by_mixer.items()}
