@@ -10,7 +10,6 @@ world size starts from the same adapters.
 from __future__ import annotations
 
 import fnmatch
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -20,6 +19,7 @@ from assembler.hf_checkpoint.model_tensors import checkpoint_name, fill_tensor, 
 from assembler.spec_errors import Problem, SpecError
 from assembler.spec_sections import AdapterSettings
 from blocks.constants import DTYPES
+
 
 def adaptable_linears(model: nn.Module) -> dict[str, nn.Linear]:
     """Module name → every nn.Linear the model calls as a module (all linear layers of the text and

@@ -47,12 +47,12 @@ from assembler.train.checkpoint import (
     resolve_resume_path,
     save_checkpoint,
 )
-from assembler.train.metrics import MetricsLogger, StepTimer, flops_per_token, peak_flops, peak_memory_gib
 from assembler.train.freeze import parameter_counts
-from assembler.train.trained_parameters import choose_trained_parameters
+from assembler.train.metrics import MetricsLogger, StepTimer, flops_per_token, peak_flops, peak_memory_gib
 from assembler.train.optim import build_lr_schedule, build_optimizer
 from assembler.train.run_dir import ADAPTER_EXPORT_FOLDER, HF_EXPORT_FOLDER, RESOLVED_SPEC_FILE, check_same_model, resume_changes, run_folder, save_resolved_spec
 from assembler.train.step import NonFiniteStep, training_step
+from assembler.train.trained_parameters import choose_trained_parameters
 from blocks.constants import DTYPES
 
 
