@@ -8,7 +8,8 @@
 # rows into $OUT (default ./gpu_suite_out). SUITE_PARTS picks the parts and their order (default
 # "tests baseline ours acaround noac vlm"; also "autotune": no AC with Inductor's max-autotune, and
 # "e2e": benchmarks/gpu_e2e.py, the real CLI end to end, E2E_CELLS picking its cells; "layouts":
-# the bench on the e2e spec, packed and one-document rows; "levers": issue 14's precision levers,
+# the bench on the e2e spec, packed and one-document rows; "lora": LoRA against full fine-tuning at
+# 8k (issue 15); "levers": issue 14's precision levers,
 # one bench row each; "auto": activation checkpointing mode auto under AUTO_BUDGET_GIB at AUTO_SEQS;
 # LEVER_SPEC / LEVER_BACKEND replace their spec and backend, e.g. for a CPU dry run); ANCHORS the baseline's anchor rows
 # (default "plain liger plain-noac liger-noac"), BASE_FLAGS its extra flags (default --memory-peak);
@@ -112,6 +113,15 @@ run_part() {
         timeout "$(t levers 300)" python3 cli.py bench "${LEVER_SPEC:-specs/qwen3_5_4b.yaml}" -o ops.backend=${LEVER_BACKEND:-fast} $flags \
           $(seq_args "${LEVER_SEQS:-8192}") --layout packed --layout one-document --steps $STEPS --warmup $WARMUP --no-profile \
           --label "ours, $label" --json "$OUT/ours_lever_${label//[^a-z0-9]/_}.json" 2>&1 | tail -12
+      done ;;
+    lora)
+      # Issue 15: LoRA rank 16 on every linear layer (bf16 frozen base, fp32 adapters) next to full
+      # fine-tuning, 8k packed tokens per step, through the training step (target peak <= 24 GiB).
+      for row in "full fine-tuning|specs/qwen3_5_4b.yaml" "LoRA r16, all linear layers|specs/qwen3_5_4b_lora.yaml"; do
+        label=${row%%|*}; spec=${row#*|}
+        echo "== ours, $label"
+        timeout "$(t lora 300)" python3 cli.py bench "$spec" -o ops.backend=fast --seq 8192 --layout packed --steps $STEPS \
+          --warmup $WARMUP --no-profile --label "ours, $label" --json "$OUT/ours_lora_${label//[^a-z0-9]/_}.json" 2>&1 | tail -12
       done ;;
     auto)
       # Issue 14: `mode: auto` under a 40 GiB budget at 16k, against the fixed plans (acaround, ours).
