@@ -7,7 +7,8 @@
 # attrs, jsonschema-specifications, referencing and rpds-py (cp312 manylinux). Writes logs and JSON
 # rows into $OUT (default ./gpu_suite_out). SUITE_PARTS picks the parts and their order (default
 # "tests baseline ours acaround noac vlm"; also "autotune": no AC with Inductor's max-autotune, and
-# "e2e": benchmarks/gpu_e2e.py, the real CLI end to end, E2E_CELLS picking its cells; "layouts":
+# "e2e": benchmarks/gpu_e2e.py, the real CLI end to end, E2E_CELLS picking its cells and
+# E2E_OVERRIDES (space-separated key=value) added to each; "layouts":
 # the bench on the e2e spec, packed and one-document rows; "lora": LoRA against full fine-tuning at
 # 8k (issue 15); "levers": issue 14's precision levers,
 # one bench row each; "auto": activation checkpointing mode auto under AUTO_BUDGET_GIB at AUTO_SEQS;
@@ -101,7 +102,8 @@ run_part() {
         --json "$OUT/ours_no_ac_autotune.json" 2>&1 | tail -60 ;;
     e2e)
       echo "== the real CLI end to end (benchmarks/gpu_e2e.py)"
-      timeout "$(t e2e 1500)" python3 benchmarks/gpu_e2e.py --out "$OUT" ${E2E_CELLS:+--cells $E2E_CELLS} 2>&1 | tail -30 ;;
+      timeout "$(t e2e 1500)" python3 benchmarks/gpu_e2e.py --out "$OUT" ${E2E_CELLS:+--cells $E2E_CELLS} \
+        $(for o in ${E2E_OVERRIDES:-}; do printf -- "--override %s " "$o"; done) 2>&1 | tail -30 ;;
     levers)
       # Issue 14's precision levers through the training step, one row each at LEVER_SEQS (default 8k),
       # packed and one document per row: fp32 masters (the default), no fp32-kept parameters (the linear
