@@ -104,6 +104,7 @@ class DataSettings(SpecSection):
     on_error: str
     images: ImageSettings
     shuffle: bool
+    workers: int
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,12 @@ RESUMED_LOSS_RTOL = 1e-3
 BENCH_AGREEMENT = 0.05  # |bench / train - 1| of steady-state tokens/s
 
 
+EXTRA_OVERRIDES: list[str] = []  # --override: added to every cell (e.g. data.workers=2)
+
+
 def cell_command(launch: str, backend: str, data: str, steps: int, extra: list[str]) -> list[str]:
-    overrides = [f"ops.backend={backend}", f"train.steps={steps}", "train.log_every=1", *(TEXT_ONLY if data == "text" else []), *extra]
+    overrides = [f"ops.backend={backend}", f"train.steps={steps}", "train.log_every=1", *(TEXT_ONLY if data == "text" else []),
+                 *EXTRA_OVERRIDES, *extra]
     args = ["train", str(SPEC), *[f"-o{o}" for o in overrides]]
     if launch == "one":
         return [sys.executable, str(ROOT / "cli.py"), *args]
@@ -193,7 +197,10 @@ def main() -> None:
     parser.add_argument("--spec", type=Path, default=SPEC, help="the spec every cell trains (default: the 4B e2e spec)")
     parser.add_argument("--kill-backend", default=KILL_BACKEND, choices=["fast", "hf"])
     parser.add_argument("--hf-steps", type=int, default=STEPS["hf"], help="steps of the hf cells (slow on the 4B)")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a spec override added to every cell's command, e.g. data.workers=2 (repeatable)")
     args = parser.parse_args()
+    EXTRA_OVERRIDES.extend(args.override)
     SPEC, KILL_BACKEND = args.spec.resolve(), args.kill_backend
     STEPS["hf"] = args.hf_steps
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` ends us: clean up the cell (finally)

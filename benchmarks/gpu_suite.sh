@@ -7,8 +7,10 @@
 # attrs, jsonschema-specifications, referencing and rpds-py (cp312 manylinux). Writes logs and JSON
 # rows into $OUT (default ./gpu_suite_out). SUITE_PARTS picks the parts and their order (default
 # "tests baseline ours acaround noac vlm"; also "autotune": no AC with Inductor's max-autotune, and
-# "e2e": benchmarks/gpu_e2e.py, the real CLI end to end, E2E_CELLS picking its cells; "layouts":
-# the bench on the e2e spec, packed and one-document rows; "levers": issue 14's precision levers,
+# "e2e": benchmarks/gpu_e2e.py, the real CLI end to end, E2E_CELLS picking its cells and
+# E2E_OVERRIDES (space-separated key=value) added to each; "layouts":
+# the bench on the e2e spec, packed and one-document rows; "lora": LoRA against full fine-tuning at
+# 8k (issue 15); "levers": issue 14's precision levers,
 # one bench row each; "auto": activation checkpointing mode auto under AUTO_BUDGET_GIB at AUTO_SEQS;
 # LEVER_SPEC / LEVER_BACKEND replace their spec and backend, e.g. for a CPU dry run); ANCHORS the baseline's anchor rows
 # (default "plain liger plain-noac liger-noac"), BASE_FLAGS its extra flags (default --memory-peak);
@@ -100,7 +102,8 @@ run_part() {
         --json "$OUT/ours_no_ac_autotune.json" 2>&1 | tail -60 ;;
     e2e)
       echo "== the real CLI end to end (benchmarks/gpu_e2e.py)"
-      timeout "$(t e2e 1500)" python3 benchmarks/gpu_e2e.py --out "$OUT" ${E2E_CELLS:+--cells $E2E_CELLS} 2>&1 | tail -30 ;;
+      timeout "$(t e2e 1500)" python3 benchmarks/gpu_e2e.py --out "$OUT" ${E2E_CELLS:+--cells $E2E_CELLS} \
+        $(for o in ${E2E_OVERRIDES:-}; do printf -- "--override %s " "$o"; done) 2>&1 | tail -30 ;;
     levers)
       # Issue 14's precision levers through the training step, one row each at LEVER_SEQS (default 8k),
       # packed and one document per row: fp32 masters (the default), no fp32-kept parameters (the linear
@@ -112,6 +115,15 @@ run_part() {
         timeout "$(t levers 300)" python3 cli.py bench "${LEVER_SPEC:-specs/qwen3_5_4b.yaml}" -o ops.backend=${LEVER_BACKEND:-fast} $flags \
           $(seq_args "${LEVER_SEQS:-8192}") --layout packed --layout one-document --steps $STEPS --warmup $WARMUP --no-profile \
           --label "ours, $label" --json "$OUT/ours_lever_${label//[^a-z0-9]/_}.json" 2>&1 | tail -12
+      done ;;
+    lora)
+      # Issue 15: LoRA rank 16 on every linear layer (bf16 frozen base, fp32 adapters) next to full
+      # fine-tuning, 8k packed tokens per step, through the training step (target peak <= 24 GiB).
+      for row in "full fine-tuning|specs/qwen3_5_4b.yaml" "LoRA r16, all linear layers|specs/qwen3_5_4b_lora.yaml"; do
+        label=${row%%|*}; spec=${row#*|}
+        echo "== ours, $label"
+        timeout "$(t lora 300)" python3 cli.py bench "$spec" -o ops.backend=fast --seq 8192 --layout packed --steps $STEPS \
+          --warmup $WARMUP --no-profile --label "ours, $label" --json "$OUT/ours_lora_${label//[^a-z0-9]/_}.json" 2>&1 | tail -12
       done ;;
     auto)
       # Issue 14: `mode: auto` under a 40 GiB budget at 16k, against the fixed plans (acaround, ours).

@@ -9,16 +9,25 @@ function of (samples, seed, epoch) on every rank, so no communication is needed.
 The position is two integers, the same on every rank: `{"epoch", "row"}` of the first row of the
 next step. `state_dict()` / `load_state_dict()` carry it through a checkpoint, and a resumed loader
 yields exactly the batches the uninterrupted one would have.
+
+With `workers` > 0 (`data.workers`), iterating the loader collates rows in that many worker
+processes (torch's DataLoader): worker k collates this rank's rows k, k + workers, ... (decoding
+and resizing their images), and DataLoader hands them back in order, prefetched. Only collation
+moves: which samples form which row is still planned here, so the batches are the same for any
+number of workers, and the position counts the rows handed to the training loop, not those
+prefetched.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from array import array
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from assembler.data.chat_template import (
     ENDOFTEXT, IMAGE_PAD, LOSS_ON, VISION_END, VISION_START, EncodedSample, encode_chat, encode_text,
@@ -55,6 +64,7 @@ class PackedBatchLoader:
         spatial_merge_size: int,
         image_processor: ImageProcessor | None = None,
         stats: PackingStats | None = None,
+        workers: int = 0,
     ):
         if not samples:
             raise DataError("the dataset is empty: no samples left to train on")
@@ -64,6 +74,7 @@ class PackedBatchLoader:
         self.budget = budget
         self.seed = seed
         self.shuffle = shuffle
+        self.workers = workers
         self.rank = rank
         self.world_size = world_size
         self._collate_args = dict(budget=budget, pad_token_id=pad_token_id, image_token_id=image_token_id,
@@ -95,23 +106,25 @@ class PackedBatchLoader:
                             budget_tokens=len(rows) * self.budget)
 
     def __iter__(self) -> Iterator[dict]:
-        return self
+        """The batches from the current position on: collated here (workers 0, `next(loader)`
+        does the same), or by `workers` processes, prefetched (see the module docstring)."""
+        if self.workers == 0:
+            return self
+        return _WorkerFedBatches(self)
 
     def __next__(self) -> dict:
         """This rank's row of the next step; the position advances by `world_size` rows."""
-        epoch, row = self._epoch, self._row
-        mine = None
-        for offset in range(self.world_size):
-            rows = self.rows_of_epoch(epoch)
-            if offset == self.rank:
-                mine = rows[row]
-            row += 1
-            if row == len(rows):
-                epoch, row = epoch + 1, 0
-        self._epoch, self._row = epoch, row
-        samples = [self.samples[i] for i in mine]
-        self.last_efficiency = sum(len(s) for s in samples) / self.budget
-        return collate_row(samples, **self._collate_args)
+        return self.collate(self._take_row())
+
+    def collate(self, sample_indices: list[int]) -> dict:
+        """The batch of one row (see `collate_row`)."""
+        return collate_row([self.samples[i] for i in sample_indices], **self._collate_args)
+
+    def _take_row(self) -> list[int]:
+        """The sample indices of this rank's next row; advances the position by `world_size` rows."""
+        self._epoch, self._row, mine = _advance(self.rows_of_epoch, self._epoch, self._row, self.rank, self.world_size)
+        self.last_efficiency = sum(self._lengths[i] for i in mine) / self.budget
+        return mine
 
     def state_dict(self) -> dict[str, Any]:
         """The position (same on every rank) plus what it is only valid for."""
@@ -136,6 +149,59 @@ class PackedBatchLoader:
         if not 0 <= row < len(self.rows_of_epoch(epoch)):
             raise DataError(f"data position row {row} is outside epoch {epoch}")
         self._epoch, self._row = epoch, row
+
+
+def _advance(rows_of_epoch, epoch: int, row: int, rank: int, world_size: int) -> tuple[int, int, list[int]]:
+    """(epoch, row) after one step of `world_size` global rows, and rank `rank`'s row of that step."""
+    mine: list[int] = []
+    for offset in range(world_size):
+        rows = rows_of_epoch(epoch)
+        if offset == rank:
+            mine = rows[row]
+        row += 1
+        if row == len(rows):
+            epoch, row = epoch + 1, 0
+    return epoch, row, mine
+
+
+class _RowsFrom(IterableDataset):
+    """This rank's batches from a position, for DataLoader workers: worker k of n collates the
+    rows k, k + n, ... and skips the others' (planning a row costs nothing next to collating it),
+    so DataLoader, which takes one item from each worker in turn, yields them in stream order."""
+
+    def __init__(self, loader: PackedBatchLoader, epoch: int, row: int):
+        self.loader, self.epoch, self.row = loader, epoch, row
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        loader, epoch, row = self.loader, self.epoch, self.row
+        for index in itertools.count():
+            epoch, row, mine = _advance(loader.rows_of_epoch, epoch, row, loader.rank, loader.world_size)
+            if index % workers == worker:
+                yield loader.collate(mine)
+
+
+class _WorkerFedBatches:
+    """Iterator over a loader's batches collated by its worker processes; keeps the loader's
+    position at the rows handed out (what a checkpoint must save), not at those prefetched."""
+
+    def __init__(self, loader: PackedBatchLoader):
+        self.loader = loader
+        self.batches = iter(DataLoader(
+            _RowsFrom(loader, loader._epoch, loader._row), batch_size=None, num_workers=loader.workers,
+            pin_memory=torch.cuda.is_available(), prefetch_factor=PREFETCH_ROWS_PER_WORKER,
+        ))
+
+    def __iter__(self) -> "_WorkerFedBatches":
+        return self
+
+    def __next__(self) -> dict:
+        self.loader._take_row()  # the position (and last_efficiency) of the row the workers made
+        return next(self.batches)
+
+
+PREFETCH_ROWS_PER_WORKER = 2  # rows each worker collates ahead (DataLoader's default)
 
 
 def build_loader(spec: Any, *, rank: int = 0, world_size: int = 1, base_dir: Path | None = None,
@@ -211,7 +277,7 @@ def build_loader_from_sections(
         samples, budget=tokens_per_step, seed=seed, shuffle=settings.shuffle, rank=rank,
         world_size=world_size, pad_token_id=tokenizer.token_id(ENDOFTEXT), image_token_id=tokens["image"],
         spatial_merge_size=vision["spatial_merge_size"] if vision else 1, image_processor=image_processor,
-        stats=stats,
+        stats=stats, workers=settings.workers,
     )
 
 
