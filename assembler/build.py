@@ -18,7 +18,7 @@ from blocks.ops import AUTO, OpTable, chosen_backends, resolve_ops, unmet_fast_r
 def resolve_spec_ops(spec: Spec) -> OpTable:
     """The op table the spec selects: `ops.backend` for all ops, then `ops.overrides` per op
     (`auto` decided for this machine; `assemble train` decides it first, in `decide_auto_ops`)."""
-    return resolve_ops(spec.ops["backend"], spec.ops.get("overrides") or {}, compute_dtype=compute_dtype(spec, sharded=True))
+    return resolve_ops(spec.ops["backend"], spec.ops["overrides"], compute_dtype=compute_dtype(spec, sharded=True))
 
 
 def compute_dtype(spec: Spec, *, sharded: bool) -> str:
@@ -34,7 +34,7 @@ def decide_auto_ops(spec: Spec, device_type: str, *, sharded: bool) -> tuple[Spe
     if spec.ops["backend"] != AUTO:
         return spec, None
     chosen = chosen_backends(
-        AUTO, spec.ops.get("overrides") or {}, device_type=device_type, compute_dtype=compute_dtype(spec, sharded=sharded)
+        AUTO, spec.ops["overrides"], device_type=device_type, compute_dtype=compute_dtype(spec, sharded=sharded)
     )
     decided = dataclasses.replace(spec, ops={**spec.ops, "overrides": chosen})
     fast = [name for name, which in chosen.items() if which == "fast"]
@@ -49,7 +49,7 @@ def check_ops_can_train(spec: Spec, device_type: str, *, sharded: bool | None = 
     `sharded` (default: on CUDA, as every GPU run is) picks the compute dtype, see `compute_dtype`."""
     sharded = device_type == "cuda" if sharded is None else sharded
     dtype = compute_dtype(spec, sharded=sharded)
-    chosen = chosen_backends(spec.ops["backend"], spec.ops.get("overrides") or {}, device_type=device_type, compute_dtype=dtype)
+    chosen = chosen_backends(spec.ops["backend"], spec.ops["overrides"], device_type=device_type, compute_dtype=dtype)
     problems = unmet_fast_requirements(chosen, device_type, dtype)
     if problems:
         raise UserError(f"{spec.source or spec.name}: " + "; ".join(problems))

@@ -84,7 +84,7 @@ def bench_spec(
     grad_clip = float(spec.train["grad_clip"])
     n_text = text_matmul_parameters(model)
     text_spec = spec.model["text"]
-    label = label or f"{spec.name} ({spec.ops['backend']}, AC {spec.parallel['activation_checkpointing'].get('mode', 'none')})"
+    label = label or f"{spec.name} ({spec.ops['backend']}, AC {spec.parallel['activation_checkpointing']['mode']})"
 
     results = []
     for seq_len, layout in [(n, name) for n in seq_lens for name in layouts if name != "data"] + (
