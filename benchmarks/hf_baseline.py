@@ -30,7 +30,7 @@ from assembler.bench.measure import measure_training_step  # noqa: E402
 from assembler.bench.memory_peak import mark  # noqa: E402
 from assembler.bench.report import format_breakdown, format_memory_peak, format_rows, save  # noqa: E402
 from assembler.bench.workload import TEXT_TOKEN_RANGE, training_flops  # noqa: E402
-from assembler.train.metrics import matmul_parameter_count  # noqa: E402
+from assembler.train.metrics import matmul_weight_flops_per_token  # noqa: E402
 
 SPEC = ROOT / "specs" / "qwen3_5_4b.yaml"
 
@@ -84,7 +84,7 @@ def main() -> None:
     checkpointing = not args.no_checkpointing
     model = build_baseline(spec, liger=args.liger, checkpointing=checkpointing)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0, fused=True)
-    n_matmul = matmul_parameter_count(model)
+    matmul_flops = matmul_weight_flops_per_token(model)  # every weight trained: 6·N
 
     results = []
     for seq_len in args.seq:
@@ -101,7 +101,7 @@ def main() -> None:
 
         results.append(measure_training_step(
             step, label=anchor_label(args.liger, checkpointing), tokens_per_step=seq_len,
-            flops_per_step=training_flops(n_matmul, spec.model["text"], seq_len),
+            flops_per_step=training_flops(matmul_flops, spec.model["text"], seq_len),
             steps=args.steps, warmup=args.warmup, profile=not args.no_profile,
             memory_peak=args.memory_peak, cleanup=lambda: optimizer.zero_grad(set_to_none=True),
         ))

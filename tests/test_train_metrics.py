@@ -8,7 +8,7 @@ from torch import nn
 
 from assembler.train.metrics import (
     METRICS_FILE, WARMUP_STEPS, MetricsLogger, StepTimer, attention_flops_per_token, flops_per_token, format_duration,
-    matmul_parameter_count,
+    matmul_parameter_count, matmul_weight_flops_per_token,
 )
 
 
@@ -37,6 +37,39 @@ def test_flops_per_token_formula():
     assert flops_per_token(TinyLM(True), text, seq) == 6 * 864 + 12 * 2 * 4 * 32 * seq
 
 
+def test_a_frozen_weight_counts_four_flops_per_token_not_six():
+    # A frozen weight gets no gradient: forward (2) and the input's gradient (2) only. Tied: the
+    # head's weight is the embedding's, counted once.
+    model = TinyLM(tie=True)
+    assert matmul_weight_flops_per_token(model) == 6 * (64 + 800)
+    model.proj.weight.requires_grad_(False)
+    assert matmul_weight_flops_per_token(model) == 4 * 64 + 6 * 800
+    model.head.weight.requires_grad_(False)
+    assert matmul_weight_flops_per_token(model) == 4 * (64 + 800)
+
+
+def test_a_lora_runs_flops_count_the_frozen_base_at_four_and_its_adapters_at_six():
+    from pathlib import Path
+
+    from assembler import build_model, load_spec
+    from assembler.train.trained_parameters import choose_trained_parameters
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "specs" / "qwen3_5_tiny.yaml",
+                     ["train.adapters={method: lora, rank: 2, targets: ['*']}"])
+    model = build_model(spec, seed=0)
+    full = flops_per_token(model, spec.model["text"], 256)
+    choose_trained_parameters(model, spec)
+    adapters = sum(p.numel() for name, p in model.named_parameters() if ".lora_" in name)
+    base = matmul_parameter_count(model) - adapters
+    matmul_layers = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    frozen = {id(m.weight): m.weight.numel() for m in model.modules()
+              if isinstance(m, matmul_layers) and not m.weight.requires_grad}  # the tied head once
+    assert sum(frozen.values()) == base and adapters > 0  # LoRA freezes every base weight
+    # Before: 6 per base weight. After: 4 per (frozen) base weight, 6 per adapter weight.
+    assert flops_per_token(model, spec.model["text"], 256) == full - 2 * base + 6 * adapters
+    assert base == matmul_parameter_count(build_model(spec, device="meta"))
+
+
 def test_the_4b_specs_flops_are_what_the_formula_gave_before_blocks_owned_them():
     """Pinned by hand from ARCHITECTURE.md's formula: the 4B spec has 8 gated-attention layers of
     16 heads x 256 dims; its 24 Gated DeltaNet layers and every SwiGLU add nothing beyond 6·N."""
@@ -49,7 +82,7 @@ def test_the_4b_specs_flops_are_what_the_formula_gave_before_blocks_owned_them()
     seq = 4096
     per_token = 8 * 12 * 16 * 256 * seq  # 1,610,612,736
     assert attention_flops_per_token(text, seq) == per_token
-    assert training_flops(1_000_000, text, seq) == (6 * 1_000_000 + per_token) * seq
+    assert training_flops(6 * 1_000_000, text, seq) == (6 * 1_000_000 + per_token) * seq
 
 
 def test_steady_state_skips_the_warm_up_and_counts_the_step_alone():

@@ -20,12 +20,12 @@ import torch
 from assembler.family import family_of_model
 from assembler.bench.measure import Measurement, measure_training_step
 from assembler.bench.memory_peak import mark
-from assembler.bench.workload import ImageSpec, synthetic_row, text_matmul_parameters, training_flops
+from assembler.bench.workload import ImageSpec, synthetic_row, text_matmul_flops, training_flops
 from assembler.build import decide_auto_ops
 from assembler.distributed import init_world
 from assembler.spec import Spec
 from assembler.train.loop import build_for_world, seed_everything
-from assembler.train.metrics import WARMUP_STEPS, matmul_parameter_count
+from assembler.train.metrics import WARMUP_STEPS, matmul_weight_flops_per_token
 from assembler.train.optim import build_lr_schedule, build_optimizer
 from assembler.train.step import training_step
 
@@ -82,7 +82,7 @@ def bench_spec(
     optimizer = build_optimizer(model, spec.train["optimizer"])
     scheduler = build_lr_schedule(optimizer, spec.train["schedule"], SCHEDULE_STEPS)
     grad_clip = float(spec.train["grad_clip"])
-    n_text = text_matmul_parameters(model)
+    text_flops = text_matmul_flops(model)
     text_spec = spec.model["text"]
     label = label or f"{spec.name} ({spec.ops['backend']}, AC {spec.parallel['activation_checkpointing']['mode']})"
 
@@ -107,8 +107,8 @@ def bench_spec(
         vision = None
         if patches:
             vision_tower = family_of_model(model).towers(model)["vision"]
-            vision = (matmul_parameter_count(vision_tower), spec.model["vision"], patches, patches // images_per_row)
-        flops = training_flops(n_text, text_spec, seq_len, vision=vision)  # of the first row, for `data`
+            vision = (matmul_weight_flops_per_token(vision_tower), spec.model["vision"], patches, patches // images_per_row)
+        flops = training_flops(text_flops, text_spec, seq_len, vision=vision)  # of the first row, for `data`
         documents = row["packing"].num_documents
         row_label = {"packed": f"{label}, packed {documents} docs", "one-document": f"{label}, one document",
                      "data": f"{label}, the spec's data"}[layout]

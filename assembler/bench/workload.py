@@ -16,7 +16,8 @@ import torch
 
 from assembler.data.chat_template import IGNORE_INDEX, EncodedSample
 from assembler.data.packing import collate_row
-from assembler.train.metrics import attention_flops_per_token, matmul_parameter_count
+from assembler.family import family_of_model
+from assembler.train.metrics import attention_flops_per_token, matmul_weight_flops_per_token
 
 TEXT_TOKEN_RANGE = 150_000  # ordinary token ids, clear of Qwen3.5's special tokens
 
@@ -144,24 +145,27 @@ class _RandomPixels:
 
 
 def training_flops(
-    n_text_matmul: int, text_spec: dict, seq_len: int, *, vision: tuple[int, dict, int, int] | None = None
+    text_matmul_flops: float, text_spec: dict, seq_len: int, *, vision: tuple[float, dict, int, int] | None = None
 ) -> float:
     """Flops of one training step, torchtitan's convention (ARCHITECTURE.md, Measuring): per token
-    6·N + what the text layers' blocks count themselves (`attention_flops_per_token`: softmax
-    attention's 12·H·d_head·S; delta-rule kernel flops are not counted).
+    the text matmuls' (`text_matmul_flops`: 6·N, a frozen weight 4, see
+    `matmul_weight_flops_per_token`) + what the text layers' blocks count themselves
+    (`attention_flops_per_token`: softmax attention's 12·H·d_head·S; delta-rule kernel flops are
+    not counted).
 
-    vision: (N_vision, vision spec, patches per step, patches per image) adds
-    6·N_vision + 12·depth·hidden·S_image per patch, the same convention for the vision tower.
+    vision: (the vision tower's matmul flops per patch, vision spec, patches per step, patches per
+    image) adds those + 12·depth·hidden·S_image per patch, the same convention for the vision tower.
     """
-    per_token = 6 * n_text_matmul + attention_flops_per_token(text_spec, seq_len)
+    per_token = text_matmul_flops + attention_flops_per_token(text_spec, seq_len)
     flops = per_token * seq_len
     if vision is not None:
-        n_vision, vision_spec, patches, patches_per_image = vision
-        flops += (6 * n_vision + 12 * vision_spec["depth"] * vision_spec["hidden_size"] * patches_per_image) * patches
+        vision_matmul_flops, vision_spec, patches, patches_per_image = vision
+        flops += (vision_matmul_flops + 12 * vision_spec["depth"] * vision_spec["hidden_size"] * patches_per_image) * patches
     return float(flops)
 
 
-def text_matmul_parameters(model: torch.nn.Module) -> int:
-    """N of the text side: every matmul weight (the tied LM head once) minus the vision tower's."""
-    visual = getattr(getattr(model, "model", None), "visual", None)
-    return matmul_parameter_count(model) - (matmul_parameter_count(visual) if visual is not None else 0)
+def text_matmul_flops(model: torch.nn.Module) -> int:
+    """The text side's matmul flops per token: every matmul weight's (the tied LM head once) minus
+    the vision tower's (the family names its towers; a text-only model has none)."""
+    vision = family_of_model(model).towers(model).get("vision")
+    return matmul_weight_flops_per_token(model) - (matmul_weight_flops_per_token(vision) if vision is not None else 0)

@@ -33,6 +33,9 @@ SUMMARY_FILE = "summary.json"
 PEAK_FLOPS_BY_DEVICE_NAME = {"H100": 989e12, "H200": 989e12}
 
 
+MATMUL_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # the layers whose weights do matmul work
+
+
 def matmul_parameter_count(model: nn.Module) -> int:
     """N of the MFU formula: weights of Linear and Conv layers, plus the LM head.
 
@@ -42,17 +45,32 @@ def matmul_parameter_count(model: nn.Module) -> int:
     seen: set[int] = set()
     total = 0
     for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and id(module.weight) not in seen:
+        if isinstance(module, MATMUL_MODULES) and id(module.weight) not in seen:
             seen.add(id(module.weight))
             total += module.weight.numel()
     return total
 
 
+def matmul_weight_flops_per_token(model: nn.Module) -> int:
+    """The matmul part of the training flops per token: 6 per weight of `matmul_parameter_count`
+    (2 forward, 2 for the input's gradient, 2 for the weight's), 4 for a frozen weight, which gets
+    no gradient (`train.freeze`, a LoRA run's base: its adapters are Linear layers of their own and
+    count 6). Counting a frozen base at 6 would overstate a LoRA run's MFU by half."""
+    seen: set[int] = set()
+    total = 0
+    for module in model.modules():
+        if isinstance(module, MATMUL_MODULES) and id(module.weight) not in seen:
+            seen.add(id(module.weight))
+            total += (6 if module.weight.requires_grad else 4) * module.weight.numel()
+    return total
+
+
 def flops_per_token(model: nn.Module, text_spec: dict, seq_len: int) -> float:
-    """Training flops per token: 6·N + the text layers' own (forward + backward). A model with a
-    multi-token-prediction head (`model.mtp`) adds its layers' own and a second pass through the LM
-    head (6·V·H: N counts the head's weight once, but the head runs on the tower's and the MTP's states)."""
-    total = 6 * matmul_parameter_count(model) + attention_flops_per_token(text_spec, seq_len)
+    """Training flops per token: the matmuls' (`matmul_weight_flops_per_token`: 6·N with every
+    weight trained) + the text layers' own (forward + backward). A model with a multi-token-prediction
+    head (`model.mtp`) adds its layers' own and a second pass through the LM head (6·V·H: N counts
+    the head's weight once, but the head runs on the tower's and the MTP's states)."""
+    total = matmul_weight_flops_per_token(model) + attention_flops_per_token(text_spec, seq_len)
     mtp = getattr(model, "mtp", None)
     if mtp is not None:
         total += sum(_layer_type_flops_per_token(text_spec, layer.layer_type, seq_len) for layer in mtp.layers)
