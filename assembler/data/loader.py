@@ -2,7 +2,9 @@
 
 Epoch e: the samples are shuffled by a `torch.Generator` seeded with `seed + e`, packed into rows
 by best-fit decreasing, and the rows shuffled again by the same generator (so long documents do
-not all come first). The epochs, one after another, form one global stream of rows; with
+not all come first). A source weighted `w` (`data.sources[].weight`, default 1) puts each of its
+samples floor(w) times into every epoch, plus round(frac(w)·n) more of its n samples drawn anew
+each epoch by the same generator: 2 doubles a source, 0.5 takes a different half of it each epoch. The epochs, one after another, form one global stream of rows; with
 `world_size` ranks, rank r takes global rows r, r + W, r + 2W, ... — the plan is the same pure
 function of (samples, seed, epoch) on every rank, so no communication is needed.
 
@@ -65,6 +67,8 @@ class PackedBatchLoader:
         image_processor: ImageProcessor | None = None,
         stats: PackingStats | None = None,
         workers: int = 0,
+        sources: list[int] | None = None,
+        weights: list[float] | None = None,
     ):
         if not samples:
             raise DataError("the dataset is empty: no samples left to train on")
@@ -85,24 +89,48 @@ class PackedBatchLoader:
         self._epoch, self._row = 0, 0
         self._plan_cache: tuple[int, list[list[int]]] | None = None
         self._fingerprint = _fingerprint(samples)
+        # sources[i]: the index in `weights` of sample i's source. All weights 1 (the default): every
+        # sample once per epoch, the plan exactly as without weights.
+        self.weights = list(weights) if weights is not None else None
+        self._by_source: list[list[int]] | None = None
+        if self.weights is not None and any(w != 1 for w in self.weights):
+            if sources is None or len(sources) != len(samples):
+                raise ValueError("weights need the source index of every sample")
+            self._by_source = [[] for _ in self.weights]
+            for index, source in enumerate(sources):
+                self._by_source[source].append(index)
 
     def rows_of_epoch(self, epoch: int) -> list[list[int]]:
         """Sample indices of every row of `epoch`, in stream order."""
         if self._plan_cache is None or self._plan_cache[0] != epoch:
             generator = torch.Generator().manual_seed(self.seed + epoch)
-            n = len(self.samples)
-            order = torch.randperm(n, generator=generator).tolist() if self.shuffle else list(range(n))
+            drawn = self._epoch_samples(generator)
+            order = [drawn[i] for i in torch.randperm(len(drawn), generator=generator).tolist()] if self.shuffle else drawn
             rows = [[order[i] for i in row] for row in plan_rows([self._lengths[i] for i in order], self.budget)]
             if self.shuffle:
                 rows = [rows[i] for i in torch.randperm(len(rows), generator=generator).tolist()]
             self._plan_cache = (epoch, rows)
         return self._plan_cache[1]
 
+    def _epoch_samples(self, generator: torch.Generator) -> list[int]:
+        """The sample indices of one epoch before its shuffle: every sample once, or per source its
+        weight's whole copies and a fresh draw for the fraction (see the module docstring)."""
+        if self._by_source is None:
+            return list(range(len(self.samples)))
+        drawn: list[int] = []
+        for indices, weight in zip(self._by_source, self.weights):
+            copies, fraction = int(weight), weight - int(weight)
+            drawn += indices * copies
+            extra = round(fraction * len(indices))
+            if extra:
+                drawn += sorted(indices[i] for i in torch.randperm(len(indices), generator=generator)[:extra].tolist())
+        return drawn
+
     def epoch_stats(self, epoch: int = 0) -> PackingStats:
         """Packing counts of one epoch's plan (skipped/truncated/dropped counts are the dataset's)."""
         rows = self.rows_of_epoch(epoch)
         return PackingStats(samples=len(self.samples), skipped=self.stats.skipped, truncated=self.stats.truncated,
-                            dropped=self.stats.dropped, rows=len(rows), real_tokens=sum(self._lengths),
+                            dropped=self.stats.dropped, rows=len(rows), real_tokens=sum(self._lengths[i] for row in rows for i in row),
                             budget_tokens=len(rows) * self.budget)
 
     def __iter__(self) -> Iterator[dict]:
@@ -129,7 +157,8 @@ class PackedBatchLoader:
     def state_dict(self) -> dict[str, Any]:
         """The position (same on every rank) plus what it is only valid for."""
         return {"epoch": self._epoch, "row": self._row, "seed": self.seed, "world_size": self.world_size,
-                "budget": self.budget, "num_samples": len(self.samples), "fingerprint": self._fingerprint}
+                "budget": self.budget, "num_samples": len(self.samples), "fingerprint": self._fingerprint,
+                "weights": self.weights}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from a saved position; refuses one saved for other data, seed or row length.
@@ -138,7 +167,7 @@ class PackedBatchLoader:
         on where it stopped, only dealt out to a different number of ranks.
         """
         for key, mine in (("seed", self.seed), ("budget", self.budget), ("num_samples", len(self.samples)),
-                          ("fingerprint", self._fingerprint)):
+                          ("fingerprint", self._fingerprint), ("weights", self.weights)):
             if key in state and state[key] != mine:
                 raise DataError(
                     f"cannot resume the data position: it was saved with {key}={state[key]!r} but this run has "
@@ -261,6 +290,8 @@ def build_loader_from_sections(
             min_pixels=settings.images.min_pixels, max_pixels=settings.images.max_pixels,
         )
     sources = [base_dir / source["path"] for source in settings.sources]
+    weights = [float(source["weight"]) for source in settings.sources]
+    check_distinct_sources(sources)
     read = read_sources(sources, on_error=settings.on_error)
     samples, stats = encode_records(
         read.records, tokenizer, image_processor=image_processor, loss_on=settings.loss_on, max_length=max_length,
@@ -277,8 +308,25 @@ def build_loader_from_sections(
         samples, budget=tokens_per_step, seed=seed, shuffle=settings.shuffle, rank=rank,
         world_size=world_size, pad_token_id=tokenizer.token_id(ENDOFTEXT), image_token_id=tokens["image"],
         spatial_merge_size=vision["spatial_merge_size"] if vision else 1, image_processor=image_processor,
-        stats=stats, workers=settings.workers,
+        stats=stats, workers=settings.workers, sources=source_indices(samples, sources), weights=weights,
     )
+
+
+def check_distinct_sources(sources: list[Path]) -> None:
+    """A file listed twice would be read twice and its weight be ambiguous: refuse it."""
+    seen: dict[Path, int] = {}
+    for index, path in enumerate(sources):
+        resolved = path.resolve()
+        if resolved in seen:
+            raise DataError(f"data.sources[{index}]: {path} is also data.sources[{seen[resolved]}]; list each file once "
+                            "and give it a weight (data.sources[].weight) to draw it more often")
+        seen[resolved] = index
+
+
+def source_indices(samples: list[EncodedSample], sources: list[Path]) -> list[int]:
+    """Per sample, the index of the data source its record came from (its `source` is "path:line")."""
+    index_of = {str(path): index for index, path in enumerate(sources)}
+    return [index_of[sample.source.rsplit(":", 1)[0]] for sample in samples]
 
 
 def encode_records(records, tokenizer: Tokenizer, *, image_processor: ImageProcessor | None, loss_on: str,

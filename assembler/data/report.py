@@ -17,7 +17,7 @@ from typing import Any
 
 from assembler.data.chat_template import ENDOFTEXT
 from assembler.data.images import ImageProcessor
-from assembler.data.loader import PackedBatchLoader, check_tokenizer, encode_records
+from assembler.data.loader import PackedBatchLoader, check_distinct_sources, check_tokenizer, encode_records, source_indices
 from assembler.data.records import ChatRecord, DataError, ReadResult, read_jsonl
 from assembler.data.tokenizer import load_tokenizer
 from assembler.spec_sections import DataSettings
@@ -28,6 +28,7 @@ class DataReport:
     """The figures of one spec's data; `describe()` is what `assemble data` prints."""
 
     records_per_source: dict[str, int]
+    weight_per_source: dict[str, float]  # data.sources[].weight: draws per epoch (see the loader)
     samples: int
     chats: int  # records read (valid JSON of a known shape), by kind
     texts: int
@@ -51,7 +52,8 @@ class DataReport:
 
     def describe(self) -> str:
         lines = ["sources:"]
-        lines += [f"  {path}: {count} records" for path, count in self.records_per_source.items()]
+        lines += [f"  {path}: {count} records" + (f", weight {self.weight_per_source[path]:g}" if self.weight_per_source[path] != 1 else "")
+                  for path, count in self.records_per_source.items()]
         lines.append(f"records: {self.chats + self.texts} read ({_count(self.chats, 'chat')}, {_count(self.texts, 'plain text')})")
         lines.append(f"samples: {self.samples}, {sum(self.lengths):,} tokens, "
                      f"{self.truncated} truncated to data.packing.length {self.max_length}")
@@ -77,7 +79,8 @@ class DataReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "records_per_source": self.records_per_source, "samples": self.samples, "chats": self.chats,
+            "records_per_source": self.records_per_source, "weight_per_source": self.weight_per_source,
+            "samples": self.samples, "chats": self.chats,
             "texts": self.texts, "truncated": self.truncated, "tokens": sum(self.lengths),
             "length_histogram": [{"low": lo, "high": hi, "count": n} for lo, hi, n in self.length_histogram()],
             "images_per_sample": {str(n): c for n, c in sorted(self.images_per_sample.items())},
@@ -107,12 +110,14 @@ def data_report(spec: Any) -> DataReport:
             max_pixels=settings.images.max_pixels,
         )
 
-    read, records_per_source = ReadResult(), {}
+    check_distinct_sources([base_dir / source["path"] for source in settings.sources])
+    read, records_per_source, weight_per_source = ReadResult(), {}, {}
     for source in settings.sources:
         path = base_dir / source["path"]
         before = len(read.records)
         read_jsonl(path, on_error="skip", into=read)  # every bad line listed, not only the first
         records_per_source[str(path)] = len(read.records) - before
+        weight_per_source[str(path)] = float(source["weight"])
     problems = list(read.skipped)
     samples, stats = encode_records(
         read.records, tokenizer, image_processor=image_processor, loss_on=settings.loss_on, max_length=max_length,
@@ -120,10 +125,12 @@ def data_report(spec: Any) -> DataReport:
     )
     rows, efficiency = 0, 0.0
     if samples:
+        paths = [base_dir / source["path"] for source in settings.sources]
         loader = PackedBatchLoader(
             samples, budget=row_tokens, seed=int(spec.train["seed"]), shuffle=settings.shuffle,
             pad_token_id=tokenizer.token_id(ENDOFTEXT), image_token_id=tokens["image"],
             spatial_merge_size=vision["spatial_merge_size"] if vision else 1,
+            sources=source_indices(samples, paths), weights=list(weight_per_source.values()),
         )
         epoch = loader.epoch_stats(0)
         rows, efficiency = epoch.rows, epoch.efficiency
@@ -131,7 +138,8 @@ def data_report(spec: Any) -> DataReport:
     if not read.records and not problems:
         raise DataError(f"the dataset is empty: no records in {', '.join(records_per_source) or '(no sources listed)'}")
     return DataReport(
-        records_per_source=records_per_source, samples=len(samples), chats=chats, texts=len(read.records) - chats,
+        records_per_source=records_per_source, weight_per_source=weight_per_source, samples=len(samples),
+        chats=chats, texts=len(read.records) - chats,
         truncated=stats.truncated, row_tokens=row_tokens, max_length=max_length,
         lengths=[len(sample) for sample in samples], images_per_sample=Counter(len(s.images) for s in samples),
         rows=rows, efficiency=efficiency, problems=problems, on_error=settings.on_error,
