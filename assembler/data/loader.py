@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from array import array
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -36,7 +37,8 @@ from assembler.data.chat_template import (
 )
 from assembler.data.images import ImageProcessor
 from assembler.data.packing import PackingStats, collate_row, fit_to_budget, plan_rows
-from assembler.data.records import ChatRecord, DataError, read_sources
+from assembler.data.records import ChatRecord, DataError
+from assembler.data.sources import read_source
 from assembler.data.tokenizer import Tokenizer, load_tokenizer
 from assembler.spec_sections import DataSettings
 from blocks.constants import VISION_TOKEN_KEYS
@@ -292,12 +294,13 @@ def build_loader_from_sections(
     sources = [base_dir / source["path"] for source in settings.sources]
     weights = [float(source["weight"]) for source in settings.sources]
     check_distinct_sources(sources)
-    read = read_sources(sources, on_error=settings.on_error)
-    samples, stats = encode_records(
-        read.records, tokenizer, image_processor=image_processor, loss_on=settings.loss_on, max_length=max_length,
-        overlong=settings.packing.overlong, on_error=settings.on_error,
-    )
-    stats.skipped += len(read.skipped)
+    encoded = encode_sources(sources, tokenizer, image_processor=image_processor, loss_on=settings.loss_on,
+                             max_length=max_length, overlong=settings.packing.overlong, on_error=settings.on_error)
+    samples, stats = encoded.samples, encoded.stats
+    if not sum(encoded.records):
+        skipped = f" ({stats.skipped} lines skipped as malformed)" if stats.skipped else ""
+        raise DataError(f"the dataset is empty: no usable records in {', '.join(map(str, sources)) or '(no sources listed)'}"
+                        f"{skipped}; check data.sources")
     if not samples:
         raise DataError(
             f"the dataset is empty after encoding: {stats.dropped} samples dropped as longer than "
@@ -308,8 +311,49 @@ def build_loader_from_sections(
         samples, budget=tokens_per_step, seed=seed, shuffle=settings.shuffle, rank=rank,
         world_size=world_size, pad_token_id=tokenizer.token_id(ENDOFTEXT), image_token_id=tokens["image"],
         spatial_merge_size=vision["spatial_merge_size"] if vision else 1, image_processor=image_processor,
-        stats=stats, workers=settings.workers, sources=source_indices(samples, sources), weights=weights,
+        stats=stats, workers=settings.workers, sources=encoded.source_of, weights=weights,
     )
+
+
+@dataclass
+class EncodedSources:
+    """The samples of every data source, in source order, and where each came from.
+
+    samples:   encoded documents, at most the packing length each.
+    source_of: per sample, the index of its source (for `data.sources[].weight`).
+    records:   per source, the records read (valid, before encoding).
+    chats:     how many of all the records are chats (the rest are plain texts).
+    stats:     truncated / dropped / skipped counts over all sources.
+    """
+
+    samples: list[EncodedSample]
+    source_of: list[int]
+    records: list[int]
+    chats: int
+    stats: PackingStats
+
+
+def encode_sources(sources: list[Path], tokenizer: Tokenizer, *, image_processor: ImageProcessor | None, loss_on: str,
+                   max_length: int, overlong: str, on_error: str = "raise",
+                   problems: list[str] | None = None) -> EncodedSources:
+    """Read and encode each source in turn (a JSONL, Parquet or Arrow file, or a folder of them);
+    `problems` as in `encode_records`, plus the lines skipped while reading."""
+    encoded = EncodedSources([], [], [], 0, PackingStats())
+    for index, path in enumerate(sources):
+        read = read_source(path, on_error=on_error)
+        if problems is not None:
+            problems += read.skipped
+        samples, stats = encode_records(read.records, tokenizer, image_processor=image_processor, loss_on=loss_on,
+                                        max_length=max_length, overlong=overlong, on_error=on_error, problems=problems)
+        encoded.samples += samples
+        encoded.source_of += [index] * len(samples)
+        encoded.records.append(len(read.records))
+        encoded.chats += sum(isinstance(record, ChatRecord) for record in read.records)
+        encoded.stats.truncated += stats.truncated
+        encoded.stats.dropped += stats.dropped
+        encoded.stats.skipped += stats.skipped + len(read.skipped)
+    encoded.stats.samples = len(encoded.samples)
+    return encoded
 
 
 def check_distinct_sources(sources: list[Path]) -> None:
@@ -321,12 +365,6 @@ def check_distinct_sources(sources: list[Path]) -> None:
             raise DataError(f"data.sources[{index}]: {path} is also data.sources[{seen[resolved]}]; list each file once "
                             "and give it a weight (data.sources[].weight) to draw it more often")
         seen[resolved] = index
-
-
-def source_indices(samples: list[EncodedSample], sources: list[Path]) -> list[int]:
-    """Per sample, the index of the data source its record came from (its `source` is "path:line")."""
-    index_of = {str(path): index for index, path in enumerate(sources)}
-    return [index_of[sample.source.rsplit(":", 1)[0]] for sample in samples]
 
 
 def encode_records(records, tokenizer: Tokenizer, *, image_processor: ImageProcessor | None, loss_on: str,

@@ -83,9 +83,11 @@ def read_sources(paths: list[Path], *, on_error: str = "raise") -> ReadResult:
     """Read every JSONL file in order. An empty result (after skipping) is an error."""
     if on_error not in ON_ERROR:
         raise DataError(f"data.on_error: {on_error!r} is not one of {', '.join(ON_ERROR)}")
+    from assembler.data.sources import read_source  # JSONL here; tables and folders there
+
     result = ReadResult()
     for path in paths:
-        read_jsonl(Path(path), on_error=on_error, into=result)
+        read_source(Path(path), on_error=on_error, into=result)
     if not result.records:
         why = f" ({len(result.skipped)} lines skipped as malformed)" if result.skipped else ""
         names = ", ".join(str(p) for p in paths) or "(no sources listed)"
@@ -129,6 +131,11 @@ def parse_record(line: str, *, source: str, base_dir: Path) -> Record:
         obj = json.loads(line)
     except json.JSONDecodeError as error:
         raise DataError(f"{source}: not valid JSON ({error.msg} at column {error.colno})") from None
+    return parse_object(obj, source=source, base_dir=base_dir)
+
+
+def parse_object(obj: object, *, source: str, base_dir: Path) -> Record:
+    """One record's object (a JSONL line's, or a Parquet / Arrow row's) -> a validated record."""
     if not isinstance(obj, dict):
         raise DataError(f"{source}: expected a JSON object with 'messages' or 'text', got {type(obj).__name__}")
     if ("messages" in obj) == ("text" in obj):

@@ -17,8 +17,8 @@ from typing import Any
 
 from assembler.data.chat_template import ENDOFTEXT
 from assembler.data.images import ImageProcessor
-from assembler.data.loader import PackedBatchLoader, check_distinct_sources, check_tokenizer, encode_records, source_indices
-from assembler.data.records import ChatRecord, DataError, ReadResult, read_jsonl
+from assembler.data.loader import PackedBatchLoader, check_distinct_sources, check_tokenizer, encode_sources
+from assembler.data.records import DataError
 from assembler.data.tokenizer import load_tokenizer
 from assembler.spec_sections import DataSettings
 
@@ -110,36 +110,31 @@ def data_report(spec: Any) -> DataReport:
             max_pixels=settings.images.max_pixels,
         )
 
-    check_distinct_sources([base_dir / source["path"] for source in settings.sources])
-    read, records_per_source, weight_per_source = ReadResult(), {}, {}
-    for source in settings.sources:
-        path = base_dir / source["path"]
-        before = len(read.records)
-        read_jsonl(path, on_error="skip", into=read)  # every bad line listed, not only the first
-        records_per_source[str(path)] = len(read.records) - before
-        weight_per_source[str(path)] = float(source["weight"])
-    problems = list(read.skipped)
-    samples, stats = encode_records(
-        read.records, tokenizer, image_processor=image_processor, loss_on=settings.loss_on, max_length=max_length,
+    paths = [base_dir / source["path"] for source in settings.sources]
+    check_distinct_sources(paths)
+    problems: list[str] = []
+    encoded = encode_sources(  # every bad record skipped and listed, not only the first
+        paths, tokenizer, image_processor=image_processor, loss_on=settings.loss_on, max_length=max_length,
         overlong=settings.packing.overlong, on_error="skip", problems=problems,
     )
+    samples, stats = encoded.samples, encoded.stats
+    records_per_source = {str(path): count for path, count in zip(paths, encoded.records)}
+    weight_per_source = {str(path): float(source["weight"]) for path, source in zip(paths, settings.sources)}
     rows, efficiency = 0, 0.0
+    if not sum(encoded.records) and not problems:
+        raise DataError(f"the dataset is empty: no records in {', '.join(records_per_source) or '(no sources listed)'}")
     if samples:
-        paths = [base_dir / source["path"] for source in settings.sources]
         loader = PackedBatchLoader(
             samples, budget=row_tokens, seed=int(spec.train["seed"]), shuffle=settings.shuffle,
             pad_token_id=tokenizer.token_id(ENDOFTEXT), image_token_id=tokens["image"],
             spatial_merge_size=vision["spatial_merge_size"] if vision else 1,
-            sources=source_indices(samples, paths), weights=list(weight_per_source.values()),
+            sources=encoded.source_of, weights=list(weight_per_source.values()),
         )
         epoch = loader.epoch_stats(0)
         rows, efficiency = epoch.rows, epoch.efficiency
-    chats = sum(isinstance(record, ChatRecord) for record in read.records)
-    if not read.records and not problems:
-        raise DataError(f"the dataset is empty: no records in {', '.join(records_per_source) or '(no sources listed)'}")
     return DataReport(
         records_per_source=records_per_source, weight_per_source=weight_per_source, samples=len(samples),
-        chats=chats, texts=len(read.records) - chats,
+        chats=encoded.chats, texts=sum(encoded.records) - encoded.chats,
         truncated=stats.truncated, row_tokens=row_tokens, max_length=max_length,
         lengths=[len(sample) for sample in samples], images_per_sample=Counter(len(s.images) for s in samples),
         rows=rows, efficiency=efficiency, problems=problems, on_error=settings.on_error,

@@ -1,0 +1,90 @@
+"""Data sources: JSONL files, Parquet and Arrow files, and folders of them, read into records.
+
+A table's rows are records with the JSONL layout (records.py): a `messages` column (a list of
+{role, content} structs; content a string or a list of {type, text, path} parts) or a `text`
+column; other columns are ignored, as other JSONL keys are. Arrow leaves absent struct fields
+null, so nulls are dropped before a row is parsed. Image paths are relative to the table's file.
+A bad row is reported as `file:row N` (1-based), as a bad JSONL line is `file:N`.
+
+Tables are read with pyarrow (what Hugging Face `datasets` stores its files with: `.arrow`
+streams from `save_to_disk`, Parquet from the Hub), batch by batch. A folder source is every
+`.jsonl`, `.parquet` and `.arrow` file directly inside it, in name order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+from assembler.data.records import DataError, ReadResult, parse_object, read_jsonl
+
+TABLE_SUFFIXES = (".parquet", ".arrow")
+FOLDER_SUFFIXES = (".jsonl", *TABLE_SUFFIXES)
+ROWS_PER_BATCH = 1024
+
+
+def source_files(path: Path) -> list[Path]:
+    """The files a source names: itself, or a folder's data files in name order."""
+    if not path.exists():
+        raise DataError(f"data source {path} does not exist; check data.sources (paths are relative to the spec file)")
+    if not path.is_dir():
+        return [path]
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in FOLDER_SUFFIXES)
+    if not files:
+        raise DataError(f"data source {path} is a folder with no {', '.join(FOLDER_SUFFIXES)} file in it")
+    return files
+
+
+def read_source(path: Path, *, on_error: str = "raise", into: ReadResult | None = None) -> ReadResult:
+    """Read one source (a file or a folder) into `into`; every other suffix than a table's is JSONL."""
+    result = into if into is not None else ReadResult()
+    for file in source_files(Path(path)):
+        if file.suffix in TABLE_SUFFIXES:
+            read_table(file, on_error=on_error, into=result)
+        else:
+            read_jsonl(file, on_error=on_error, into=result)
+    return result
+
+
+def read_table(path: Path, *, on_error: str = "raise", into: ReadResult | None = None) -> ReadResult:
+    """Read one Parquet or Arrow file's rows as records (see the module docstring)."""
+    result = into if into is not None else ReadResult()
+    for number, row in enumerate(_rows(path), start=1):
+        source = f"{path}:row {number}"
+        try:
+            result.records.append(parse_object(_without_nulls(row), source=source, base_dir=path.parent))
+        except DataError as error:
+            if on_error == "raise":
+                raise DataError(f"{error} (set data.on_error: skip to skip bad records)") from None
+            result.skipped.append(str(error))
+    return result
+
+
+def _rows(path: Path) -> Iterator[dict]:
+    try:
+        import pyarrow.ipc
+        import pyarrow.parquet
+    except ImportError:
+        raise DataError(f"data source {path} is a {path.suffix[1:]} table, which needs pyarrow: `pip install pyarrow`") from None
+    try:
+        if path.suffix == ".parquet":
+            batches = pyarrow.parquet.ParquetFile(path).iter_batches(batch_size=ROWS_PER_BATCH)
+        else:  # `datasets`' save_to_disk writes the stream format; the file format is tried second
+            try:
+                batches = iter(pyarrow.ipc.open_stream(pyarrow.memory_map(str(path))))
+            except pyarrow.ArrowInvalid:
+                batches = (reader.get_batch(i) for reader in [pyarrow.ipc.open_file(pyarrow.memory_map(str(path)))]
+                           for i in range(reader.num_record_batches))
+        for batch in batches:
+            yield from batch.to_pylist()
+    except pyarrow.ArrowException as error:
+        raise DataError(f"data source {path} cannot be read as a {path.suffix[1:]} table ({error})") from None
+
+
+def _without_nulls(value: Any) -> Any:
+    """A row with its null struct fields left out (Arrow has no absent field)."""
+    if isinstance(value, dict):
+        return {key: _without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_without_nulls(item) for item in value]
+    return value
