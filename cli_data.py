@@ -18,5 +18,5 @@ def data_command(spec_path: str, overrides: tuple[str, ...], as_json: bool) -> N
     from assembler import load_spec
     from assembler.data.report import data_report
 
-    report = data_report(load_spec(spec_path, overrides=list(overrides)))
+    report = data_report(load_spec(spec_path, overrides=list(overrides)), progress=lambda line: click.echo(line, err=True))
     click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.describe())

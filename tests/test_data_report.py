@@ -72,3 +72,19 @@ def test_the_json_report_of_the_shipped_tiny_data(tmp_path):
 def test_a_missing_source_is_a_user_error(tmp_path):
     result = _run("-o", f"data.sources=[{{path: {tmp_path / 'nope.jsonl'}}}]")
     assert result.exit_code == 2 and "nope.jsonl does not exist" in result.output
+
+
+def test_a_long_encoding_reports_progress_with_an_eta(tmp_path, monkeypatch):
+    import assembler.data.loader as loader_module
+    from assembler.data import load_tokenizer
+    from assembler.data.loader import encode_sources
+
+    source = tmp_path / "texts.jsonl"
+    source.write_text("".join(json.dumps({"text": f"record {i}"}) + "\n" for i in range(600)))
+    monkeypatch.setattr(loader_module, "PROGRESS_EVERY_S", 0.0)  # a line at every check (each 256 records)
+    lines: list[str] = []
+    encoded = encode_sources([source], load_tokenizer(None), image_processor=None, loss_on="all", max_length=256,
+                             overlong="truncate", progress=lines.append)
+    assert len(encoded.samples) == 600
+    assert [line.split(" (")[0] for line in lines[:2]] == ["data: encoded 256 of 600 records", "data: encoded 512 of 600 records"]
+    assert all(", ETA " in line for line in lines[:2]) and lines[-1].startswith("data: encoded 600 records in ")

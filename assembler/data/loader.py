@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import time
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -39,6 +40,7 @@ from assembler.data.images import ImageProcessor
 from assembler.data.packing import PackingStats, collate_row, fit_to_budget, plan_rows
 from assembler.data.records import ChatRecord, DataError
 from assembler.data.sources import read_source
+from assembler.durations import format_duration
 from assembler.data.tokenizer import Tokenizer, load_tokenizer
 from assembler.spec_sections import DataSettings
 from blocks.constants import VISION_TOKEN_KEYS
@@ -236,7 +238,7 @@ PREFETCH_ROWS_PER_WORKER = 2  # rows each worker collates ahead (DataLoader's de
 
 
 def build_loader(spec: Any, *, rank: int = 0, world_size: int = 1, base_dir: Path | None = None,
-                 tokenizer: Tokenizer | None = None) -> PackedBatchLoader:
+                 tokenizer: Tokenizer | None = None, progress: Callable[[str], None] | None = None) -> PackedBatchLoader:
     """The loader of a loaded `Spec`: reads `spec.data`, `spec.train` (tokens_per_step, seed) and
     `spec.model` (tokens, vision, text.vocab_size). Data paths are relative to the spec file
     (`spec.source`; the working directory for a spec built in memory) unless `base_dir` is given."""
@@ -246,7 +248,7 @@ def build_loader(spec: Any, *, rank: int = 0, world_size: int = 1, base_dir: Pat
     return build_loader_from_sections(
         spec.data, base_dir=Path(base_dir), tokens_per_step=int(spec.train["tokens_per_step"]),
         seed=int(spec.train["seed"]), tokens=model["tokens"], vision=model.get("vision"),
-        vocab_size=model["text"]["vocab_size"], rank=rank, world_size=world_size, tokenizer=tokenizer,
+        vocab_size=model["text"]["vocab_size"], rank=rank, world_size=world_size, tokenizer=tokenizer, progress=progress,
     )
 
 
@@ -262,6 +264,7 @@ def build_loader_from_sections(
     rank: int = 0,
     world_size: int = 1,
     tokenizer: Tokenizer | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> PackedBatchLoader:
     """The loader a spec describes.
 
@@ -271,6 +274,7 @@ def build_loader_from_sections(
     tokens:          `model.tokens`, checked against the tokenizer's special tokens.
     vision:          `model.vision` (patch sizes), or None for a text-only model.
     vocab_size:      `model.text.vocab_size`, checked to hold every tokenizer id.
+    progress:        gets a line now and then while a large dataset is encoded (see `encode_sources`).
     """
     settings = DataSettings.of(data)  # missing settings: the schema's defaults
     max_length = settings.packing.length or tokens_per_step
@@ -295,7 +299,8 @@ def build_loader_from_sections(
     weights = [float(source["weight"]) for source in settings.sources]
     check_distinct_sources(sources)
     encoded = encode_sources(sources, tokenizer, image_processor=image_processor, loss_on=settings.loss_on,
-                             max_length=max_length, overlong=settings.packing.overlong, on_error=settings.on_error)
+                             max_length=max_length, overlong=settings.packing.overlong, on_error=settings.on_error,
+                             progress=progress)
     samples, stats = encoded.samples, encoded.stats
     if not sum(encoded.records):
         skipped = f" ({stats.skipped} lines skipped as malformed)" if stats.skipped else ""
@@ -334,17 +339,21 @@ class EncodedSources:
 
 
 def encode_sources(sources: list[Path], tokenizer: Tokenizer, *, image_processor: ImageProcessor | None, loss_on: str,
-                   max_length: int, overlong: str, on_error: str = "raise",
-                   problems: list[str] | None = None) -> EncodedSources:
-    """Read and encode each source in turn (a JSONL, Parquet or Arrow file, or a folder of them);
-    `problems` as in `encode_records`, plus the lines skipped while reading."""
+                   max_length: int, overlong: str, on_error: str = "raise", problems: list[str] | None = None,
+                   progress: Callable[[str], None] | None = None) -> EncodedSources:
+    """Read each source (a JSONL, Parquet or Arrow file, or a folder of them), then encode them in
+    turn; `problems` as in `encode_records`, plus the lines skipped while reading. `progress` gets a
+    line every PROGRESS_EVERY_S seconds of encoding (the slow part: tokenizing, reading image
+    headers) with the records done and an ETA."""
+    reads = [read_source(path, on_error=on_error) for path in sources]
+    meter = _Progress(sum(len(read.records) for read in reads), progress)
     encoded = EncodedSources([], [], [], 0, PackingStats())
-    for index, path in enumerate(sources):
-        read = read_source(path, on_error=on_error)
+    for index, read in enumerate(reads):
         if problems is not None:
             problems += read.skipped
         samples, stats = encode_records(read.records, tokenizer, image_processor=image_processor, loss_on=loss_on,
-                                        max_length=max_length, overlong=overlong, on_error=on_error, problems=problems)
+                                        max_length=max_length, overlong=overlong, on_error=on_error, problems=problems,
+                                        on_record=meter.tick)
         encoded.samples += samples
         encoded.source_of += [index] * len(samples)
         encoded.records.append(len(read.records))
@@ -352,8 +361,36 @@ def encode_sources(sources: list[Path], tokenizer: Tokenizer, *, image_processor
         encoded.stats.truncated += stats.truncated
         encoded.stats.dropped += stats.dropped
         encoded.stats.skipped += stats.skipped + len(read.skipped)
+    meter.done()
     encoded.stats.samples = len(encoded.samples)
     return encoded
+
+
+PROGRESS_EVERY_S = 5.0  # how often a long encoding reports
+
+
+class _Progress:
+    """'data: encoded N of M records (R/s), ETA …' lines while encoding takes longer than PROGRESS_EVERY_S."""
+
+    def __init__(self, total: int, report: Callable[[str], None] | None):
+        self.total, self.report, self.count = total, report, 0
+        self.start = self.last = time.monotonic()
+
+    def tick(self) -> None:
+        self.count += 1
+        if self.report is None or self.count % 256:  # the clock is read every 256 records only
+            return
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            rate = self.count / (now - self.start)
+            eta = format_duration((self.total - self.count) / rate) if rate else "?"
+            self.report(f"data: encoded {self.count:,} of {self.total:,} records ({rate:,.0f}/s), ETA {eta}")
+
+    def done(self) -> None:
+        elapsed = time.monotonic() - self.start
+        if self.report is not None and elapsed >= PROGRESS_EVERY_S:
+            self.report(f"data: encoded {self.count:,} records in {format_duration(elapsed)}")
 
 
 def check_distinct_sources(sources: list[Path]) -> None:
@@ -368,8 +405,8 @@ def check_distinct_sources(sources: list[Path]) -> None:
 
 
 def encode_records(records, tokenizer: Tokenizer, *, image_processor: ImageProcessor | None, loss_on: str,
-                   max_length: int, overlong: str, on_error: str = "raise",
-                   problems: list[str] | None = None) -> tuple[list[EncodedSample], PackingStats]:
+                   max_length: int, overlong: str, on_error: str = "raise", problems: list[str] | None = None,
+                   on_record: Callable[[], None] | None = None) -> tuple[list[EncodedSample], PackingStats]:
     """Records -> samples of at most `max_length` tokens, with counts of truncated/dropped/skipped.
 
     problems: when given, one "file:line: what" message is appended per record skipped as bad or
@@ -378,6 +415,8 @@ def encode_records(records, tokenizer: Tokenizer, *, image_processor: ImageProce
     vision_start, vision_end = tokenizer.token_id(VISION_START), tokenizer.token_id(VISION_END)
     samples = []
     for record in records:
+        if on_record is not None:
+            on_record()
         try:
             if isinstance(record, ChatRecord):
                 if record.images and image_processor is None:

@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from assembler.data.chat_template import ENDOFTEXT
 from assembler.data.images import ImageProcessor
@@ -92,8 +92,9 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def data_report(spec: Any) -> DataReport:
-    """The report of a loaded Spec's data (paths relative to the spec file, as the loader reads them)."""
+def data_report(spec: Any, progress: Callable[[str], None] | None = None) -> DataReport:
+    """The report of a loaded Spec's data (paths relative to the spec file, as the loader reads them);
+    `progress` gets a line now and then while a large set is encoded."""
     start = time.monotonic()
     base_dir = Path(spec.source).parent if spec.source is not None else Path.cwd()
     settings = DataSettings.of(spec.data)
@@ -115,7 +116,7 @@ def data_report(spec: Any) -> DataReport:
     problems: list[str] = []
     encoded = encode_sources(  # every bad record skipped and listed, not only the first
         paths, tokenizer, image_processor=image_processor, loss_on=settings.loss_on, max_length=max_length,
-        overlong=settings.packing.overlong, on_error="skip", problems=problems,
+        overlong=settings.packing.overlong, on_error="skip", problems=problems, progress=progress,
     )
     samples, stats = encoded.samples, encoded.stats
     records_per_source = {str(path): count for path, count in zip(paths, encoded.records)}

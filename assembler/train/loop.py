@@ -246,7 +246,7 @@ def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, lo
     total_steps = int(cfg["steps"])
     seed_everything(int(cfg["seed"]))
 
-    loader = build_loader(spec, rank=world.rank, world_size=world.world_size)
+    loader = build_loader(spec, rank=world.rank, world_size=world.world_size, progress=logger.message)
     logger.message(f"data: {loader.epoch_stats(0).describe()}")
     if world.is_distributed:
         logger.message(f"distributed: {world.world_size} ranks, FSDP2 over {world.device.type}")

@@ -23,6 +23,7 @@ from typing import Any, TextIO
 import torch
 from torch import nn
 
+from assembler.durations import format_duration  # noqa: F401 (also metrics' public name)
 from assembler.durable_files import replace_durably
 from blocks.registry import get_block
 
@@ -196,16 +197,6 @@ class StepTimer:
             steps=len(steady), tokens_per_s=tokens_per_s, mfu=mfu, step_s=step_s / len(steady),
             data_share=data_s / max(step_s + data_s, 1e-9),
         )
-
-
-def format_duration(seconds: float) -> str:
-    """1h02m, 3m05s, 42s."""
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
 
 
 def _format_record(record: dict[str, Any]) -> str:
