@@ -37,7 +37,8 @@ def test_tiny_spec_keeps_its_train_and_data():
     spec = load_spec(TINY)
     written = yaml.safe_load(TINY.read_text())["train"]  # the file's values, not the schema defaults
     assert spec.train["steps"] == written["steps"] and spec.train["optimizer"]["lr"] == written["optimizer"]["lr"]
-    assert spec.data["sources"] == [{"path": "data/tiny/captions.jsonl"}, {"path": "data/tiny/chats.jsonl"}]
+    # the file's sources, each with the schema's default weight filled in, as every section gets its defaults
+    assert spec.data["sources"] == [{"path": "data/tiny/captions.jsonl", "weight": 1}, {"path": "data/tiny/chats.jsonl", "weight": 1}]
     assert spec.resolve_path("data/tiny/chats.jsonl") == ROOT / "specs" / "data" / "tiny" / "chats.jsonl"
     assert spec.resolve_path("/abs/x.jsonl") == Path("/abs/x.jsonl")
 
