@@ -243,12 +243,29 @@ def build_loader(spec: Any, *, rank: int = 0, world_size: int = 1, base_dir: Pat
     `spec.model` (tokens, vision, text.vocab_size). Data paths are relative to the spec file
     (`spec.source`; the working directory for a spec built in memory) unless `base_dir` is given."""
     if base_dir is None:
-        base_dir = Path(spec.source).parent if getattr(spec, "source", None) is not None else Path.cwd()
+        base_dir = data_base_dir(spec)
     model = spec.model
     return build_loader_from_sections(
         spec.data, base_dir=Path(base_dir), tokens_per_step=int(spec.train["tokens_per_step"]),
         seed=int(spec.train["seed"]), tokens=model["tokens"], vision=model.get("vision"),
         vocab_size=model["text"]["vocab_size"], rank=rank, world_size=world_size, tokenizer=tokenizer, progress=progress,
+    )
+
+
+def data_base_dir(spec: Any) -> Path:
+    """The folder a spec's data paths are relative to: the spec file's, or the working directory
+    for a spec built in memory."""
+    return Path(spec.source).parent if getattr(spec, "source", None) is not None else Path.cwd()
+
+
+def image_processor_for(vision: Mapping[str, Any] | None, settings: DataSettings) -> ImageProcessor | None:
+    """The image preprocessing of `model.vision`'s patch sizes and `data.images`' pixel bounds; None
+    for a text-only model."""
+    if vision is None:
+        return None
+    return ImageProcessor(
+        patch_size=vision["patch_size"], temporal_patch_size=vision["temporal_patch_size"],
+        merge_size=vision["spatial_merge_size"], min_pixels=settings.images.min_pixels, max_pixels=settings.images.max_pixels,
     )
 
 
@@ -288,13 +305,7 @@ def build_loader_from_sections(
     tokenizer = tokenizer or load_tokenizer(settings.tokenizer, base_dir=base_dir)
     check_tokenizer(tokenizer, tokens, vocab_size, has_vision=vision is not None)
 
-    image_processor = None
-    if vision is not None:
-        image_processor = ImageProcessor(
-            patch_size=vision["patch_size"], temporal_patch_size=vision["temporal_patch_size"],
-            merge_size=vision["spatial_merge_size"],
-            min_pixels=settings.images.min_pixels, max_pixels=settings.images.max_pixels,
-        )
+    image_processor = image_processor_for(vision, settings)
     sources = [base_dir / source["path"] for source in settings.sources]
     weights = [float(source["weight"]) for source in settings.sources]
     check_distinct_sources(sources)

@@ -12,12 +12,12 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from assembler.data.chat_template import ENDOFTEXT
-from assembler.data.images import ImageProcessor
-from assembler.data.loader import PackedBatchLoader, check_distinct_sources, check_tokenizer, encode_sources
+from assembler.data.loader import (
+    PackedBatchLoader, check_distinct_sources, check_tokenizer, data_base_dir, encode_sources, image_processor_for,
+)
 from assembler.data.records import DataError
 from assembler.data.tokenizer import load_tokenizer
 from assembler.spec_sections import DataSettings
@@ -96,20 +96,14 @@ def data_report(spec: Any, progress: Callable[[str], None] | None = None) -> Dat
     """The report of a loaded Spec's data (paths relative to the spec file, as the loader reads them);
     `progress` gets a line now and then while a large set is encoded."""
     start = time.monotonic()
-    base_dir = Path(spec.source).parent if spec.source is not None else Path.cwd()
+    base_dir = data_base_dir(spec)
     settings = DataSettings.of(spec.data)
     row_tokens = int(spec.train["tokens_per_step"])
     max_length = settings.packing.length or row_tokens
     vision, tokens = spec.model.get("vision"), spec.model["tokens"]
     tokenizer = load_tokenizer(settings.tokenizer, base_dir=base_dir)
     check_tokenizer(tokenizer, tokens, spec.model["text"]["vocab_size"], has_vision=vision is not None)
-    image_processor = None
-    if vision is not None:
-        image_processor = ImageProcessor(
-            patch_size=vision["patch_size"], temporal_patch_size=vision["temporal_patch_size"],
-            merge_size=vision["spatial_merge_size"], min_pixels=settings.images.min_pixels,
-            max_pixels=settings.images.max_pixels,
-        )
+    image_processor = image_processor_for(vision, settings)
 
     paths = [base_dir / source["path"] for source in settings.sources]
     check_distinct_sources(paths)
