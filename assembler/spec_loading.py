@@ -16,7 +16,7 @@ import yaml
 from assembler.spec import Spec
 from assembler.spec_errors import Problem, SpecError, did_you_mean, format_path
 from assembler.spec_schema import cached_schema, allowed_keys, child_schema, fill_defaults, is_list_schema
-from assembler.spec_validation import VISION_BLOCK_TYPE, validate_spec_dict
+from assembler.spec_validation import block_type_names, validate_spec_dict
 
 
 def load_spec(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Spec:
@@ -125,8 +125,7 @@ def _with_a_compile_policy_per_block_type(spec: dict) -> dict:
         return spec
     policy_schema = cached_schema()["$defs"]["compile_policy"]
     valid_name = re.compile(cached_schema()["properties"]["parallel"]["properties"]["compile"]["propertyNames"]["pattern"])
-    has_vision = spec["model"].get("vision") is not None
-    for block_type in [*text["layer_types"], *([VISION_BLOCK_TYPE] if has_vision else [])]:
+    for block_type in block_type_names(spec["model"]):
         if block_type not in compile_section and valid_name.match(block_type):  # a bad name is reported once, where it is
             compile_section[block_type] = fill_defaults({}, policy_schema)
     return spec

@@ -18,6 +18,12 @@ from blocks.constants import VISION_TOKEN_KEYS
 VISION_BLOCK_TYPE = "vision"  # the block type of the vision tower's blocks in compile / checkpointing policies
 
 
+def block_type_names(model: dict) -> list[str]:
+    """The block types compile and checkpointing policies name: the text layer types, then `vision`
+    for a model with a vision tower."""
+    return [*model["text"]["layer_types"], *([VISION_BLOCK_TYPE] if model.get("vision") is not None else [])]
+
+
 def block_fields(spec: dict) -> dict[tuple[str, ...], str]:
     """Where `spec` names a registered block, and the registry kind it is looked up under. Kinds
     the spec never names (e.g. `norm`) are chosen by the blocks themselves."""
@@ -280,7 +286,7 @@ def _check_mrope_sections(spec: dict) -> Iterable[Problem]:
 def _check_block_type_names(spec: dict) -> Iterable[Problem]:
     """Compile and checkpointing policies name block types: the text layer types, or `vision` for a
     model with a vision tower."""
-    known = [*spec["model"]["text"]["layer_types"], *([VISION_BLOCK_TYPE] if spec["model"].get("vision") is not None else [])]
+    known = block_type_names(spec["model"])
     for name in spec["parallel"]["compile"]:
         if name == VISION_BLOCK_TYPE and name not in known:
             yield Problem(f"parallel.compile.{name}", "this model has no vision tower (no `model.vision`)",
