@@ -20,10 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -35,6 +31,7 @@ from assembler.data import build_loader
 from assembler.hf_checkpoint import load_hf_checkpoint, save_hf_checkpoint
 from assembler.train.checkpoint import checkpoint_folder, load_model_weights
 from assembler.train.loop import train
+from tests.torchrun import torchrun_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "specs" / "qwen3_5_tiny.yaml"
@@ -44,7 +41,6 @@ SMALL = [
     "train.log_every=1", "train.tokens_per_step=64", "data.packing.length=64", "train.seed=0",
     "parallel.fsdp.param_dtype=float32", "train.dtype=float32",
 ]
-TORCHRUN_TIMEOUT_S = 300  # a normal run takes ~35 s here; a collective mismatch hangs forever
 RELATIVE_TOLERANCE = 1e-6
 # Weights after 3 steps, 2 ranks vs 1: the grad norms differ in the last bits (shard-wise sums), so
 # the clip factors do; AdamW's update m/(sqrt(v)+eps) amplifies that only where a gradient is near
@@ -64,23 +60,6 @@ def _close(a: float, b: float) -> bool:
     return abs(a - b) <= RELATIVE_TOLERANCE * abs(b)
 
 
-def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """`python -m torch.distributed.run --nproc-per-node 2 cli.py ARGS`, killed (whole process
-    group, ranks included) if it outlives TORCHRUN_TIMEOUT_S."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={WORLD_SIZE}",
-               str(ROOT / "cli.py"), *args]
-    proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=TORCHRUN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"2-rank run still going after {TORCHRUN_TIMEOUT_S} s (hung collective?)\n{stdout}\n{stderr[-4000:]}")
-    assert proc.returncode == 0, stdout + stderr[-4000:]
-    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
-
-
 @pytest.fixture(scope="module")
 def init_folder(tmp_path_factory) -> Path:
     """An HF folder of the seed-0 random init, the common starting point."""
@@ -96,7 +75,7 @@ def two_ranks(init_folder, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("two_ranks") / "run"
     overrides = [f"-o{o}" for o in [*SMALL, f"train.init_from={init_folder}", "train.grad_accumulation=1",
                                     "train.export_hf=true"]]
-    result = _torchrun(["train", str(TINY), *overrides, "--output-dir", str(run_dir)], cwd=run_dir.parent)
+    result = torchrun_cli(["train", str(TINY), *overrides, "--output-dir", str(run_dir)], cwd=run_dir.parent)
     return run_dir, result
 
 
@@ -214,7 +193,7 @@ def lora_runs(init_folder, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("lora_two") / "run"
     overrides = [f"-o{o}" for o in [*SMALL, f"train.init_from={init_folder}", "train.grad_accumulation=1",
                                     "train.checkpoint.every=0", LORA]]
-    _torchrun(["train", str(TINY), *overrides, "--output-dir", str(run_dir)], cwd=run_dir.parent)
+    torchrun_cli(["train", str(TINY), *overrides, "--output-dir", str(run_dir)], cwd=run_dir.parent)
     single = train(_spec(init_folder, "train.grad_accumulation=2", "train.checkpoint.every=0", LORA),
                    output_dir=tmp_path_factory.mktemp("lora_one") / "run", stream=io.StringIO())
     return run_dir, single

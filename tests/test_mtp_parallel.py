@@ -8,10 +8,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +17,7 @@ from assembler import build_model, load_spec
 from assembler.hf_checkpoint import save_hf_checkpoint
 from assembler.parallelize import blocks_to_checkpoint, iter_blocks, parallelize
 from assembler.train.loop import train
+from tests.torchrun import torchrun_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "specs" / "qwen3_5_tiny.yaml"
@@ -59,7 +56,6 @@ def test_fsdp_world_size_one_shards_the_head_and_computes_as_unsharded(single_ra
 
 SMALL = ["train.steps=2", "train.checkpoint.every=0", "train.log_every=1", "train.tokens_per_step=64",
          "data.packing.length=64", "train.seed=0", "parallel.fsdp.param_dtype=float32", "train.dtype=float32", MTP]
-TORCHRUN_TIMEOUT_S = 300
 
 
 @pytest.mark.slow
@@ -69,17 +65,8 @@ def test_two_gloo_ranks_train_the_head_as_one_process(tmp_path):
     save_hf_checkpoint(build_model(spec, seed=0), init, spec, dtype=torch.float32)
     common = [*SMALL, f"train.init_from={init}", "train.export_hf=false"]
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(ROOT / "cli.py"),
-               "train", str(TINY), *[f"-o{o}" for o in common + ["train.grad_accumulation=1"]],
-               "--output-dir", str(tmp_path / "two")]
-    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=TORCHRUN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"2-rank run still going after {TORCHRUN_TIMEOUT_S} s\n{stdout}\n{stderr[-4000:]}")
-    assert proc.returncode == 0, stdout + stderr[-4000:]
+    torchrun_cli(["train", str(TINY), *[f"-o{o}" for o in common + ["train.grad_accumulation=1"]],
+                  "--output-dir", str(tmp_path / "two")], cwd=tmp_path)
 
     one = train(load_spec(TINY, common + ["train.grad_accumulation=2"]), output_dir=tmp_path / "one", stream=io.StringIO())
     two_records = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
