@@ -126,9 +126,10 @@ run_part() {
           --warmup $WARMUP --no-profile --label "ours, $label" --json "$OUT/ours_lora_${label//[^a-z0-9]/_}.json" 2>&1 | tail -12
       done ;;
     auto)
-      # Issue 14: `mode: auto` under a 40 GiB budget at 16k, against the fixed plans (acaround, ours).
+      # Issue 14: `mode: auto` under a 40 GiB budget at 16k, against the fixed plans (acaround, ours), with
+      # bf16 masters (AUTO_FLAGS): fp32 masters and AdamW states alone are 68.8 GiB, which no plan fits in 40.
       echo "== ours: activation checkpointing mode auto, budget ${AUTO_BUDGET_GIB:-40} GiB"
-      timeout "$(t auto 400)" python3 cli.py bench "${LEVER_SPEC:-specs/qwen3_5_4b.yaml}" -o ops.backend=${LEVER_BACKEND:-fast} \
+      timeout "$(t auto 400)" python3 cli.py bench "${LEVER_SPEC:-specs/qwen3_5_4b.yaml}" -o ops.backend=${LEVER_BACKEND:-fast} ${AUTO_FLAGS--o train.dtype=bfloat16} \
         -o parallel.activation_checkpointing.mode=auto -o parallel.activation_checkpointing.memory_budget_gib=${AUTO_BUDGET_GIB:-40} \
         $(seq_args "${AUTO_SEQS:-16384}") --steps $STEPS --warmup $WARMUP --no-profile --label "ours, AC auto ${AUTO_BUDGET_GIB:-40} GiB" \
         --json "$OUT/ours_ac_auto.json" 2>&1 | tail -20 ;;
