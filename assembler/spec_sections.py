@@ -82,6 +82,7 @@ class PackingSettings:
 
     length: int | None
     overlong: str
+    window: int
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ def test_truncated_image_obeys_on_error_and_names_the_record(processor, tmp_path
     import json
 
     from assembler.data import load_tokenizer
-    from assembler.data.loader import encode_records
+    from assembler.data.encoding import encode_records
     from assembler.data.records import read_jsonl
 
     good, bad = _truncated_png(tmp_path)

@@ -116,7 +116,7 @@ def test_truncate_before_a_cut_image_drops_that_image():
 
 
 def test_overlong_counted_and_efficiency_reported():
-    from assembler.data.loader import encode_records
+    from assembler.data.encoding import encode_records
     from assembler.data.records import TextRecord
 
     class OneTokenPerChar:

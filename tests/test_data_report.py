@@ -75,9 +75,9 @@ def test_a_missing_source_is_a_user_error(tmp_path):
 
 
 def test_a_long_encoding_reports_progress_with_an_eta(tmp_path, monkeypatch):
-    import assembler.data.loader as loader_module
+    import assembler.data.encoding as loader_module
     from assembler.data import load_tokenizer
-    from assembler.data.loader import encode_sources
+    from assembler.data.encoding import encode_sources
 
     source = tmp_path / "texts.jsonl"
     source.write_text("".join(json.dumps({"text": f"record {i}"}) + "\n" for i in range(600)))

@@ -37,7 +37,8 @@ def _copy_images(folder: Path) -> None:
 
 def _samples(spec_source: Path) -> list:
     loader = build_loader(load_spec(TINY, [f"data.sources=[{{path: {spec_source}}}]"]))
-    return [(s.input_ids, s.labels, [p.name for p in s.images], s.image_grids) for s in loader.samples]
+    in_file_order = sorted(loader.samples_of_epoch(0), key=lambda s: int(s.source.rsplit(":", 1)[1].split()[-1]))
+    return [(s.input_ids, s.labels, [p.name for p in s.images], s.image_grids) for s in in_file_order]
 
 
 @pytest.mark.parametrize("kind", ["parquet", "arrow stream", "arrow file"])
@@ -78,7 +79,7 @@ def test_a_bad_row_is_named_by_file_and_row(tmp_path):
     path = tmp_path / "bad.parquet"
     pq.write_table(pa.Table.from_pylist(records), path)
     with pytest.raises(DataError, match=rf"{path}:row 2: messages\[0\]: role 'narrator' is not one of"):
-        build_loader(load_spec(TINY, [f"data.sources=[{{path: {path}}}]"]))
+        next(build_loader(load_spec(TINY, [f"data.sources=[{{path: {path}}}]"])))
     report = CliRunner().invoke(assemble, ["data", str(TINY), "-o", f"data.sources=[{{path: {path}}}]"])
     assert report.exit_code == 0 and f"{path}:row 2: messages[0]: role 'narrator'" in report.output
     assert f"{path}: 2 records" in report.output

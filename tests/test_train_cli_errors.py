@@ -107,3 +107,35 @@ def test_bad_override_is_a_user_error(tmp_path):
 def test_resume_from_a_path_without_checkpoint(tmp_path):
     result = CliRunner().invoke(train_command, [str(TINY), *FAST, "--resume", str(tmp_path / "nope"), "--output-dir", str(tmp_path)])
     _assert_user_error(result, "--resume", "nope")
+
+
+def test_a_bad_record_met_mid_run_keeps_the_steps_done_and_skip_resumes_from_them(tmp_path):
+    """Streamed data is read a window at a time, so a bad record in a later window stops the run
+    mid-way: the steps trained are saved (even with no checkpoint due) and the message names the
+    line; the same command with data.on_error: skip resumes from them and finishes."""
+    from assembler.data import build_loader
+
+    # Three chunks of records, one window each; images in every window (a run whose vision tower
+    # never had a gradient cannot resume yet: its AdamW states are missing from the checkpoint).
+    lines = [_chat(IMAGE if i % 10 == 0 else None, f"Answer {i}.") for i in range(600)]
+    source = tmp_path / "data.jsonl"
+    source.write_text("".join(line + "\n" for line in lines))
+    args = [str(TINY), "-o", "train.tokens_per_step=1024", "-o", "data.packing.length=1024", "-o", "data.packing.window=256",
+            "-o", "train.log_every=1", "-o", "train.export_hf=false", "-o", "train.checkpoint.every=100",
+            "-o", f"data.sources=[{{path: {source}}}]", "--output-dir", str(tmp_path / "run")]
+    loader = build_loader(load_spec(TINY, [arg for arg in args[1:-2] if arg != "-o"]))
+    rows_before = len(loader.plan(0, 0).rows)  # epoch 0's first window is good
+    bad = loader.windows.epoch_chunks(0, seed=loader.seed)[1][0].first + 3  # a line of its second window
+    lines[bad - 1] = "{not json"
+    source.write_text("".join(line + "\n" for line in lines))
+    steps = rows_before + 2
+    args += ["-o", f"train.steps={steps}"]
+
+    stopped = CliRunner().invoke(train_command, args)
+    _assert_user_error(stopped, f"step {rows_before + 1}: {source}:{bad}: not valid JSON", f"steps 1-{rows_before} are saved in")
+    saved = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    assert saved is not None and saved.name.endswith(f"{rows_before:06d}") and (saved / COMPLETE_MARKER).exists()
+
+    resumed = CliRunner().invoke(train_command, [*args, "-o", "data.on_error=skip"])
+    assert resumed.exit_code == 0, resumed.output
+    assert f"at step {rows_before}" in resumed.output and f"step {steps}/{steps}" in resumed.output

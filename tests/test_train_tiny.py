@@ -84,7 +84,8 @@ def caption_row(trained):
 def _caption_row(spec):
     """The first captions of the shipped set packed into one row, and those samples."""
     loader = build_loader(spec)
-    captions = [sample for sample in loader.samples if sample.images][:CAPTIONS_EVALUATED]
+    in_file_order = sorted(loader.samples_of_epoch(0), key=lambda s: (s.source.rsplit(":", 1)[0], int(s.source.rsplit(":", 1)[1])))
+    captions = [sample for sample in in_file_order if sample.images][:CAPTIONS_EVALUATED]
     assert len(captions) == CAPTIONS_EVALUATED and all(len(s.images) == 1 for s in captions)
     vision, images = spec.model["vision"], spec.data["images"]
     processor = ImageProcessor(

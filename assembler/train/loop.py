@@ -31,6 +31,7 @@ from torch import nn
 
 from assembler.adapters.lora import initialize_spec_adapters
 from assembler.build import build_model, check_ops_can_train, decide_auto_ops, resolve_spec_ops
+from assembler.data.records import DataError
 from assembler.distributed import World, broadcast_from_main, init_world, shared_by_every_rank
 from assembler.spec import Spec
 from assembler.spec_errors import UserError
@@ -246,8 +247,8 @@ def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, lo
     total_steps = int(cfg["steps"])
     seed_everything(int(cfg["seed"]))
 
-    loader = build_loader(spec, rank=world.rank, world_size=world.world_size, progress=logger.message)
-    logger.message(f"data: {loader.epoch_stats(0).describe()}")
+    loader = build_loader(spec, rank=world.rank, world_size=world.world_size)
+    logger.message(f"data: {loader.describe()}")  # plans the first window: bad data there stops us before the model is built
     if world.is_distributed:
         logger.message(f"distributed: {world.world_size} ranks, FSDP2 over {world.device.type}")
     spec, resolved_yaml = _plan_auto_checkpointing(spec, world, run_dir, resolved_yaml, logger, build_loader)
@@ -276,14 +277,14 @@ def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, lo
     timer: StepTimer | None = None
     losses: dict[int, float] = {}
 
-    def save(step: int) -> Path:
+    def save(step: int, data_state: dict[str, Any] | None = None) -> Path:
         path = save_checkpoint(
             checkpoint_folder(checkpoints_dir, step),
             model=model,
             optimizer=optimizer,
             scheduler=scheduler,
             step=step,
-            data_state=loader.state_dict(),
+            data_state=data_state or loader.state_dict(),
             resolved_spec_yaml=resolved_yaml,
         )
         if world.is_main:
@@ -292,7 +293,15 @@ def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, lo
 
     for step in range(start_step + 1, total_steps + 1):
         data_start = time.perf_counter()
-        micro_batches = [next(batches) for _ in range(accumulation)]
+        position = loader.state_dict()
+        try:
+            micro_batches = [next(batches) for _ in range(accumulation)]
+        except DataError as error:  # a bad record met while streaming: keep the steps done, then stop
+            done = step - 1
+            if done > start_step and (last_checkpoint is None or checkpoint_step(last_checkpoint) < done):
+                last_checkpoint = save(done, data_state=position)  # even with checkpoint.every 0: nothing lost
+            kept = f"steps 1-{done} are saved in {last_checkpoint}, which the next run resumes from" if done else "no step was trained"
+            raise DataError(f"step {step}: {error}\n{kept}; fix the record or set data.on_error: skip, then run again") from None
         if timer is None:
             seq_len = micro_batches[0]["input_ids"].shape[-1]
             timer = StepTimer(flops_per_token(model, spec.model["text"], seq_len), peak_flops(world.device))
