@@ -42,6 +42,7 @@ from assembler.data.records import ChatRecord, DataError
 from assembler.data.sources import read_source
 from assembler.durations import format_duration
 from assembler.data.tokenizer import Tokenizer, load_tokenizer
+from assembler.data.videos import VideoProcessor
 from assembler.spec_sections import DataSettings
 from blocks.constants import VISION_TOKEN_KEYS
 
@@ -73,6 +74,8 @@ class PackedBatchLoader:
         workers: int = 0,
         sources: list[int] | None = None,
         weights: list[float] | None = None,
+        video_token_id: int | None = None,
+        video_processor: VideoProcessor | None = None,
     ):
         if not samples:
             raise DataError("the dataset is empty: no samples left to train on")
@@ -86,7 +89,8 @@ class PackedBatchLoader:
         self.rank = rank
         self.world_size = world_size
         self._collate_args = dict(budget=budget, pad_token_id=pad_token_id, image_token_id=image_token_id,
-                                  spatial_merge_size=spatial_merge_size, image_processor=image_processor)
+                                  spatial_merge_size=spatial_merge_size, image_processor=image_processor,
+                                  video_token_id=video_token_id, video_processor=video_processor)
         self.stats = stats or PackingStats(samples=len(samples))  # dataset-level counts
         self.last_efficiency = 0.0  # real tokens / budget of the last row returned
         self._lengths = [len(s) for s in samples]
@@ -269,6 +273,19 @@ def image_processor_for(vision: Mapping[str, Any] | None, settings: DataSettings
     )
 
 
+def video_processor_for(vision: Mapping[str, Any] | None, settings: DataSettings) -> VideoProcessor | None:
+    """The video preprocessing of `model.vision`'s patch sizes and `data.videos`' sampling and pixel
+    bounds; None for a text-only model."""
+    if vision is None:
+        return None
+    videos = settings.videos
+    return VideoProcessor(
+        patch_size=vision["patch_size"], temporal_patch_size=vision["temporal_patch_size"],
+        merge_size=vision["spatial_merge_size"], fps=videos.fps, min_frames=videos.min_frames,
+        max_frames=videos.max_frames, min_pixels=videos.min_pixels, max_pixels=videos.max_pixels,
+    )
+
+
 def build_loader_from_sections(
     data: Mapping[str, Any],
     *,
@@ -306,12 +323,13 @@ def build_loader_from_sections(
     check_tokenizer(tokenizer, tokens, vocab_size, has_vision=vision is not None)
 
     image_processor = image_processor_for(vision, settings)
+    video_processor = video_processor_for(vision, settings)
     sources = [base_dir / source["path"] for source in settings.sources]
     weights = [float(source["weight"]) for source in settings.sources]
     check_distinct_sources(sources)
     encoded = encode_sources(sources, tokenizer, image_processor=image_processor, loss_on=settings.loss_on,
                              max_length=max_length, overlong=settings.packing.overlong, on_error=settings.on_error,
-                             progress=progress)
+                             progress=progress, video_processor=video_processor)
     samples, stats = encoded.samples, encoded.stats
     if not sum(encoded.records):
         skipped = f" ({stats.skipped} lines skipped as malformed)" if stats.skipped else ""
@@ -328,6 +346,7 @@ def build_loader_from_sections(
         world_size=world_size, pad_token_id=tokenizer.token_id(ENDOFTEXT), image_token_id=tokens["image"],
         spatial_merge_size=vision["spatial_merge_size"] if vision else 1, image_processor=image_processor,
         stats=stats, workers=settings.workers, sources=encoded.source_of, weights=weights,
+        video_token_id=tokens.get("video"), video_processor=video_processor,
     )
 
 
@@ -351,7 +370,8 @@ class EncodedSources:
 
 def encode_sources(sources: list[Path], tokenizer: Tokenizer, *, image_processor: ImageProcessor | None, loss_on: str,
                    max_length: int, overlong: str, on_error: str = "raise", problems: list[str] | None = None,
-                   progress: Callable[[str], None] | None = None) -> EncodedSources:
+                   progress: Callable[[str], None] | None = None,
+                   video_processor: VideoProcessor | None = None) -> EncodedSources:
     """Read each source (a JSONL, Parquet or Arrow file, or a folder of them), then encode them in
     turn; `problems` as in `encode_records`, plus the lines skipped while reading. `progress` gets a
     line every PROGRESS_EVERY_S seconds of encoding (the slow part: tokenizing, reading image
@@ -364,7 +384,7 @@ def encode_sources(sources: list[Path], tokenizer: Tokenizer, *, image_processor
             problems += read.skipped
         samples, stats = encode_records(read.records, tokenizer, image_processor=image_processor, loss_on=loss_on,
                                         max_length=max_length, overlong=overlong, on_error=on_error, problems=problems,
-                                        on_record=meter.tick)
+                                        on_record=meter.tick, video_processor=video_processor)
         encoded.samples += samples
         encoded.source_of += [index] * len(samples)
         encoded.records.append(len(read.records))
@@ -417,7 +437,8 @@ def check_distinct_sources(sources: list[Path]) -> None:
 
 def encode_records(records, tokenizer: Tokenizer, *, image_processor: ImageProcessor | None, loss_on: str,
                    max_length: int, overlong: str, on_error: str = "raise", problems: list[str] | None = None,
-                   on_record: Callable[[], None] | None = None) -> tuple[list[EncodedSample], PackingStats]:
+                   on_record: Callable[[], None] | None = None,
+                   video_processor: VideoProcessor | None = None) -> tuple[list[EncodedSample], PackingStats]:
     """Records -> samples of at most `max_length` tokens, with counts of truncated/dropped/skipped.
 
     problems: when given, one "file:line: what" message is appended per record skipped as bad or
@@ -432,10 +453,14 @@ def encode_records(records, tokenizer: Tokenizer, *, image_processor: ImageProce
             if isinstance(record, ChatRecord):
                 if record.images and image_processor is None:
                     raise DataError(f"{record.source}: the record has images but the spec's model has no vision tower")
+                if record.videos and video_processor is None:
+                    raise DataError(f"{record.source}: the record has videos but the spec's model has no vision tower")
                 sample = encode_chat(
                     record, tokenizer, loss_on=loss_on,
                     image_grid=image_processor.grid_thw if image_processor else None,
                     image_tokens=image_processor.num_tokens if image_processor else None,
+                    video_layout=video_processor.layout if video_processor else None,
+                    video_frame_tokens=video_processor.frame_tokens if video_processor else None,
                 )
             else:
                 sample = encode_text(record, tokenizer)
