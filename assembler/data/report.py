@@ -3,7 +3,7 @@
 The same reading, encoding and packing the loader does (`build_loader_from_sections`' steps), run
 with every bad record skipped and listed rather than stopping at the first, so a user fixes them
 all in one pass. Reported: records per source, samples (chats, plain texts), the token-length
-histogram, images per sample, epoch 0's packing (rows, efficiency), and every record skipped as
+histogram, images and videos per sample, epoch 0's packing (rows, efficiency), and every record skipped as
 bad or dropped as overlong with its file and line.
 """
 
@@ -17,6 +17,7 @@ from typing import Any, Callable
 from assembler.data.chat_template import ENDOFTEXT
 from assembler.data.loader import (
     PackedBatchLoader, check_distinct_sources, check_tokenizer, data_base_dir, encode_sources, image_processor_for,
+    video_processor_for,
 )
 from assembler.data.records import DataError
 from assembler.data.tokenizer import load_tokenizer
@@ -42,6 +43,7 @@ class DataReport:
     problems: list[str] = field(default_factory=list)  # "file:line: what", skipped or dropped records
     on_error: str = "raise"
     seconds: float = 0.0
+    videos_per_sample: Counter = field(default_factory=Counter)
 
     def length_histogram(self) -> list[tuple[int, int, int]]:
         """(low, high, count) over power-of-two token-length bins up to max_length, empty bins left out."""
@@ -67,6 +69,8 @@ class DataReport:
                 lines.append(f"  {low:>7,}–{high:<7,} {count:>8,}  {bar}")
         images = ", ".join(f"{_count(n, 'image')}: {count}" for n, count in sorted(self.images_per_sample.items()))
         lines.append(f"images per sample: {images or '-'}")
+        videos = ", ".join(f"{_count(n, 'video')}: {count}" for n, count in sorted(self.videos_per_sample.items()))
+        lines.append(f"videos per sample: {videos or '-'}")
         lines.append(f"packing (epoch 0): {_count(self.rows, 'row')} of {self.row_tokens:,} tokens, efficiency {self.efficiency:.1%}")
         if self.problems:
             stops = " (data.on_error: raise — training stops at the first)" if self.on_error == "raise" else ""
@@ -84,6 +88,7 @@ class DataReport:
             "texts": self.texts, "truncated": self.truncated, "tokens": sum(self.lengths),
             "length_histogram": [{"low": lo, "high": hi, "count": n} for lo, hi, n in self.length_histogram()],
             "images_per_sample": {str(n): c for n, c in sorted(self.images_per_sample.items())},
+            "videos_per_sample": {str(n): c for n, c in sorted(self.videos_per_sample.items())},
             "rows": self.rows, "row_tokens": self.row_tokens, "efficiency": self.efficiency, "problems": self.problems,
         }
 
@@ -104,6 +109,7 @@ def data_report(spec: Any, progress: Callable[[str], None] | None = None) -> Dat
     tokenizer = load_tokenizer(settings.tokenizer, base_dir=base_dir)
     check_tokenizer(tokenizer, tokens, spec.model["text"]["vocab_size"], has_vision=vision is not None)
     image_processor = image_processor_for(vision, settings)
+    video_processor = video_processor_for(vision, settings)
 
     paths = [base_dir / source["path"] for source in settings.sources]
     check_distinct_sources(paths)
@@ -111,6 +117,7 @@ def data_report(spec: Any, progress: Callable[[str], None] | None = None) -> Dat
     encoded = encode_sources(  # every bad record skipped and listed, not only the first
         paths, tokenizer, image_processor=image_processor, loss_on=settings.loss_on, max_length=max_length,
         overlong=settings.packing.overlong, on_error="skip", problems=problems, progress=progress,
+        video_processor=video_processor,
     )
     samples, stats = encoded.samples, encoded.stats
     records_per_source = {str(path): count for path, count in zip(paths, encoded.records)}
@@ -133,5 +140,5 @@ def data_report(spec: Any, progress: Callable[[str], None] | None = None) -> Dat
         truncated=stats.truncated, row_tokens=row_tokens, max_length=max_length,
         lengths=[len(sample) for sample in samples], images_per_sample=Counter(len(s.images) for s in samples),
         rows=rows, efficiency=efficiency, problems=problems, on_error=settings.on_error,
-        seconds=time.monotonic() - start,
+        seconds=time.monotonic() - start, videos_per_sample=Counter(len(s.videos) for s in samples),
     )
