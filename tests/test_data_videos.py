@@ -475,3 +475,48 @@ def test_assemble_data_counts_videos_per_sample(video_spec, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "images per sample: 0 images: 4, 1 image: 4" in result.stdout
     assert "videos per sample: 0 videos: 4, 1 video: 4" in result.stdout
+
+
+# --- FSDP: every rank runs the vision tower as often -----------------------------------------------
+
+def test_ranks_with_images_or_videos_make_the_same_number_of_vision_calls(monkeypatch):
+    """Images and videos are one tower call each; a rank lacking either kind that another rank has
+    makes a blank (idle) call in its place, so the vision blocks' collectives match across ranks."""
+    from assembler.train import step
+    from blocks.packing import PackingContext
+
+    def batch(image: bool, video: bool) -> dict:
+        return {"shift_labels": torch.zeros(1, 4, dtype=torch.long), "packing": PackingContext.from_document_lengths([[4]]),
+                "pixel_values": torch.zeros(1) if image else None, "pixel_values_videos": torch.zeros(1) if video else None}
+
+    ranks = [[batch(True, False), batch(False, False)], [batch(False, True), batch(False, False)]]
+    flags = lambda micro_batches: step._step_totals(micro_batches, torch.device("cpu"), count_mtp_targets=False)  # noqa: E731
+    local = []
+    monkeypatch.setattr(step, "all_reduce_sum", lambda t: local.append(t) or t)
+    for micro_batches in ranks:
+        flags(micro_batches)
+    summed = local[0] + local[1]  # what the all-reduce of the two ranks gives
+    monkeypatch.setattr(step, "all_reduce_sum", lambda t: summed)
+    for micro_batches in ranks:
+        _, _, calls = flags(micro_batches)
+        assert calls == [2, 0]  # any image + any video in micro-batch 0; nothing in micro-batch 1
+        assert [c - step._vision_calls(mb) for c, mb in zip(calls, micro_batches)] == [1, 0]  # one idle call each
+
+
+def test_a_table_row_holds_a_video_part_as_a_jsonl_line_does(tmp_path):
+    pyarrow = pytest.importorskip("pyarrow")
+    import pyarrow.parquet
+
+    from assembler.data.sources import read_table
+
+    write_video(tmp_path / "clip.mp4")
+    def row(video: str) -> dict:  # an Arrow column has one type: every content a list of parts
+        user, assistant = chat({"type": "video", "path": video})
+        return {"messages": [user, {**assistant, "content": [{"type": "text", "text": assistant["content"]}]}]}
+
+    rows = [row("clip.mp4"), row("gone.mp4")]
+    pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows), tmp_path / "data.parquet")
+    with pytest.raises(DataError, match=r"data.parquet:row 2: .*video 'gone.mp4' not found"):
+        read_table(tmp_path / "data.parquet")
+    records = read_table(tmp_path / "data.parquet", on_error="skip").records
+    assert [record.videos for record in records] == [[tmp_path / "clip.mp4"]]
