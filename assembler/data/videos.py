@@ -28,8 +28,9 @@ three torchvision calls transcribed from torchvision's source) bitwise.
 
 The reader is PyAV (`pip install av`, the `video` extra): a binary wheel with FFmpeg inside, so no
 system FFmpeg; transformers' own default reader for its PyAV backend, so its frames are what
-transformers decodes; and it installs beside any torch (decord has no wheel for recent Pythons and
-is unmaintained, torchvision's video decoding is removed and its wheels pin a torch build).
+transformers decodes; it installs beside any torch; and it is maintained. decord's last release is
+0.6.0 (2021, x86-64 wheels only); torchvision removed its video decoding (0.26, transformers'
+video_utils says) and PyPI's torchvision does not work beside our torch CPU build.
 """
 
 from __future__ import annotations
