@@ -121,8 +121,9 @@ def _capture_block_inputs(probe: nn.Module, batch: dict[str, Any], dtype: torch.
         handles.append(block.register_forward_pre_hook(hook, with_kwargs=True))
     try:
         with torch.no_grad():
-            if batch.get("pixel_values") is not None:
-                batch = {**batch, "pixel_values": batch["pixel_values"].to(dtype)}
+            for key in ("pixel_values", "pixel_values_videos"):
+                if batch.get(key) is not None:
+                    batch = {**batch, key: batch[key].to(dtype)}
             probe(**batch)
     finally:
         for handle in handles:

@@ -94,6 +94,18 @@ class ImageSettings:
 
 
 @dataclass(frozen=True)
+class VideoSettings:
+    """`data.videos`: frame sampling (fps within [min_frames, max_frames]) and the pixel bounds of a
+    whole sampled video (frames x height x width)."""
+
+    fps: float
+    min_frames: int
+    max_frames: int
+    min_pixels: int
+    max_pixels: int
+
+
+@dataclass(frozen=True)
 class DataSettings(SpecSection):
     """`data` (the sources stay as the spec lists them)."""
 
@@ -104,6 +116,7 @@ class DataSettings(SpecSection):
     loss_on: str
     on_error: str
     images: ImageSettings
+    videos: VideoSettings
     shuffle: bool
     workers: int
 

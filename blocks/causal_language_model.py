@@ -54,14 +54,16 @@ class CausalLanguageModel(nn.Module):
         pixel_values: torch.Tensor | None = None,
         image_grid_thw: torch.Tensor | None = None,
         idle_vision: bool = False,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_grid_thw: torch.Tensor | None = None,
     ) -> LanguageModelOutput:
         """Forward pass, transformers-compatible for unpacked input (see `lm_output` for the targets).
 
         packing: the batch's document layout; None means one document per row, positions 0..T-1.
-        pixel_values / image_grid_thw: refused (a text-only model); `idle_vision` is accepted and
+        pixel_values / image_grid_thw / pixel_values_videos / video_grid_thw: refused (a text-only model); `idle_vision` is accepted and
             ignored, so the training step calls every model alike.
         """
-        if pixel_values is not None or image_grid_thw is not None:
+        if any(x is not None for x in (pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)):
             raise ValueError("this model has no vision tower, but pixel_values were given")
         if packing is None:
             batch, length = input_ids.shape

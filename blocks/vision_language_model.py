@@ -1,4 +1,4 @@
-"""The whole vision-language model: vision tower → merger → image features spliced into the token
+"""The whole vision-language model: vision tower → merger → image and video features spliced into the token
 embeddings → hybrid text tower → final norm → (tied) LM head → cross-entropy.
 
 Parameter names equal the HF Qwen3.5 checkpoint's (`model.visual.*`, `model.language_model.*`,
@@ -86,13 +86,19 @@ class VisionLanguageModel(nn.Module):
         num_items_in_batch: int | torch.Tensor | None = None,
         num_mtp_items_in_batch: int | torch.Tensor | None = None,
         return_logits: bool | None = None,
-        idle_vision: bool = False,
+        idle_vision: bool | int = False,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_grid_thw: torch.Tensor | None = None,
     ) -> VisionLanguageModelOutput:
         """Forward pass, transformers-compatible for unpacked input.
 
         input_ids:      [B, T] token ids; `<|image_pad|>` tokens are replaced by image features.
         pixel_values:   [N_patches, C * temporal_patch * patch²], all images of the batch in order.
         image_grid_thw: [I, 3] (t, h, w) patch grid of each image.
+        pixel_values_videos: [N_video_patches, C * temporal_patch * patch²], all videos of the batch
+                        in order; `<|video_pad|>` tokens are replaced by their features.
+        video_grid_thw: [V, 3] (t, h, w) patch grid of each video (t frame groups, each its own run
+                        of h·w / merge² `<|video_pad|>` tokens).
         labels:         [B, T] as in transformers: shifted here (label t+1 is the target of token t).
         shift_labels:   [B, T] already-aligned next-token targets (what the packing collator
                         makes: the last token of every document is IGNORE_INDEX). Give one of the two.
@@ -103,22 +109,26 @@ class VisionLanguageModel(nn.Module):
         num_mtp_items_in_batch: the same for the multi-token-prediction loss (its targets are
                         fewer: `next_next_token_labels`); only read by a model with `mtp`.
         return_logits:  default: only when no labels are given (the loss never needs full logits).
-        idle_vision:    with no `pixel_values`, still run the vision tower, on one blank minimal
+        idle_vision:    run the vision tower this many more times (True: once), on one blank minimal
                         image whose features add exactly zero to the embeddings. Under FSDP every
-                        rank must run the same collectives: a rank whose batch has no image while
-                        another's has would skip the vision blocks' all-gathers and reduce-scatters
-                        and hang the job. The vision parameters get zero gradients; the loss and
-                        every other gradient are bitwise those of the call without it.
+                        rank must run the same collectives: a rank whose batch has no image (or no
+                        video: images and videos are one tower call each) while another's has would
+                        skip the vision blocks' all-gathers and reduce-scatters and hang the job.
+                        The blank passes give the vision parameters zero gradients; the loss and
+                        every other gradient are bitwise those of the call without them.
         """
         if packing is None:
-            packing = self.unpacked_context(input_ids, image_grid_thw)
+            packing = self.unpacked_context(input_ids, image_grid_thw, video_grid_thw)
 
         text = self.model.language_model
         inputs_embeds = text.embed_tokens(input_ids)
-        if pixel_values is not None:
-            inputs_embeds = self._splice_image_features(input_ids, inputs_embeds, pixel_values, image_grid_thw)
-        elif idle_vision and self.model.visual is not None:
-            inputs_embeds = inputs_embeds + self._idle_vision_zero(input_ids.device).to(inputs_embeds.dtype)
+        if pixel_values is not None or pixel_values_videos is not None:
+            inputs_embeds = self._splice_vision_features(
+                input_ids, inputs_embeds, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw
+            )
+        if idle_vision and self.model.visual is not None:
+            for _ in range(int(idle_vision)):
+                inputs_embeds = inputs_embeds + self._idle_vision_zero(input_ids.device).to(inputs_embeds.dtype)
         hidden = text(inputs_embeds, packing)
 
         targets = next_token_targets(labels, shift_labels)
@@ -153,24 +163,39 @@ class VisionLanguageModel(nn.Module):
             out.mtp_logits = self.lm_head(mtp_hidden)
         out.mtp_loss_weight = self.mtp.loss_weight
 
-    def _splice_image_features(
-        self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor
+    def _splice_vision_features(
+        self,
+        input_ids: torch.Tensor,
+        inputs_embeds: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        image_grid_thw: torch.Tensor | None,
+        pixel_values_videos: torch.Tensor | None,
+        video_grid_thw: torch.Tensor | None,
     ) -> torch.Tensor:
+        """The image features, then the video features (one vision-tower call each, as the reference
+        makes them), scattered into the `<|image_pad|>` and then the `<|video_pad|>` positions."""
         if self.model.visual is None:
             raise ValueError("this model has no vision tower, but pixel_values were given")
-        if image_grid_thw is None:
-            raise ValueError("pixel_values need image_grid_thw")
         visual = self.model.visual
-        image_features = visual(pixel_values.type(visual.patch_embed.proj.weight.dtype), image_grid_thw)
-        image_mask = input_ids == self.tokens.image
-        n_tokens = int(image_mask.sum())
-        if n_tokens != image_features.shape[0]:
-            raise ValueError(
-                f"{n_tokens} <|image_pad|> tokens in input_ids but {image_features.shape[0]} image features "
-                f"from image_grid_thw {image_grid_thw.tolist()} (each image needs t·h·w / {self.spatial_merge_size}² tokens)"
-            )
-        image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
-        return inputs_embeds.masked_scatter(image_mask.unsqueeze(-1).to(inputs_embeds.device), image_features)
+        dtype = visual.patch_embed.proj.weight.dtype
+        splices = []
+        for name, pixels, grid_thw, token in (("image", pixel_values, image_grid_thw, self.tokens.image),
+                                               ("video", pixel_values_videos, video_grid_thw, self.tokens.video)):
+            if pixels is None:
+                continue
+            if grid_thw is None:
+                raise ValueError(f"{name} pixel values need {name}_grid_thw")
+            splices.append((name, visual(pixels.type(dtype), grid_thw), grid_thw, input_ids == token))
+        for name, features, grid_thw, mask in splices:
+            n_tokens = int(mask.sum())
+            if n_tokens != features.shape[0]:
+                raise ValueError(
+                    f"{n_tokens} <|{name}_pad|> tokens in input_ids but {features.shape[0]} {name} features "
+                    f"from {name}_grid_thw {grid_thw.tolist()} (each needs t·h·w / {self.spatial_merge_size}² tokens)"
+                )
+            features = features.to(inputs_embeds.device, inputs_embeds.dtype)
+            inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1).to(inputs_embeds.device), features)
+        return inputs_embeds
 
     def _idle_vision_zero(self, device: torch.device) -> torch.Tensor:
         """A [] zero that depends on every vision parameter: the tower run on one blank image of
@@ -182,29 +207,38 @@ class VisionLanguageModel(nn.Module):
         pixel_values = torch.zeros(merge * merge, weight.shape[1:].numel(), dtype=weight.dtype, device=device)
         return visual(pixel_values, grid_thw).sum() * 0
 
-    def unpacked_context(self, input_ids: torch.Tensor, image_grid_thw: torch.Tensor | None) -> PackingContext:
+    def unpacked_context(
+        self, input_ids: torch.Tensor, image_grid_thw: torch.Tensor | None, video_grid_thw: torch.Tensor | None = None
+    ) -> PackingContext:
         """One document per row of `input_ids` [B, T]; mRoPE positions by the reference's rule."""
         batch, length = input_ids.shape
         rows = []
         grids = iter(image_grid_thw.tolist() if image_grid_thw is not None else [])
+        videos = iter(video_grid_thw.tolist() if video_grid_thw is not None else [])
         for row in input_ids:
-            n_images = self._count_images(row)
-            row_grids = [next(grids) for _ in range(n_images)]
+            row_grids = [next(grids) for _ in range(self._count_runs(row, self.tokens.image))]
+            row_videos, frame_groups = [], self._count_runs(row, self.tokens.video)
+            while frame_groups > 0:  # a video of t frame groups holds t runs of <|video_pad|>
+                row_videos.append(next(videos))
+                frame_groups -= row_videos[-1][0]
             rows.append(
                 mrope_position_ids(
                     row.cpu(),
                     torch.tensor(row_grids, dtype=torch.long).view(-1, 3),
                     image_token_id=self.tokens.image,
                     spatial_merge_size=self.spatial_merge_size,
+                    video_grid_thw=torch.tensor(row_videos, dtype=torch.long).view(-1, 3),
+                    video_token_id=self.tokens.video,
                 )
             )
         position_ids = torch.stack(rows, dim=1).to(input_ids.device)  # [3, B, T]
         ctx = PackingContext.from_document_lengths([[length]] * batch, position_ids=position_ids)
         return ctx.to(input_ids.device)
 
-    def _count_images(self, row: torch.Tensor) -> int:
-        # Each consecutive run of <|image_pad|> tokens is one image, as the reference groups them.
-        is_image = row == self.tokens.image
-        starts = is_image.clone()
-        starts[1:] &= ~is_image[:-1]
+    @staticmethod
+    def _count_runs(row: torch.Tensor, token: int) -> int:
+        # Each consecutive run of pad tokens is one image (one frame group of a video), as the reference groups them.
+        is_pad = row == token
+        starts = is_pad.clone()
+        starts[1:] &= ~is_pad[:-1]
         return int(starts.sum())

@@ -285,6 +285,12 @@ def test_processor_configs_follow_the_spec(export, spec):
         assert config["processor_class"] == "Qwen3VLProcessor"
     image_config = json.loads((export / "preprocessor_config.json").read_text())
     assert image_config["size"] == {"shortest_edge": images["min_pixels"], "longest_edge": images["max_pixels"]}
+    videos = spec.data["videos"]  # what training sampled and resized videos with
+    video_config = json.loads((export / "video_preprocessor_config.json").read_text())
+    assert video_config["size"] == {"shortest_edge": videos["min_pixels"], "longest_edge": videos["max_pixels"]}
+    assert (video_config["fps"], video_config["min_frames"], video_config["max_frames"]) == (
+        videos["fps"], videos["min_frames"], videos["max_frames"])
+    assert video_config["cap_pixels_per_frame"] is False
 
 
 def test_generation_config_stops_at_end_of_turn(export, spec):

@@ -14,6 +14,7 @@ from assembler.data.packing import PackingStats, fit_to_budget
 from assembler.data.records import ChatRecord, DataError
 from assembler.data.sources import read_source
 from assembler.data.tokenizer import Tokenizer
+from assembler.data.videos import VideoProcessor
 from assembler.durations import format_duration
 
 
@@ -37,7 +38,8 @@ class EncodedSources:
 
 def encode_sources(sources: list[Path], tokenizer: Tokenizer, *, image_processor: ImageProcessor | None, loss_on: str,
                    max_length: int, overlong: str, on_error: str = "raise", problems: list[str] | None = None,
-                   progress: Callable[[str], None] | None = None) -> EncodedSources:
+                   progress: Callable[[str], None] | None = None,
+                   video_processor: VideoProcessor | None = None) -> EncodedSources:
     """Read each source (a JSONL, Parquet or Arrow file, or a folder of them), then encode them in
     turn; `problems` as in `encode_records`, plus the lines skipped while reading. `progress` gets a
     line every PROGRESS_EVERY_S seconds of encoding (the slow part: tokenizing, reading image
@@ -50,7 +52,7 @@ def encode_sources(sources: list[Path], tokenizer: Tokenizer, *, image_processor
             problems += read.skipped
         samples, stats = encode_records(read.records, tokenizer, image_processor=image_processor, loss_on=loss_on,
                                         max_length=max_length, overlong=overlong, on_error=on_error, problems=problems,
-                                        on_record=meter.tick)
+                                        on_record=meter.tick, video_processor=video_processor)
         encoded.samples += samples
         encoded.source_of += [index] * len(samples)
         encoded.records.append(len(read.records))
@@ -96,7 +98,8 @@ class Progress:
 
 def encode_records(records, tokenizer: Tokenizer, *, image_processor: ImageProcessor | None, loss_on: str,
                    max_length: int, overlong: str, on_error: str = "raise", problems: list[str] | None = None,
-                   on_record: Callable[[], None] | None = None) -> tuple[list[EncodedSample], PackingStats]:
+                   on_record: Callable[[], None] | None = None,
+                   video_processor: VideoProcessor | None = None) -> tuple[list[EncodedSample], PackingStats]:
     """Records -> samples of at most `max_length` tokens, with counts of truncated/dropped/skipped.
 
     problems: when given, one "file:line: what" message is appended per record skipped as bad or
@@ -111,10 +114,14 @@ def encode_records(records, tokenizer: Tokenizer, *, image_processor: ImageProce
             if isinstance(record, ChatRecord):
                 if record.images and image_processor is None:
                     raise DataError(f"{record.source}: the record has images but the spec's model has no vision tower")
+                if record.videos and video_processor is None:
+                    raise DataError(f"{record.source}: the record has videos but the spec's model has no vision tower")
                 sample = encode_chat(
                     record, tokenizer, loss_on=loss_on,
                     image_grid=image_processor.grid_thw if image_processor else None,
                     image_tokens=image_processor.num_tokens if image_processor else None,
+                    video_layout=video_processor.layout if video_processor else None,
+                    video_frame_tokens=video_processor.frame_tokens if video_processor else None,
                 )
             else:
                 sample = encode_text(record, tokenizer)
@@ -146,6 +153,7 @@ class RecordEncoder:
 
     tokenizer: Tokenizer
     image_processor: ImageProcessor | None
+    video_processor: VideoProcessor | None
     loss_on: str
     max_length: int
     overlong: str
@@ -153,10 +161,12 @@ class RecordEncoder:
 
     def __call__(self, records: list, problems: list[str] | None = None) -> tuple[list[EncodedSample], PackingStats]:
         return encode_records(records, self.tokenizer, image_processor=self.image_processor, loss_on=self.loss_on,
-                              max_length=self.max_length, overlong=self.overlong, on_error=self.on_error, problems=problems)
+                              max_length=self.max_length, overlong=self.overlong, on_error=self.on_error, problems=problems,
+                              video_processor=self.video_processor)
 
     def settings_key(self) -> str:
         """What the samples depend on besides the records (not on_error: a run stopped by a bad
         record resumes with on_error skip onto the same stream)."""
         pixels = (self.image_processor.min_pixels, self.image_processor.max_pixels) if self.image_processor else None
-        return f"{self.tokenizer.name}|{self.loss_on}|{self.max_length}|{self.overlong}|{pixels}"
+        video = vars(self.video_processor) if self.video_processor else None
+        return f"{self.tokenizer.name}|{self.loss_on}|{self.max_length}|{self.overlong}|{pixels}|{video}"

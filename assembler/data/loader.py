@@ -39,6 +39,7 @@ from assembler.data.images import ImageProcessor
 from assembler.data.packing import PackingStats, collate_row, plan_rows
 from assembler.data.records import DataError
 from assembler.data.tokenizer import Tokenizer, load_tokenizer
+from assembler.data.videos import VideoProcessor
 from assembler.data.windows import InMemorySamples, SampleWindows, StreamedSources, WindowSamples, derived_seed
 from assembler.spec_sections import DataSettings
 from blocks.constants import VISION_TOKEN_KEYS
@@ -87,6 +88,8 @@ class PackedBatchLoader:
         workers: int = 0,
         sources: list[int] | None = None,
         weights: list[float] | None = None,
+        video_token_id: int | None = None,
+        video_processor: VideoProcessor | None = None,
     ):
         if isinstance(windows, list):
             windows = InMemorySamples(windows, sources, weights)
@@ -100,7 +103,8 @@ class PackedBatchLoader:
         self.rank = rank
         self.world_size = world_size
         self._collate_args = dict(budget=budget, pad_token_id=pad_token_id, image_token_id=image_token_id,
-                                  spatial_merge_size=spatial_merge_size, image_processor=image_processor)
+                                  spatial_merge_size=spatial_merge_size, image_processor=image_processor,
+                                  video_token_id=video_token_id, video_processor=video_processor)
         self.position: Position = (0, 0, 0)
         self._plan_cache: tuple[int, int, WindowPlan] | None = None
 
@@ -306,6 +310,19 @@ def image_processor_for(vision: Mapping[str, Any] | None, settings: DataSettings
     )
 
 
+def video_processor_for(vision: Mapping[str, Any] | None, settings: DataSettings) -> VideoProcessor | None:
+    """The video preprocessing of `model.vision`'s patch sizes and `data.videos`' sampling and pixel
+    bounds; None for a text-only model."""
+    if vision is None:
+        return None
+    videos = settings.videos
+    return VideoProcessor(
+        patch_size=vision["patch_size"], temporal_patch_size=vision["temporal_patch_size"],
+        merge_size=vision["spatial_merge_size"], fps=videos.fps, min_frames=videos.min_frames,
+        max_frames=videos.max_frames, min_pixels=videos.min_pixels, max_pixels=videos.max_pixels,
+    )
+
+
 def build_loader_from_sections(
     data: Mapping[str, Any],
     *,
@@ -340,22 +357,23 @@ def build_loader_from_sections(
     tokenizer = tokenizer or load_tokenizer(settings.tokenizer, base_dir=base_dir)
     check_tokenizer(tokenizer, tokens, vocab_size, has_vision=vision is not None)
 
-    windows = streamed_sources(settings, base_dir, tokenizer, image_processor_for(vision, settings), max_length)
+    windows = streamed_sources(settings, base_dir, tokenizer, vision, max_length)
     return PackedBatchLoader(
         windows, budget=tokens_per_step, seed=seed, shuffle=settings.shuffle, rank=rank,
         world_size=world_size, pad_token_id=tokenizer.token_id(ENDOFTEXT), image_token_id=tokens["image"],
         spatial_merge_size=vision["spatial_merge_size"] if vision else 1, image_processor=windows.encode.image_processor,
-        workers=settings.workers,
+        workers=settings.workers, video_token_id=tokens.get("video"), video_processor=windows.encode.video_processor,
     )
 
 
-def streamed_sources(settings: DataSettings, base_dir: Path, tokenizer: Tokenizer, image_processor: ImageProcessor | None,
+def streamed_sources(settings: DataSettings, base_dir: Path, tokenizer: Tokenizer, vision: Mapping[str, Any] | None,
                      max_length: int, *, on_error: str | None = None, problems: list[str] | None = None) -> StreamedSources:
-    """The `data.sources` of `settings` as windows of encoded samples (`on_error` overrides the
-    spec's; `problems` collects every record skipped or dropped)."""
+    """The `data.sources` of `settings` as windows of encoded samples, images and videos measured
+    for `model.vision` (`on_error` overrides the spec's; `problems` collects every record skipped
+    or dropped)."""
     paths = [base_dir / source["path"] for source in settings.sources]
     check_distinct_sources(paths)
-    encoder = RecordEncoder(tokenizer, image_processor, loss_on=settings.loss_on, max_length=max_length,
+    encoder = RecordEncoder(tokenizer, image_processor_for(vision, settings), video_processor_for(vision, settings), loss_on=settings.loss_on, max_length=max_length,
                             overlong=settings.packing.overlong, on_error=on_error or settings.on_error)
     windows = StreamedSources(paths, [float(source["weight"]) for source in settings.sources], encode=encoder,
                               on_error=encoder.on_error, window_records=settings.packing.window,

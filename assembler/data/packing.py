@@ -8,7 +8,8 @@ document of `<|endoftext|>` tokens whose labels are all -100 (it is its own docu
 than the budget is truncated to it or dropped (`overlong`), and counted.
 
 The collator computes the packing context once, on the host: `cu_seqlens`, `max_seqlen`,
-`seq_idx`, and 3-axis mRoPE positions per document (restarting at 0 in every document).
+`seq_idx`, and 3-axis mRoPE positions per document (restarting at 0 in every document), and the
+row's image and video tensors, each kind in order of appearance.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from assembler.data.chat_template import IGNORE_INDEX, EncodedSample
 from assembler.data.images import ImageProcessor
 from assembler.data.records import DataError
+from assembler.data.videos import VideoProcessor
 from blocks.packing import PackingContext
 from blocks.position_ids import mrope_position_ids
 
@@ -51,10 +53,14 @@ class PackingStats:
 
 
 def fit_to_budget(sample: EncodedSample, budget: int, *, overlong: str, vision_start_id: int, vision_end_id: int) -> EncodedSample | None:
-    """`sample` if it fits `budget` tokens; else truncated (never inside an image) or None (drop).
+    """`sample` if it fits `budget` tokens; else truncated (never inside an image or video) or None (drop).
 
-    A truncated sample keeps its first tokens up to the budget, minus any image cut in half (an
-    image is all or nothing); its last label becomes -100. If no target is left, it is dropped.
+    A truncated sample keeps its first tokens up to the budget, minus any image or video cut in half
+    (each is all or nothing); its last label becomes -100. If no target is left, it is dropped.
+
+    The units are the top-level `<|vision_start|>` … `<|vision_end|>` blocks: an image's holds its
+    pads; a video's holds one nested block per frame group (chat_template's layout), which is how a
+    video is told from an image here.
     """
     if overlong not in OVERLONG:
         raise ValueError(f"data.packing.overlong: {overlong!r} is not one of {', '.join(OVERLONG)}")
@@ -62,21 +68,29 @@ def fit_to_budget(sample: EncodedSample, budget: int, *, overlong: str, vision_s
         return sample
     if overlong == "drop":
         return None
-    cut, kept_images = budget, 0
-    start = None
+    cut, kept_images, kept_videos = budget, 0, 0
+    start, depth, nested = None, 0, False
     for index, token in enumerate(sample.input_ids[:budget]):
         if token == vision_start_id:
-            start = index
-        elif token == vision_end_id and start is not None:
-            kept_images, start = kept_images + 1, None
-    if start is not None:  # the budget ends inside an image: cut before its <|vision_start|>
+            if depth == 0:
+                start, nested = index, False
+            else:
+                nested = True
+            depth += 1
+        elif token == vision_end_id and depth > 0:
+            depth -= 1
+            if depth == 0:
+                kept_videos, kept_images = (kept_videos + 1, kept_images) if nested else (kept_videos, kept_images + 1)
+                start = None
+    if start is not None:  # the budget ends inside an image or video: cut before its <|vision_start|>
         cut = start
     labels = sample.labels[:cut]
     if labels:
         labels[-1] = IGNORE_INDEX
     if all(label == IGNORE_INDEX for label in labels):
         return None
-    return EncodedSample(sample.input_ids[:cut], labels, sample.images[:kept_images], sample.image_grids[:kept_images], sample.source)
+    return EncodedSample(sample.input_ids[:cut], labels, sample.images[:kept_images], sample.image_grids[:kept_images],
+                         sample.source, sample.videos[:kept_videos], sample.video_grids[:kept_videos])
 
 
 def plan_rows(lengths: list[int], budget: int) -> list[list[int]]:
@@ -111,15 +125,19 @@ def collate_row(
     image_token_id: int,
     spatial_merge_size: int,
     image_processor: ImageProcessor | None,
+    video_token_id: int | None = None,
+    video_processor: VideoProcessor | None = None,
 ) -> dict:
     """Pack `samples` (total length <= budget) into one row of exactly `budget` tokens.
 
     Returns the model's keyword arguments:
-      input_ids      [1, T] int64
-      shift_labels   [1, T] int64, next-token targets (-100: no loss), see chat_template
-      pixel_values   [N_patches, C·tp·p·p] fp32, or None when the row has no image
-      image_grid_thw [I, 3] int64, or None
-      packing        PackingContext (cu_seqlens, max_seqlen, seq_idx, position_ids [3, 1, T])
+      input_ids           [1, T] int64
+      shift_labels        [1, T] int64, next-token targets (-100: no loss), see chat_template
+      pixel_values        [N_patches, C·tp·p·p] fp32, or None when the row has no image
+      image_grid_thw      [I, 3] int64, or None
+      pixel_values_videos [N_video_patches, C·tp·p·p] fp32, or None when the row has no video
+      video_grid_thw      [V, 3] int64, or None
+      packing             PackingContext (cu_seqlens, max_seqlen, seq_idx, position_ids [3, 1, T])
     """
     used = sum(len(s) for s in samples)
     if used > budget:
@@ -130,10 +148,12 @@ def collate_row(
     positions = []
     for sample in samples:
         grids = torch.tensor(sample.image_grids, dtype=torch.long).view(-1, 3)
+        video_grids = torch.tensor(sample.video_grids, dtype=torch.long).view(-1, 3) if sample.video_grids else None
         positions.append(
             mrope_position_ids(
                 torch.tensor(sample.input_ids, dtype=torch.long), grids,
                 image_token_id=image_token_id, spatial_merge_size=spatial_merge_size,
+                video_grid_thw=video_grids, video_token_id=video_token_id,
             )
         )
     if used < budget:  # the padding document
@@ -158,10 +178,31 @@ def collate_row(
         expected = torch.tensor([g for s in samples for g in s.image_grids], dtype=torch.long)
         if not torch.equal(image_grid_thw, expected):
             raise ValueError(f"image grids changed since encoding: {image_grid_thw.tolist()} != {expected.tolist()}")
+    pixel_values_videos, video_grid_thw = _videos(samples, video_processor)
     return {
         "input_ids": torch.tensor([input_ids], dtype=torch.long),
         "shift_labels": torch.tensor([labels], dtype=torch.long),
         "pixel_values": pixel_values,
         "image_grid_thw": image_grid_thw,
+        "pixel_values_videos": pixel_values_videos,
+        "video_grid_thw": video_grid_thw,
         "packing": packing,
     }
+
+
+def _videos(samples: list[EncodedSample], video_processor: VideoProcessor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(pixel_values_videos, video_grid_thw) of the row's videos in order, or (None, None)."""
+    videos = [path for s in samples for path in s.videos]
+    if not videos:
+        return None, None
+    if video_processor is None:
+        raise ValueError("the row holds videos but no video processor was given (does the spec have model.vision?)")
+    try:
+        pixel_values_videos, video_grid_thw = video_processor(videos)
+    except DataError as error:  # the file changed after it was checked: say which record holds it
+        sources = ", ".join(s.source for s in samples if s.videos)
+        raise DataError(f"{error} (in the record at {sources}; it changed after the data was checked)") from None
+    expected = torch.tensor([g for s in samples for g in s.video_grids], dtype=torch.long)
+    if not torch.equal(video_grid_thw, expected):
+        raise ValueError(f"video grids changed since encoding: {video_grid_thw.tolist()} != {expected.tolist()}")
+    return pixel_values_videos, video_grid_thw

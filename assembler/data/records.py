@@ -7,9 +7,18 @@ Two record layouts, one JSON object per line (blank lines are ignored):
                   {"role": "assistant", "content": "A red circle."}]}
     {"text": "Plain text, trained on every token."}
 
-`content` is a string or a list of parts: `{"type": "text", "text": ...}` or
-`{"type": "image", "path": ...}` (`"image"` is accepted for `"path"`, as in Qwen's own examples).
-Image paths are relative to the JSONL file. Roles: system (first message only), user, assistant;
+`content` is a string or a list of parts: `{"type": "text", "text": ...}`,
+`{"type": "image", "path": ...}` or `{"type": "video", "path": ...}` (`"image"` / `"video"` are
+accepted for `"path"`, as in Qwen's own examples). Image and video paths are relative to the JSONL
+file. A video is any file PyAV (FFmpeg) decodes (mp4, mkv, webm, mov, ...); its frames are sampled
+at `data.videos.fps` within [min_frames, max_frames] and resized within the pixel bounds of
+`data.videos` (assembler/data/videos.py), and it enters the chat as Qwen3.5's processor writes it:
+one `<t seconds>` timestamp and block of `<|video_pad|>` tokens per pair of frames:
+
+    {"messages": [{"role": "user", "content": [{"type": "video", "path": "clips/0.mp4"},
+                                               {"type": "text", "text": "What happens?"}]},
+                  {"role": "assistant", "content": "A ball rolls to the left."}]}
+ Roles: system (first message only), user, assistant;
 an assistant message may carry `reasoning_content` (rendered inside `<think>`). Other top-level
 keys (ids, metadata) are ignored.
 
@@ -42,13 +51,20 @@ class ImagePart:
     path: Path
 
 
-ContentPart = Union[str, ImagePart]
+@dataclass(frozen=True)
+class VideoPart:
+    """A video inside a message; `path` is absolute (resolved against the JSONL's folder)."""
+
+    path: Path
+
+
+ContentPart = Union[str, ImagePart, VideoPart]
 
 
 @dataclass(frozen=True)
 class Message:
     role: str
-    content: tuple[ContentPart, ...]  # text and images in order
+    content: tuple[ContentPart, ...]  # text, images and videos in order
     reasoning_content: str | None = None
 
 
@@ -60,6 +76,10 @@ class ChatRecord:
     @property
     def images(self) -> list[Path]:
         return [part.path for m in self.messages for part in m.content if isinstance(part, ImagePart)]
+
+    @property
+    def videos(self) -> list[Path]:
+        return [part.path for m in self.messages for part in m.content if isinstance(part, VideoPart)]
 
 
 @dataclass(frozen=True)
@@ -166,8 +186,8 @@ def _parse_messages(messages: object, source: str, base_dir: Path) -> tuple[Mess
         if role == "system" and index != 0:
             raise DataError(f"{where}: a system message must be the first message")
         content = _parse_content(message.get("content"), where, base_dir)
-        if role == "system" and any(isinstance(part, ImagePart) for part in content):
-            raise DataError(f"{where}: a system message cannot contain images")
+        if role == "system" and any(isinstance(part, (ImagePart, VideoPart)) for part in content):
+            raise DataError(f"{where}: a system message cannot contain images or videos")
         reasoning = message.get("reasoning_content")
         if reasoning is not None and (role != "assistant" or not isinstance(reasoning, str)):
             raise DataError(f"{where}: 'reasoning_content' must be a string on an assistant message")
@@ -190,16 +210,17 @@ def _parse_content(content: object, where: str, base_dir: Path) -> tuple[Content
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text" and isinstance(part.get("text"), str):
             parts.append(part["text"])
-        elif kind == "image":
-            relative = part.get("path", part.get("image"))
+        elif kind in ("image", "video"):
+            relative = part.get("path", part.get(kind))
             if not isinstance(relative, str) or not relative:
-                raise DataError(f"{at}: an image part needs a 'path' (relative to the JSONL file)")
+                raise DataError(f"{at}: {'an image' if kind == 'image' else 'a video'} part needs a 'path' (relative to the JSONL file)")
             path = (base_dir / relative).resolve()
             if not path.is_file():
-                raise DataError(f"{at}: image {relative!r} not found (looked for {path})")
-            parts.append(ImagePart(path=path))
+                raise DataError(f"{at}: {kind} {relative!r} not found (looked for {path})")
+            parts.append(ImagePart(path=path) if kind == "image" else VideoPart(path=path))
         else:
             raise DataError(
-                f"{at}: expected {{\"type\": \"text\", \"text\": ...}} or {{\"type\": \"image\", \"path\": ...}}, got {part!r}"
+                f"{at}: expected {{\"type\": \"text\", \"text\": ...}}, {{\"type\": \"image\", \"path\": ...}} or "
+                f"{{\"type\": \"video\", \"path\": ...}}, got {part!r}"
             )
     return tuple(parts)

@@ -2,7 +2,7 @@
 
 The same reading, encoding and packing the loader does (its windows, streamed), run with every bad
 record skipped and listed rather than stopping at the first, so a user fixes them all in one pass. Reported: records per source, samples (chats, plain texts), the token-length
-histogram, images per sample, epoch 0's packing (rows, efficiency), and every record skipped as
+histogram, images and videos per sample, epoch 0's packing (rows, efficiency), and every record skipped as
 bad or dropped as overlong with its file and line.
 """
 
@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 from assembler.data.chat_template import ENDOFTEXT
 from assembler.data.encoding import Progress
-from assembler.data.loader import PackedBatchLoader, check_tokenizer, data_base_dir, image_processor_for, streamed_sources
+from assembler.data.loader import PackedBatchLoader, check_tokenizer, data_base_dir, streamed_sources
 from assembler.data.records import DataError
 from assembler.data.tokenizer import load_tokenizer
 from assembler.spec_sections import DataSettings
@@ -42,6 +42,7 @@ class DataReport:
     problems: list[str] = field(default_factory=list)  # "file:line: what", skipped or dropped records
     on_error: str = "raise"
     seconds: float = 0.0
+    videos_per_sample: Counter = field(default_factory=Counter)
 
     def length_histogram(self) -> list[tuple[int, int, int]]:
         """(low, high, count) over power-of-two token-length bins up to max_length, empty bins left out."""
@@ -67,6 +68,8 @@ class DataReport:
                 lines.append(f"  {low:>7,}–{high:<7,} {count:>8,}  {bar}")
         images = ", ".join(f"{_count(n, 'image')}: {count}" for n, count in sorted(self.images_per_sample.items()))
         lines.append(f"images per sample: {images or '-'}")
+        videos = ", ".join(f"{_count(n, 'video')}: {count}" for n, count in sorted(self.videos_per_sample.items()))
+        lines.append(f"videos per sample: {videos or '-'}")
         lines.append(f"packing (epoch 0, each record once): {_count(self.rows, 'row')} of {self.row_tokens:,} tokens, "
                      f"efficiency {self.efficiency:.1%}")
         if self.problems:
@@ -85,6 +88,7 @@ class DataReport:
             "texts": self.texts, "truncated": self.truncated, "tokens": sum(self.lengths),
             "length_histogram": [{"low": lo, "high": hi, "count": n} for lo, hi, n in self.length_histogram()],
             "images_per_sample": {str(n): c for n, c in sorted(self.images_per_sample.items())},
+            "videos_per_sample": {str(n): c for n, c in sorted(self.videos_per_sample.items())},
             "rows": self.rows, "row_tokens": self.row_tokens, "efficiency": self.efficiency, "problems": self.problems,
         }
 
@@ -111,14 +115,14 @@ def data_report(spec: Any, progress: Callable[[str], None] | None = None) -> Dat
 
     problems: list[str] = []
     once = dataclasses.replace(settings, sources=[{**source, "weight": 1} for source in settings.sources])
-    windows = streamed_sources(once, base_dir, tokenizer, image_processor_for(vision, settings), max_length,
+    windows = streamed_sources(once, base_dir, tokenizer, vision, max_length,
                                on_error="skip", problems=problems)
     loader = PackedBatchLoader(windows, budget=row_tokens, seed=int(spec.train["seed"]), shuffle=settings.shuffle,
                                pad_token_id=tokenizer.token_id(ENDOFTEXT), image_token_id=tokens["image"],
                                spatial_merge_size=vision["spatial_merge_size"] if vision else 1)
     meter = Progress(sum(windows.records_per_source), progress)
     records, chats, truncated, rows, real_tokens = [0] * len(windows.paths), 0, 0, 0, 0
-    lengths, images = array("I"), Counter()
+    lengths, images, videos = array("I"), Counter(), Counter()
     for index in range(windows.windows_in_epoch(0)):
         plan = loader.plan(0, index)
         window = plan.window
@@ -129,6 +133,7 @@ def data_report(spec: Any, progress: Callable[[str], None] | None = None) -> Dat
         real_tokens += sum(map(len, window.samples))
         lengths.extend(len(sample) for sample in window.samples)
         images.update(len(sample.images) for sample in window.samples)
+        videos.update(len(sample.videos) for sample in window.samples)
         meter.advance(sum(window.records) + len(window.skipped))
     meter.done()
     paths = [str(path) for path in windows.paths]
@@ -140,5 +145,5 @@ def data_report(spec: Any, progress: Callable[[str], None] | None = None) -> Dat
         samples=len(lengths), chats=chats, texts=sum(records) - chats, truncated=truncated, row_tokens=row_tokens,
         max_length=max_length, lengths=lengths, images_per_sample=images, rows=rows,
         efficiency=real_tokens / (rows * row_tokens) if rows else 0.0, problems=problems, on_error=settings.on_error,
-        seconds=time.monotonic() - start,
+        seconds=time.monotonic() - start, videos_per_sample=videos,
     )

@@ -3,7 +3,7 @@
 A table's rows are records with the JSONL layout (records.py): a `messages` column (a list of
 {role, content} structs; content a string or a list of {type, text, path} parts) or a `text`
 column; other columns are ignored, as other JSONL keys are. Arrow leaves absent struct fields
-null, so nulls are dropped before a row is parsed. Image paths are relative to the table's file.
+null, so nulls are dropped before a row is parsed. Image and video paths are relative to the table's file.
 A bad row is reported as `file:row N` (1-based), as a bad JSONL line is `file:N`.
 
 Tables are read with pyarrow (what Hugging Face `datasets` stores its files with: `.arrow`

@@ -18,8 +18,8 @@ writes them from what training used:
   generation prompt (`<think>\n`, or an empty think block with `enable_thinking=False`); no tools.
 - `preprocessor_config.json`, `video_preprocessor_config.json`: the Qwen3-VL processor with the spec's
   patch, temporal patch and merge sizes (`model.vision`) and the pixel bounds images were resized to in
-  training (`data.images`); mean = std = 0.5 as in training. Videos are never trained on, so their
-  resolution stays the processor's default.
+  training (`data.images`), and the frame sampling and pixel bounds of videos (`data.videos`, with
+  the per-frame pixel cap off, as assembler/data/videos.py processes them); mean = std = 0.5 as in training.
 - `generation_config.json`: stop at `<|im_end|>` (the end of a chat turn) or at the spec's eos
   (`model.tokens.eos`); pad `<|endoftext|>`. No sampling defaults: those belong to a tuned release.
 
@@ -42,6 +42,7 @@ from assembler.data.loader import SPEC_TOKEN_NAMES, check_tokenizer
 from assembler.data.records import DataError
 from assembler.data.tokenizer import QWEN3_5_PACKAGE_MODEL, Tokenizer
 from assembler.hf_checkpoint.errors import CheckpointError
+from assembler.spec_sections import DataSettings
 
 TOKENIZER_FILE = "tokenizer.json"
 # Added tokens that are not special, as in Qwen's own tokenizers: text markup the model writes
@@ -100,7 +101,12 @@ def serving_files(spec) -> dict[str, str]:
             **processor, "size": {"shortest_edge": images["min_pixels"], "longest_edge": images["max_pixels"]},
             "image_processor_type": "Qwen2VLImageProcessorFast",
         }
-        files["video_preprocessor_config.json"] = {**processor, "video_processor_type": "Qwen3VLVideoProcessor"}
+        videos = DataSettings.of(spec.data).videos
+        files["video_preprocessor_config.json"] = {
+            **processor, "size": {"shortest_edge": videos.min_pixels, "longest_edge": videos.max_pixels},
+            "fps": videos.fps, "min_frames": videos.min_frames, "max_frames": videos.max_frames,
+            "cap_pixels_per_frame": False, "video_processor_type": "Qwen3VLVideoProcessor",
+        }
     return {name: text if isinstance(text, str) else json.dumps(text, indent=2) + "\n" for name, text in files.items()}
 
 

@@ -4,7 +4,7 @@ A step is `len(micro_batches)` forward/backward passes on this rank, then gradie
 the optimizer and schedule steps. The loss is the sum of per-token losses divided by the number of
 target tokens of the whole step (all micro-batches, all ranks), so accumulation and data
 parallelism give the gradient one big batch would. Every rank runs the vision tower on every
-micro-batch in which any rank has an image (on a blank one when it has none), so the ranks' FSDP
+micro-batch in which any rank has an image or a video (on a blank image when it has neither), so the ranks' FSDP
 collectives always match. A model with a multi-token-prediction head (`model.mtp`, the module at
 `model.mtp`) backpropagates loss + loss_weight x mtp_loss; its MTP loss is normalised the same way,
 by the step's global count of MTP targets, and reported apart.
@@ -23,7 +23,8 @@ from assembler.distributed import World, all_reduce_sum
 from blocks.constants import IGNORE_INDEX
 from blocks.multi_token_prediction import next_next_token_labels
 
-MODEL_INPUTS = ("input_ids", "shift_labels", "pixel_values", "image_grid_thw", "packing")
+MODEL_INPUTS = ("input_ids", "shift_labels", "pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw",
+                "packing")
 
 
 @dataclass(frozen=True)
@@ -67,15 +68,15 @@ def training_step(
     gradient norm. `on_phase("backward" | "optimizer")` is called as each phase starts (the
     benchmark's memory report uses it to say where the peak falls)."""
     has_mtp = getattr(model, "mtp", None) is not None
-    num_items, num_mtp_items, images_anywhere = _step_totals(micro_batches, world.device, count_mtp_targets=has_mtp)
+    num_items, num_mtp_items, vision_calls = _step_totals(micro_batches, world.device, count_mtp_targets=has_mtp)
     mtp_kwargs = {"num_mtp_items_in_batch": num_mtp_items.clamp_min(1)} if has_mtp else {}
     num_items = num_items.clamp_min(1)
     lr = scheduler.get_last_lr()[0]
     step_losses = torch.zeros(2, dtype=torch.float32, device=world.device)  # next-token, MTP
     tokens = 0
-    for micro_batch, any_rank_has_images in zip(micro_batches, images_anywhere):
+    for micro_batch, calls in zip(micro_batches, vision_calls):
         # Only when sharded: the vision collectives of the ranks must match (see the module docstring).
-        idle_vision = world.is_distributed and any_rank_has_images and micro_batch.get("pixel_values") is None
+        idle_vision = calls - _vision_calls(micro_batch) if world.is_distributed else 0
         out = model(**to_device(micro_batch, world.device), num_items_in_batch=num_items, idle_vision=idle_vision, **mtp_kwargs)
         if on_phase is not None:
             on_phase("backward")
@@ -102,17 +103,24 @@ def training_step(
 
 def _step_totals(
     micro_batches: list[dict[str, Any]], device: torch.device, *, count_mtp_targets: bool
-) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """One all-reduce per step: the next-token targets and (`count_mtp_targets`) the MTP targets of
     the whole step (every micro-batch on every rank, [] int64 tensors; 0 when not counted), and for
-    each micro-batch index whether any rank's has an image."""
+    each micro-batch index the vision-tower calls every rank makes: one if any rank's has an image,
+    plus one if any rank's has a video (images and videos are one tower call each)."""
     local = [sum(int((mb["shift_labels"] != IGNORE_INDEX).sum()) for mb in micro_batches)]
     local.append(sum(int((next_next_token_labels(mb["shift_labels"], mb["packing"].seq_idx) != IGNORE_INDEX).sum())
                      for mb in micro_batches) if count_mtp_targets else 0)
-    local += [int(mb.get("pixel_values") is not None) for mb in micro_batches]
+    local += [int(mb.get(key) is not None) for mb in micro_batches for key in ("pixel_values", "pixel_values_videos")]
     totals = all_reduce_sum(torch.tensor(local, dtype=torch.int64, device=device)).tolist()
     as_tensor = lambda count: torch.tensor(count, dtype=torch.int64, device=device)  # noqa: E731
-    return as_tensor(totals[0]), as_tensor(totals[1]), [count > 0 for count in totals[2:]]
+    calls = [int(images > 0) + int(videos > 0) for images, videos in zip(totals[2::2], totals[3::2])]
+    return as_tensor(totals[0]), as_tensor(totals[1]), calls
+
+
+def _vision_calls(micro_batch: dict[str, Any]) -> int:
+    """The vision-tower calls of this micro-batch's own forward: one for its images, one for its videos."""
+    return int(micro_batch.get("pixel_values") is not None) + int(micro_batch.get("pixel_values_videos") is not None)
 
 
 def _grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
