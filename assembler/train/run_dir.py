@@ -49,10 +49,10 @@ def check_same_model(folder: Path, resolved_spec_yaml: str) -> None:
 
 # Fields a resume cannot change: the model (its checkpoint would not load), and what the saved data
 # position counts in (tokenizer, packing, row length, shuffling, seed, the samples' targets and
-# image sizes): with another value the batches would not continue the saved run. The trained
+# image and video sizes, the packing window): with another value the batches would not continue the saved run. The trained
 # parameters (adapters, freeze) too: the checkpoint's tensors and optimizer state are theirs.
 FIXED_ON_RESUME = (
-    "model", "data.tokenizer", "data.packing", "data.loss_on", "data.images", "data.shuffle",
+    "model", "data.tokenizer", "data.packing", "data.loss_on", "data.images", "data.videos", "data.shuffle",
     "train.tokens_per_step", "train.seed", "train.dtype", "train.freeze", "train.adapters",
 )
 # Changes that do nothing on resume, so are not reported (a checkpoint already holds the adapters).
