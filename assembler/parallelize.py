@@ -22,16 +22,19 @@ wrapping the module in another one, so parameter names stay the HF checkpoint's
 `_orig_mod.`). FSDP's hooks then sit on the block's `__call__`, outside the compiled region.
 
 fp32-kept parameters (`parallel.fsdp.fp32_params`, fnmatch globs over parameter names) stay
-fp32 whatever the model was built in. Under FSDP with a low-precision `param_dtype`, FSDP2 casts
-every parameter of a unit alike and needs one dtype per unit, so each module that owns a kept
+fp32, masters and compute, whatever the model was built in (`train.dtype`). FSDP2 casts every
+parameter of a unit alike and needs one master dtype per unit, so under FSDP with a low-precision
+`param_dtype` or low-precision masters (`train.dtype: bfloat16`), each module that owns a kept
 parameter becomes its own fp32 unit (MixedPrecisionPolicy(param_dtype=float32,
 reduce_dtype=float32), inputs not cast); for Qwen3.5 that is `linear_attn` itself (A_log), whose
 nn.Linear children (which run as modules, so their unit's hooks fire) first form one
 low-precision unit. The rest of `linear_attn` — A_log, the gated norm's weight, and what the
-block reads directly rather than calling (dt_bias, conv1d.weight) — is the fp32 unit; the names
-are logged. FSDP2's hooks are `torch._dynamo.disable`d, so a block holding such a nested unit
-cannot compile into one graph: it compiles with fullgraph=False (logged). Without FSDP (one
-process) or with an fp32 `param_dtype` every block keeps the spec's fullgraph.
+block reads directly rather than calling (dt_bias, conv1d.weight) — is the fp32 unit, so those
+last two are fp32 masters too (cast here when the model was built in bf16; a few KiB per layer);
+their names are logged. FSDP2's hooks are `torch._dynamo.disable`d, so a block holding such a
+nested unit cannot compile into one graph: it compiles with fullgraph=False (logged). Without FSDP
+(one process), or with fp32 masters and an fp32 `param_dtype`, every block keeps the spec's
+fullgraph.
 
 The lm_head weight is read by the loss op, never called as a module, so no unit's hooks would
 gather it: it stays in the root unit (with the final norm, and with the embeddings when tied).
@@ -50,6 +53,7 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 
 from assembler.family import family_of_model
 from assembler.spec import Spec
+from assembler.spec_errors import UserError
 from assembler.spec_sections import CheckpointingSettings, CompileSettings, FsdpSettings
 from blocks.constants import DTYPES
 
@@ -94,8 +98,7 @@ def parallelize(model: nn.Module, spec: Spec, *, mesh: "dist.device_mesh.DeviceM
         mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (dist.get_world_size(),))
 
     fp32_names = keep_fp32_params(model, fsdp.fp32_params)
-    param_dtype = DTYPES[fsdp.param_dtype]
-    nested_fp32_units = mesh is not None and param_dtype != torch.float32 and bool(fp32_names)
+    nested_fp32_units = mesh is not None and needs_fp32_units(model, fp32_names, DTYPES[fsdp.param_dtype])
 
     blocks = list(iter_blocks(model))
     ac_spec = policy["activation_checkpointing"]
@@ -127,7 +130,7 @@ def parallelize(model: nn.Module, spec: Spec, *, mesh: "dist.device_mesh.DeviceM
         block.parallel_policy = record
 
     if mesh is not None:
-        apply_fsdp(model, blocks, policy["fsdp"], mesh=mesh, fp32_names=fp32_names)
+        apply_fsdp(model, blocks, policy["fsdp"], mesh=mesh, fp32_names=fp32_names, fp32_units=nested_fp32_units)
     return model
 
 
@@ -206,6 +209,17 @@ def keep_fp32_params(model: nn.Module, patterns: list[str]) -> set[str]:
     return names
 
 
+def needs_fp32_units(model: nn.Module, fp32_names: set[str], param_dtype: torch.dtype) -> bool:
+    """Whether, sharded, the fp32-kept parameters need FSDP units of their own: when the other
+    parameters are gathered in a low-precision `param_dtype`, or are low-precision masters
+    themselves (`train.dtype: bfloat16`; FSDP2 refuses a unit of mixed master dtypes)."""
+    if not fp32_names:
+        return False
+    return param_dtype != torch.float32 or any(
+        param.dtype != torch.float32 for name, param in model.named_parameters() if name not in fp32_names
+    )
+
+
 def apply_fsdp(
     model: nn.Module,
     blocks: list[tuple[str, nn.Module, str]],
@@ -213,8 +227,10 @@ def apply_fsdp(
     *,
     mesh: "dist.device_mesh.DeviceMesh",
     fp32_names: set[str],
+    fp32_units: bool,
 ) -> None:
-    """fully_shard per block (with nested fp32 units where needed), the untied embeddings, then the root."""
+    """fully_shard per block (with nested fp32 units where `fp32_units`, see `needs_fp32_units`),
+    the untied embeddings, then the root."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     fsdp = FsdpSettings.of(fsdp_spec)
@@ -229,7 +245,7 @@ def apply_fsdp(
 
     for name, block, _ in blocks:
         units = []
-        if param_dtype != torch.float32:
+        if fp32_units:
             for owner_path in _fp32_owners(block, name, fp32_names):
                 owner = block.get_submodule(owner_path)
                 called = [
@@ -238,20 +254,30 @@ def apply_fsdp(
                 ]
                 if called:
                     fully_shard(called, mp_policy=mixed, **common)
+                # The rest of the owner (what it reads directly, like dt_bias and conv1d.weight,
+                # so no unit of its own would be gathered for it) shares the fp32 unit, whose
+                # master dtype FSDP2 needs uniform: bf16 masters (train.dtype) become fp32 here.
+                extra = {
+                    f"{name}.{owner_path}.{n}": p for n, p in owner.named_parameters()
+                    if f"{name}.{owner_path}.{n}" not in fp32_names and not any(p is q for c in called for q in c.parameters())
+                }
+                for param in extra.values():
+                    if param.dtype != torch.float32:
+                        param.data = param.data.float()
                 fully_shard(owner, mp_policy=fp32, **common)
-                extra = sorted(
-                    f"{name}.{owner_path}.{n}" for n, p in owner.named_parameters() if f"{name}.{owner_path}.{n}" not in fp32_names
-                    and not any(p is q for c in called for q in c.parameters())
-                )
                 if extra:
-                    log.info("%s.%s: fp32 FSDP unit also keeps %s in fp32", name, owner_path, ", ".join(extra))
+                    log.info("%s.%s: fp32 FSDP unit also keeps %s in fp32", name, owner_path, ", ".join(sorted(extra)))
                 units.append(owner_path)
+        _check_one_master_dtype(block, name)
         fully_shard(block, mp_policy=mixed, **common)
         units.append("")
         block.parallel_policy.fsdp_units = units
 
     if not getattr(model, "tie_word_embeddings", False):
-        fully_shard(model.get_input_embeddings(), mp_policy=mixed, **common)
+        embeddings = model.get_input_embeddings()
+        _check_one_master_dtype(embeddings, "the input embeddings")
+        fully_shard(embeddings, mp_policy=mixed, **common)
+    _check_one_master_dtype(model, "the root (the parameters outside every block)")
     # The root unit is never resharded after forward. FSDP2 re-gathers a resharded unit in backward
     # from a hook on its forward's output tensors, and the model returns a dataclass, which FSDP2
     # does not look into: resharded, the root's parameters (the patch merger's, the final norm's)
@@ -285,12 +311,44 @@ def _fp32_owners(block: nn.Module, block_name: str, fp32_names: set[str]) -> lis
         if f"{block_name}.{param_name}" in fp32_names:
             owner = param_name.rpartition(".")[0]
             if not owner:
-                raise ValueError(
-                    f"parallel.fsdp.fp32_params: {block_name}.{param_name} belongs to the block itself, which is "
-                    "sharded in the low-precision param_dtype; keep only parameters of the block's sub-modules in fp32"
+                raise UserError(
+                    f"parallel.fsdp.fp32_params: {block_name}.{param_name} belongs to the block itself, whose FSDP "
+                    "unit holds its other parameters (low-precision masters or param_dtype); keep only parameters "
+                    "of the block's sub-modules in fp32"
                 )
             owners.add(owner)
     return sorted(o for o in owners if not any(o.startswith(other + ".") for other in owners))
+
+
+def _check_one_master_dtype(module: nn.Module, unit_name: str) -> None:
+    """Refuse (UserError) an FSDP unit whose trainable parameters are of mixed master dtypes, which
+    FSDP2 cannot shard (it asserts), naming them.
+
+    Inside a block, fp32-kept parameters get nested units of their own (apply_fsdp). Outside the
+    blocks, a kept parameter (say the final norm's weight) would share the root unit with the
+    low-precision masters; it is refused rather than split out, because which root-level modules
+    run as modules (so a nested unit's hooks gather them) and which are read directly (the
+    lm_head weight, read by the loss op) is not known here, and a unit never gathered would train
+    on freed storage. fp32 masters (`train.dtype: float32`) accept any pattern.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    nested = [m for m in module.modules() if m is not module and isinstance(m, FSDPModule)]
+    nested_params = {id(p) for m in nested for p in m.parameters()}
+    by_dtype: dict[torch.dtype, list[str]] = {}
+    for param_name, param in module.named_parameters():
+        if param.requires_grad and id(param) not in nested_params:
+            by_dtype.setdefault(param.dtype, []).append(param_name)
+    if len(by_dtype) > 1:
+        fp32 = by_dtype.get(torch.float32, [])
+        raise UserError(
+            f"parallel.fsdp.fp32_params: {unit_name} is one FSDP unit and would hold fp32 parameters "
+            f"({', '.join(fp32[:4])}{', ...' if len(fp32) > 4 else ''}) next to "
+            f"{', '.join(sorted(str(d).removeprefix('torch.') for d in by_dtype if d != torch.float32))} masters "
+            "(train.dtype); FSDP2 needs one master dtype per unit. Keep in fp32 only parameters inside the "
+            "decoder/vision blocks' sub-modules (the default `*.linear_attn.A_log`, `*.linear_attn.norm.weight`), "
+            "or set train.dtype=float32."
+        )
 
 
 def _holds(module: nn.Module, module_name: str, fp32_names: set[str]) -> bool:
