@@ -1,7 +1,7 @@
 """Time to the first optimizer step and peak memory of `assemble train` on a large JSONL set (issue 16).
 
     python benchmarks/make_large_dataset.py DIR --records 200000
-    python benchmarks/data_first_step.py DIR/records.jsonl [more sets ...] [--spec specs/qwen3_5_tiny.yaml]
+    python benchmarks/data_first_step.py DIR/records.jsonl [more sets ...] [--spec specs/qwen3_5_tiny.yaml] [--loader-only]
 
 Each set runs the real CLI in a process of its own: the spec with that one source, 2,048 tokens
 a step, one step, no checkpoint or export. Printed per set: the seconds from starting the process
@@ -24,10 +24,25 @@ OVERRIDES = ["train.tokens_per_step=2048", "data.packing.length=2048", "train.st
              "train.checkpoint.every=0", "train.log_every=1"]
 
 
-def measure(spec: Path, source: Path, out: Path) -> tuple[float, float, float]:
+# --loader-only: the same spec's loader and its first batch, no model: the data's own time and memory.
+LOADER_ONLY = """
+import sys
+from assembler import load_spec
+from assembler.data import build_loader
+spec = load_spec(sys.argv[1], overrides=sys.argv[3:])
+next(iter(build_loader(spec)))
+print("step 1/ (the loader's first batch)", flush=True)
+"""
+
+
+def measure(spec: Path, source: Path, out: Path, loader_only: bool = False) -> tuple[float, float, float]:
     """(seconds to the first step's log line, seconds in all, peak RSS GiB) of one run."""
-    args = [sys.executable, str(ROOT / "cli.py"), "train", str(spec), "--output-dir", str(out),
-            "-o", f"data.sources=[{{path: {source}}}]", *[a for o in OVERRIDES for a in ("-o", o)]]
+    overrides = [f"data.sources=[{{path: {source}}}]", *OVERRIDES]
+    if loader_only:
+        args = [sys.executable, "-c", LOADER_ONLY, str(spec), "--", *overrides]
+    else:
+        args = [sys.executable, str(ROOT / "cli.py"), "train", str(spec), "--output-dir", str(out),
+                *[a for o in overrides for a in ("-o", o)]]
     start = time.monotonic()
     first_step = float("nan")
     run = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -47,11 +62,12 @@ def main() -> None:
     parser.add_argument("sources", nargs="+", type=Path)
     parser.add_argument("--spec", type=Path, default=ROOT / "specs" / "qwen3_5_tiny.yaml")
     parser.add_argument("--out", type=Path, default=Path("/tmp/data_first_step"))
+    parser.add_argument("--loader-only", action="store_true", help="time and memory of the loader's first batch alone")
     args = parser.parse_args()
     rows = []
     for index, source in enumerate(args.sources):
         lines = sum(1 for _ in source.open("rb"))
-        first, total, peak = measure(args.spec, source, args.out / f"run{index}")
+        first, total, peak = measure(args.spec, source, args.out / f"run{index}", args.loader_only)
         rows.append((source, lines, first, total, peak))
     print(f"{'source':<40} {'records':>10} {'first step s':>13} {'wall s':>8} {'peak RSS GiB':>13}")
     for source, lines, first, total, peak in rows:

@@ -12,6 +12,8 @@
 # the bench on the e2e spec, packed and one-document rows; "lora": LoRA against full fine-tuning at
 # 8k (issue 15); "levers": issue 14's precision levers,
 # one bench row each; "auto": activation checkpointing mode auto under AUTO_BUDGET_GIB at AUTO_SEQS;
+# "images4": the one/fast/images cell on 8k rows of four 448x448 images each (issue 16's data share;
+# IMAGES4_WORKERS collating workers, default 4);
 # LEVER_SPEC / LEVER_BACKEND replace their spec and backend, e.g. for a CPU dry run); ANCHORS the baseline's anchor rows
 # (default "plain liger plain-noac liger-noac"), BASE_FLAGS its extra flags (default --memory-peak);
 # SUITE_SEQS the text sizes (BASE_SEQS, NOAC_SEQS per part); SUITE_TESTS the pytest selection
@@ -133,6 +135,11 @@ run_part() {
         -o parallel.activation_checkpointing.mode=auto -o parallel.activation_checkpointing.memory_budget_gib=${AUTO_BUDGET_GIB:-40} \
         $(seq_args "${AUTO_SEQS:-16384}") --steps $STEPS --warmup $WARMUP --no-profile --label "ours, AC auto ${AUTO_BUDGET_GIB:-40} GiB" \
         --json "$OUT/ours_ac_auto.json" 2>&1 | tail -20 ;;
+    images4)
+      echo "== the real CLI, 8k rows of four 448x448 images each (benchmarks/make_large_dataset.py)"
+      python3 benchmarks/make_large_dataset.py /root/ds_images4 --records 4000 --image-share 1 --image-size 448 --caption-words 1800
+      timeout "$(t images4 600)" python3 benchmarks/gpu_e2e.py --out "$OUT" --cells one/fast/images \
+        --override 'data.sources=[{"path":"/root/ds_images4/records.jsonl"}]' --override "data.workers=${IMAGES4_WORKERS:-4}" 2>&1 | tail -30 ;;
     vlm)
       echo "== ours: VLM row, four 448x448 images in 8k tokens"
       timeout "$(t vlm 300)" python3 cli.py bench specs/qwen3_5_4b.yaml -o ops.backend=fast --seq 8192 --images 4x448x448 \

@@ -1,10 +1,14 @@
 """Generate a large synthetic JSONL set for the data pipeline's scale measurements (issue 16).
 
     python benchmarks/make_large_dataset.py OUT_DIR [--records 200000] [--image-share 0.2]
+    python benchmarks/make_large_dataset.py OUT_DIR --records 4000 --image-share 1 --image-size 448 --caption-words 1800
+        # the GPU data-share row: 8k rows of 4 records, each a 448x448 image (196 tokens) and ~1,800 text tokens
 
 OUT_DIR/records.jsonl holds `--records` chats, deterministic for a given count: a share
 `--image-share` are captions of one of the tiny set's 64x64 PNGs (copied into OUT_DIR/images, so
-each image record points at a real file), the rest text chats of 10–400 random words. The words
+each image record points at a real file), or with `--image-size N` of one of 16 random N×N PNGs
+written there, with `--caption-words` words of text around the image; the rest text chats of
+10–400 random words. The words
 come from a fixed list, so the token-length distribution is realistic in spread, not in content.
 """
 
@@ -27,17 +31,30 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--image-share", type=float, default=0.2)
+    parser.add_argument("--image-size", type=int, default=None, help="random N×N PNGs instead of the tiny set's 64×64")
+    parser.add_argument("--caption-words", type=int, default=0, help="words of text beside each image (the user's turn)")
     args = parser.parse_args()
     images = args.out / "images"
     images.mkdir(parents=True, exist_ok=True)
-    names = sorted(p.name for p in TINY_IMAGES.glob("*.png"))
-    for name in names:
-        shutil.copy(TINY_IMAGES / name, images / name)
+    if args.image_size is None:
+        names = sorted(p.name for p in TINY_IMAGES.glob("*.png"))
+        for name in names:
+            shutil.copy(TINY_IMAGES / name, images / name)
+    else:
+        import numpy as np
+        from PIL import Image
+
+        noise = np.random.default_rng(0)
+        names = [f"random_{i:02d}.png" for i in range(16)]
+        for name in names:
+            pixels = noise.integers(0, 256, (args.image_size, args.image_size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(images / name)
     rng = random.Random(0)
     with (args.out / "records.jsonl").open("w") as out:
         for _ in range(args.records):
             if rng.random() < args.image_share:
-                user = [{"type": "image", "path": f"images/{rng.choice(names)}"}, {"type": "text", "text": "Describe the image."}]
+                text = " ".join(["Describe the image."] + rng.choices(WORDS, k=args.caption_words))
+                user = [{"type": "image", "path": f"images/{rng.choice(names)}"}, {"type": "text", "text": text}]
                 answer = " ".join(rng.choices(WORDS, k=rng.randint(3, 12)))
             else:
                 user = " ".join(rng.choices(WORDS, k=rng.randint(10, 400)))
