@@ -7,8 +7,9 @@ global target count on every rank and FSDP sums (not averages) the gradients, so
 same gradient and log the same loss. Both start from one HF folder (`train.init_from`), which the
 two ranks load through the meta-device path: built on meta, sharded, each rank loads its shard.
 
-The seed puts images in both rows of steps 1 and 3 and in rank 0's row only at step 2: without
-the idle-vision fix that step's vision collectives run on one rank only (checked by hand: gloo
+The seed (10, chosen for it; test_the_rows_exercise_a_rank_without_images checks it) puts images
+in rank 0's row only at step 1 and in both rows of steps 2 and 3: without the idle-vision fix that
+step's vision collectives run on one rank only (checked by hand: gloo
 aborts with "Received data size doesn't match expected size"; NCCL would hang), so the 2-rank run
 fails, and has a timeout so a hang fails it too instead of blocking CI.
 
@@ -38,7 +39,7 @@ TINY = ROOT / "specs" / "qwen3_5_tiny.yaml"
 STEPS, RESUME_STEP, WORLD_SIZE = 3, 2, 2
 SMALL = [
     f"train.steps={STEPS}", f"train.checkpoint.every={RESUME_STEP}", "train.checkpoint.keep_last=3",
-    "train.log_every=1", "train.tokens_per_step=64", "data.packing.length=64", "train.seed=0",
+    "train.log_every=1", "train.tokens_per_step=64", "data.packing.length=64", "train.seed=10",
     "parallel.fsdp.param_dtype=float32", "train.dtype=float32",
 ]
 RELATIVE_TOLERANCE = 1e-6

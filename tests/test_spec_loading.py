@@ -89,7 +89,7 @@ def test_overrides_dotted_indexed_and_yaml_typed():
 def test_override_creates_a_section_the_file_does_not_have():
     spec = load_spec(FLAGSHIP, ["train.steps=3", "data.packing.length=128"])
     assert spec.train["steps"] == 3 and spec.train["log_every"] == 10  # the rest still defaulted
-    assert spec.data["packing"] == {"length": 128, "overlong": "truncate"}
+    assert spec.data["packing"] == {"length": 128, "overlong": "truncate", "window": 4096}
 
 
 def test_overrides_apply_before_validation():

@@ -165,20 +165,8 @@ def collate_row(
     position_ids = torch.cat(positions, dim=1).unsqueeze(1)  # [3, 1, T]
     packing = PackingContext.from_document_lengths([lengths], position_ids=position_ids)
 
-    images = [path for s in samples for path in s.images]
-    pixel_values = image_grid_thw = None
-    if images:
-        if image_processor is None:
-            raise ValueError("the row holds images but no image processor was given (does the spec have model.vision?)")
-        try:
-            pixel_values, image_grid_thw = image_processor(images)
-        except DataError as error:  # the file changed after it was checked: say which record holds it
-            sources = ", ".join(s.source for s in samples if s.images)
-            raise DataError(f"{error} (in the record at {sources}; it changed after the data was checked)") from None
-        expected = torch.tensor([g for s in samples for g in s.image_grids], dtype=torch.long)
-        if not torch.equal(image_grid_thw, expected):
-            raise ValueError(f"image grids changed since encoding: {image_grid_thw.tolist()} != {expected.tolist()}")
-    pixel_values_videos, video_grid_thw = _videos(samples, video_processor)
+    pixel_values, image_grid_thw = _media(samples, "images", "image_grids", image_processor)
+    pixel_values_videos, video_grid_thw = _media(samples, "videos", "video_grids", video_processor)
     return {
         "input_ids": torch.tensor([input_ids], dtype=torch.long),
         "shift_labels": torch.tensor([labels], dtype=torch.long),
@@ -190,19 +178,22 @@ def collate_row(
     }
 
 
-def _videos(samples: list[EncodedSample], video_processor: VideoProcessor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(pixel_values_videos, video_grid_thw) of the row's videos in order, or (None, None)."""
-    videos = [path for s in samples for path in s.videos]
-    if not videos:
+def _media(samples: list[EncodedSample], files: str, grids: str,
+           processor: ImageProcessor | VideoProcessor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(pixel values, grid_thw) of the row's images or videos (`files` "images" / "videos", their
+    `grids`) in order, decoded by `processor`; (None, None) when the row has none."""
+    paths = [path for s in samples for path in getattr(s, files)]
+    if not paths:
         return None, None
-    if video_processor is None:
-        raise ValueError("the row holds videos but no video processor was given (does the spec have model.vision?)")
+    kind = files[:-1]
+    if processor is None:
+        raise ValueError(f"the row holds {files} but no {kind} processor was given (does the spec have model.vision?)")
     try:
-        pixel_values_videos, video_grid_thw = video_processor(videos)
+        pixel_values, grid_thw = processor(paths)
     except DataError as error:  # the file changed after it was checked: say which record holds it
-        sources = ", ".join(s.source for s in samples if s.videos)
+        sources = ", ".join(s.source for s in samples if getattr(s, files))
         raise DataError(f"{error} (in the record at {sources}; it changed after the data was checked)") from None
-    expected = torch.tensor([g for s in samples for g in s.video_grids], dtype=torch.long)
-    if not torch.equal(video_grid_thw, expected):
-        raise ValueError(f"video grids changed since encoding: {video_grid_thw.tolist()} != {expected.tolist()}")
-    return pixel_values_videos, video_grid_thw
+    expected = torch.tensor([g for s in samples for g in getattr(s, grids)], dtype=torch.long)
+    if not torch.equal(grid_thw, expected):
+        raise ValueError(f"{kind} grids changed since encoding: {grid_thw.tolist()} != {expected.tolist()}")
+    return pixel_values, grid_thw
