@@ -115,8 +115,7 @@ def test_a_bad_record_met_mid_run_keeps_the_steps_done_and_skip_resumes_from_the
     line; the same command with data.on_error: skip resumes from them and finishes."""
     from assembler.data import build_loader
 
-    # Three chunks of records, one window each; images in every window (a run whose vision tower
-    # never had a gradient cannot resume yet: its AdamW states are missing from the checkpoint).
+    # Three chunks of records, one window each, a caption with an image every tenth record.
     lines = [_chat(IMAGE if i % 10 == 0 else None, f"Answer {i}.") for i in range(600)]
     source = tmp_path / "data.jsonl"
     source.write_text("".join(line + "\n" for line in lines))

@@ -91,3 +91,22 @@ def test_sigkill_and_resume_equals_straight_run(tmp_path):
     data_a = torch.load(final_straight / "trainer_state_rank0.pt", weights_only=False)["data"]
     data_b = torch.load(final_resumed / "trainer_state_rank0.pt", weights_only=False)["data"]
     assert data_a == data_b and (data_a["epoch"], data_a["row"]) != (0, 0)
+
+
+def test_a_vision_tower_that_never_had_a_gradient_resumes(tmp_path):
+    """Text-only data on the vision-language spec: AdamW holds no state for the tower's parameters,
+    so the checkpoint has none; the resume must not ask for it (it did: 'Missing key ...
+    optimizer.state.model.visual...'), and continues bitwise, the tower still without a state."""
+    import io
+
+    from assembler.train.loop import train
+
+    chats = ROOT / "specs" / "data" / "tiny" / "chats.jsonl"
+    small = [f"data.sources=[{{path: {chats}}}]", "train.checkpoint.every=1", "train.tokens_per_step=64",
+             "data.packing.length=64", "train.export_hf=false", "train.log_every=1"]
+    straight = train(load_spec(TINY, [*small, "train.steps=4"]), output_dir=tmp_path / "straight", stream=io.StringIO()).losses
+    train(load_spec(TINY, [*small, "train.steps=2"]), output_dir=tmp_path / "resumed", stream=io.StringIO())
+    trainer_state = torch.load(tmp_path / "resumed" / "checkpoints" / "step_000002" / "trainer_state_rank0.pt", weights_only=False)
+    assert trainer_state["stateless"] and all(name.startswith("model.visual.") for name in trainer_state["stateless"])
+    resumed = train(load_spec(TINY, [*small, "train.steps=4"]), output_dir=tmp_path / "resumed", stream=io.StringIO()).losses
+    assert resumed == {3: straight[3], 4: straight[4]}

@@ -36,7 +36,9 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions, get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict,
+)
 
 from assembler.distributed import first_failure_of_any_rank, process_rank, shared_by_every_rank
 from assembler.durable_files import fsync_dir, is_disk_full, write_durably
@@ -286,7 +288,8 @@ def save_checkpoint(
         model_state, optim_state = get_state_dict(model, optimizer)
         with _single_process_quiet():
             dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(path))
-        trainer_state = {"step": step, "scheduler": scheduler.state_dict(), "rng": rng_states(), "data": data_state}
+        trainer_state = {"step": step, "scheduler": scheduler.state_dict(), "rng": rng_states(), "data": data_state,
+                         "stateless": _stateless_parameters(optim_state)}
         write_durably(path / f"trainer_state_rank{process_rank()}.pt", lambda f: torch.save(trainer_state, f))
     except (Exception, CheckpointException) as error:
         if not is_disk_full(error):
@@ -316,6 +319,12 @@ def save_checkpoint(
     return path
 
 
+def _stateless_parameters(optim_state: dict[str, Any]) -> list[str]:
+    """The trainable parameters the optimizer holds no state for yet (never had a gradient: a vision
+    tower that has seen no image). DCP saves no entry for them, so a resume must not ask for one."""
+    return sorted(name for group in optim_state["param_groups"] for name in group["params"] if name not in optim_state["state"])
+
+
 def load_checkpoint(
     path: Path,
     *,
@@ -342,7 +351,9 @@ def load_checkpoint(
     trainer_state = _load_trainer_state(state_file)
     settings_now = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
     base_lrs_now = list(scheduler.base_lrs)
-    model_state, optim_state = get_state_dict(model, optimizer)
+    model_state, optim_state = get_state_dict(model, optimizer)  # fills in a state for every parameter
+    for name in trainer_state.get("stateless", []):  # had none when saved: none is read, none is set
+        optim_state["state"].pop(name, None)
     state = {"model": model_state, "optimizer": optim_state}
     try:
         with _single_process_quiet():
@@ -353,7 +364,14 @@ def load_checkpoint(
             f"{path}: the model and optimizer state cannot be loaded ({first[:300]}); the checkpoint is damaged "
             "or was written for another model; resume from an earlier checkpoint (--resume)"
         ) from None
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    # strict=False only lets the stateless parameters stay without a state (the model's keys are its
+    # own, and DCP has checked every one of them against the files).
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                   options=StateDictOptions(strict=not trainer_state.get("stateless")))
+    stateless = set(trainer_state.get("stateless", []))
+    for name, parameter in model.named_parameters():  # as the saved run: no state until a first gradient
+        if name in stateless:
+            optimizer.state.pop(parameter, None)
     scheduler.load_state_dict(trainer_state["scheduler"])
     _apply_current_settings(optimizer, scheduler, settings_now, base_lrs_now)
     set_rng_states(trainer_state["rng"])
