@@ -41,8 +41,8 @@ def _write_records(folder: Path, count: int, *, name: str = "records.jsonl", see
 
 
 def _loader(sources: list[dict], *, window: int = RECORDS_PER_CHUNK, rank: int = 0, world_size: int = 1, workers: int = 0,
-            on_error: str = "raise"):
-    data = {**TINY_SPEC["data"], "sources": sources, "workers": workers, "on_error": on_error,
+            on_error: str = "raise", shuffle: bool = True):
+    data = {**TINY_SPEC["data"], "sources": sources, "workers": workers, "on_error": on_error, "shuffle": shuffle,
             "packing": {"length": ROW, "window": window}}
     return build_loader_from_sections(data, base_dir=ROOT, tokens_per_step=ROW, seed=7, tokens=TINY_SPEC["model"]["tokens"],
                                       vision=TINY_SPEC["model"]["vision"], vocab_size=TINY_SPEC["model"]["text"]["vocab_size"],
@@ -85,6 +85,8 @@ def test_the_stream_is_read_a_window_at_a_time(source):
     keys = [key for row in rows for key in row]
     assert len(keys) == len(set(keys)) == 3 * RECORDS_PER_CHUNK + 40  # every record once per epoch
     assert rows != loader.rows_of_epoch(1) and sorted(map(str, rows)) != sorted(map(str, loader.rows_of_epoch(1)))
+    in_order = _loader(source, shuffle=False)  # data.shuffle: false: the chunks in file order, every epoch
+    assert [chunk.first for chunk, _ in in_order.windows.epoch_chunks(1, seed=7)] == [1, 257, 513, 769]
 
 
 def test_two_ranks_take_every_other_global_row(source, uninterrupted):

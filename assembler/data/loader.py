@@ -377,7 +377,7 @@ def streamed_sources(settings: DataSettings, base_dir: Path, tokenizer: Tokenize
                             overlong=settings.packing.overlong, on_error=on_error or settings.on_error)
     windows = StreamedSources(paths, [float(source["weight"]) for source in settings.sources], encode=encoder,
                               on_error=encoder.on_error, window_records=settings.packing.window,
-                              settings_key=encoder.settings_key(), problems=problems)
+                              settings_key=encoder.settings_key(), problems=problems, shuffle=settings.shuffle)
     if not sum(windows.records_per_source):
         raise DataError(f"the dataset is empty: no records in {', '.join(map(str, paths)) or '(no sources listed)'}; "
                         "check data.sources")

@@ -7,7 +7,8 @@ what the loader holds is one window, never the data set.
 `StreamedSources`, what `assemble train` uses: the spec's `data.sources`, read as they are needed.
 Epoch e is a list of chunks (chunks.py): every chunk of a source of weight w floor(w) times, and,
 when w has a fraction, once more with round(frac(w)·n) of its n records drawn anew each epoch;
-the list is permuted by a generator seeded with `seed + e`, and cut into windows of
+the list is permuted by a generator seeded with `seed + e` (kept in file order with
+`data.shuffle: false`), and cut into windows of
 `window_chunks` consecutive chunks. A window's chunks are read and their records encoded when the
 window is planned: its draws and its order are pure functions of (seed, epoch, window), so any
 process plans any window alone, and a resume reads only the window it resumes in.
@@ -127,13 +128,13 @@ class StreamedSources:
     window_records: `data.packing.window`, rounded up to whole chunks.
     settings_key:   what else the samples depend on (tokenizer, loss_on, lengths), for the fingerprint.
     problems:       when given, every record skipped or dropped is described here ("file:line: what").
-    on_record:      called once per record encoded (progress).
+    shuffle:        `data.shuffle`: permute the chunks of each epoch (else file order).
     """
 
     def __init__(self, paths: Sequence[Path], weights: Sequence[float], *, encode: Encode, on_error: str,
-                 window_records: int, settings_key: str = "", problems: list[str] | None = None):
+                 window_records: int, settings_key: str = "", problems: list[str] | None = None, shuffle: bool = True):
         self.paths, self.weights = [Path(p) for p in paths], [float(w) for w in weights]
-        self.encode, self.on_error, self.problems = encode, on_error, problems
+        self.encode, self.on_error, self.problems, self.shuffle = encode, on_error, problems, shuffle
         self.chunks: list[list[Chunk]] = [index_source(path, source) for source, path in enumerate(self.paths)]
         self.records_per_source = [sum(chunk.count for chunk in chunks) for chunks in self.chunks]  # lines: blank ones too
         self.window_chunks = max(1, -(-window_records // RECORDS_PER_CHUNK))
@@ -153,7 +154,7 @@ class StreamedSources:
                 entries += [(chunk, 1.0) for chunk in chunks] * copies
                 entries += [(chunk, fraction) for chunk in chunks] if fraction else []
             generator = torch.Generator().manual_seed(seed + epoch)
-            order = [entries[i] for i in torch.randperm(len(entries), generator=generator).tolist()]
+            order = [entries[i] for i in torch.randperm(len(entries), generator=generator).tolist()] if self.shuffle else entries
             self._epoch_order = (seed, epoch, order)
         return self._epoch_order[2]
 
