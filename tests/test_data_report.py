@@ -75,16 +75,17 @@ def test_a_missing_source_is_a_user_error(tmp_path):
 
 
 def test_a_long_encoding_reports_progress_with_an_eta(tmp_path, monkeypatch):
-    import assembler.data.encoding as loader_module
-    from assembler.data import load_tokenizer
-    from assembler.data.encoding import encode_sources
+    import assembler.data.encoding as encoding
+    from assembler import load_spec
+    from assembler.data.report import data_report
 
     source = tmp_path / "texts.jsonl"
     source.write_text("".join(json.dumps({"text": f"record {i}"}) + "\n" for i in range(600)))
-    monkeypatch.setattr(loader_module, "PROGRESS_EVERY_S", 0.0)  # a line at every check (each 256 records)
+    monkeypatch.setattr(encoding, "PROGRESS_EVERY_S", 0.0)  # a line at every check (each 256 records)
     lines: list[str] = []
-    encoded = encode_sources([source], load_tokenizer(None), image_processor=None, loss_on="all", max_length=256,
-                             overlong="truncate", progress=lines.append)
-    assert len(encoded.samples) == 600
+    # Windows of one chunk (256 records) in file order: the pass advances 256, 256, then 88 records.
+    spec = load_spec(TINY, [f"data.sources=[{{path: {source}}}]", "data.packing.window=256", "data.shuffle=false"])
+    report = data_report(spec, progress=lines.append)
+    assert report.samples == 600
     assert [line.split(" (")[0] for line in lines[:2]] == ["data: encoded 256 of 600 records", "data: encoded 512 of 600 records"]
     assert all(", ETA " in line for line in lines[:2]) and lines[-1].startswith("data: encoded 600 records in ")

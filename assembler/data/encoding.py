@@ -5,78 +5,27 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from assembler.data.chat_template import VISION_END, VISION_START, EncodedSample, encode_chat, encode_text
 from assembler.data.images import ImageProcessor
 from assembler.data.packing import PackingStats, fit_to_budget
 from assembler.data.records import ChatRecord, DataError
-from assembler.data.sources import read_source
 from assembler.data.tokenizer import Tokenizer
 from assembler.data.videos import VideoProcessor
 from assembler.durations import format_duration
-
-
-@dataclass
-class EncodedSources:
-    """The samples of every data source, in source order, and where each came from.
-
-    samples:   encoded documents, at most the packing length each.
-    source_of: per sample, the index of its source (for `data.sources[].weight`).
-    records:   per source, the records read (valid, before encoding).
-    chats:     how many of all the records are chats (the rest are plain texts).
-    stats:     truncated / dropped / skipped counts over all sources.
-    """
-
-    samples: list[EncodedSample]
-    source_of: list[int]
-    records: list[int]
-    chats: int
-    stats: PackingStats
-
-
-def encode_sources(sources: list[Path], tokenizer: Tokenizer, *, image_processor: ImageProcessor | None, loss_on: str,
-                   max_length: int, overlong: str, on_error: str = "raise", problems: list[str] | None = None,
-                   progress: Callable[[str], None] | None = None,
-                   video_processor: VideoProcessor | None = None) -> EncodedSources:
-    """Read each source (a JSONL, Parquet or Arrow file, or a folder of them), then encode them in
-    turn; `problems` as in `encode_records`, plus the lines skipped while reading. `progress` gets a
-    line every PROGRESS_EVERY_S seconds of encoding (the slow part: tokenizing, reading image
-    headers) with the records done and an ETA."""
-    reads = [read_source(path, on_error=on_error) for path in sources]
-    meter = Progress(sum(len(read.records) for read in reads), progress)
-    encoded = EncodedSources([], [], [], 0, PackingStats())
-    for index, read in enumerate(reads):
-        if problems is not None:
-            problems += read.skipped
-        samples, stats = encode_records(read.records, tokenizer, image_processor=image_processor, loss_on=loss_on,
-                                        max_length=max_length, overlong=overlong, on_error=on_error, problems=problems,
-                                        on_record=meter.tick, video_processor=video_processor)
-        encoded.samples += samples
-        encoded.source_of += [index] * len(samples)
-        encoded.records.append(len(read.records))
-        encoded.chats += sum(isinstance(record, ChatRecord) for record in read.records)
-        encoded.stats.truncated += stats.truncated
-        encoded.stats.dropped += stats.dropped
-        encoded.stats.skipped += stats.skipped + len(read.skipped)
-    meter.done()
-    encoded.stats.samples = len(encoded.samples)
-    return encoded
 
 
 PROGRESS_EVERY_S = 5.0  # how often a long encoding reports
 
 
 class Progress:
-    """'data: encoded N of M records (R/s), ETA …' lines while encoding takes longer than PROGRESS_EVERY_S."""
+    """'data: encoded N of M records (R/s), ETA …' lines while encoding takes longer than PROGRESS_EVERY_S
+    (`assemble data`'s pass over a set, `advance`d a window at a time)."""
 
     def __init__(self, total: int, report: Callable[[str], None] | None):
         self.total, self.report, self.count, self.next_check = total, report, 0, 256
         self.start = self.last = time.monotonic()
-
-    def tick(self) -> None:
-        self.advance(1)
 
     def advance(self, records: int) -> None:
         self.count += records
@@ -98,7 +47,6 @@ class Progress:
 
 def encode_records(records, tokenizer: Tokenizer, *, image_processor: ImageProcessor | None, loss_on: str,
                    max_length: int, overlong: str, on_error: str = "raise", problems: list[str] | None = None,
-                   on_record: Callable[[], None] | None = None,
                    video_processor: VideoProcessor | None = None) -> tuple[list[EncodedSample], PackingStats]:
     """Records -> samples of at most `max_length` tokens, with counts of truncated/dropped/skipped.
 
@@ -108,8 +56,6 @@ def encode_records(records, tokenizer: Tokenizer, *, image_processor: ImageProce
     vision_start, vision_end = tokenizer.token_id(VISION_START), tokenizer.token_id(VISION_END)
     samples = []
     for record in records:
-        if on_record is not None:
-            on_record()
         try:
             if isinstance(record, ChatRecord):
                 if record.images and image_processor is None:

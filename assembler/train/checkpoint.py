@@ -351,8 +351,9 @@ def load_checkpoint(
     trainer_state = _load_trainer_state(state_file)
     settings_now = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
     base_lrs_now = list(scheduler.base_lrs)
+    stateless = set(trainer_state.get("stateless", []))  # had no state when saved: none is read, none is set
     model_state, optim_state = get_state_dict(model, optimizer)  # fills in a state for every parameter
-    for name in trainer_state.get("stateless", []):  # had none when saved: none is read, none is set
+    for name in stateless:
         optim_state["state"].pop(name, None)
     state = {"model": model_state, "optimizer": optim_state}
     try:
@@ -367,8 +368,7 @@ def load_checkpoint(
     # strict=False only lets the stateless parameters stay without a state (the model's keys are its
     # own, and DCP has checked every one of them against the files).
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
-                   options=StateDictOptions(strict=not trainer_state.get("stateless")))
-    stateless = set(trainer_state.get("stateless", []))
+                   options=StateDictOptions(strict=not stateless))
     for name, parameter in model.named_parameters():  # as the saved run: no state until a first gradient
         if name in stateless:
             optimizer.state.pop(parameter, None)
