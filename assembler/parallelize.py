@@ -23,18 +23,13 @@ wrapping the module in another one, so parameter names stay the HF checkpoint's
 
 fp32-kept parameters (`parallel.fsdp.fp32_params`, fnmatch globs over parameter names) stay
 fp32, masters and compute, whatever the model was built in (`train.dtype`). FSDP2 casts every
-parameter of a unit alike and needs one master dtype per unit, so under FSDP with a low-precision
-`param_dtype` or low-precision masters (`train.dtype: bfloat16`), each module that owns a kept
-parameter becomes its own fp32 unit (MixedPrecisionPolicy(param_dtype=float32,
-reduce_dtype=float32), inputs not cast); for Qwen3.5 that is `linear_attn` itself (A_log), whose
-nn.Linear children (which run as modules, so their unit's hooks fire) first form one
-low-precision unit. The rest of `linear_attn` — A_log, the gated norm's weight, and what the
-block reads directly rather than calling (dt_bias, conv1d.weight) — is the fp32 unit, so those
-last two are fp32 masters too (cast here when the model was built in bf16; a few KiB per layer);
-their names are logged. FSDP2's hooks are `torch._dynamo.disable`d, so a block holding such a
-nested unit cannot compile into one graph: it compiles with fullgraph=False (logged). Without FSDP
-(one process), or with fp32 masters and an fp32 `param_dtype`, every block keeps the spec's
-fullgraph.
+parameter of a unit alike and needs one master dtype per unit, so under FSDP they are left out of
+sharding (`fully_shard(..., ignored_params=...)`): whole on every rank, never cast, no FSDP hooks.
+Their gradients are summed over ranks by `reduce_replicated_gradients` (called by the training step),
+the optimizer steps them like any other parameter. They are a few KiB per layer for Qwen3.5 (A_log,
+the gated norm's weight), so replicating them costs nothing, and the blocks holding them compile
+into one graph (`fullgraph` as the spec says): nested fp32 units, the earlier design, put FSDP2's
+Dynamo-disabled hooks inside the block and broke its graph, 28% of the packed 4B step on an H200.
 
 The lm_head weight is read by the loss op, never called as a module, so no unit's hooks would
 gather it: it stays in the root unit (with the final norm, and with the embeddings when tied).
@@ -43,7 +38,6 @@ gather it: it stays in the root unit (with the final norm, and with the embeddin
 from __future__ import annotations
 
 import fnmatch
-import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -53,11 +47,9 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 
 from assembler.family import family_of_model
 from assembler.spec import Spec
-from assembler.spec_errors import UserError
 from assembler.spec_sections import CheckpointingSettings, CompileSettings, FsdpSettings
 from blocks.constants import DTYPES
 
-log = logging.getLogger(__name__)
 
 # Op-level checkpointing keeps the outputs of these ops (by name prefix: matmuls, attention and the
 # fast backend's kernels) and recomputes everything else (norms, activations, gates, casts) in
@@ -80,7 +72,7 @@ class BlockPolicy:
     compiled: bool = False
     fullgraph: bool = False
     compile_mode: str | None = None  # torch.compile mode; None = its default
-    fsdp_units: list[str] = field(default_factory=list)  # module paths sharded as units inside this block
+    replicated: list[str] = field(default_factory=list)  # its parameters FSDP2 leaves whole (fp32-kept), relative names
 
 
 def parallelize(model: nn.Module, spec: Spec, *, mesh: "dist.device_mesh.DeviceMesh | None" = None) -> nn.Module:
@@ -98,7 +90,6 @@ def parallelize(model: nn.Module, spec: Spec, *, mesh: "dist.device_mesh.DeviceM
         mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (dist.get_world_size(),))
 
     fp32_names = keep_fp32_params(model, fsdp.fp32_params)
-    nested_fp32_units = mesh is not None and needs_fp32_units(model, fp32_names, DTYPES[fsdp.param_dtype])
 
     blocks = list(iter_blocks(model))
     ac_spec = policy["activation_checkpointing"]
@@ -115,22 +106,14 @@ def parallelize(model: nn.Module, spec: Spec, *, mesh: "dist.device_mesh.DeviceM
             apply_activation_checkpointing(block, op_level=record.op_level)
         compile_policy = CompileSettings.of(policy["compile"].get(block_type, {}), block_type)
         if compile_policy.enabled:
-            fullgraph = compile_policy.fullgraph
-            if fullgraph and nested_fp32_units and _holds(block, name, fp32_names):
-                log.warning(
-                    "%s (%s): compiled with fullgraph=False: its fp32-kept parameters form a nested FSDP unit, whose "
-                    "hooks torch.compile cannot trace (FSDP2 disables Dynamo on them)", name, block_type,
-                )
-                fullgraph = False
-            mode = compile_policy.mode
-            apply_compile(block, fullgraph=fullgraph, mode=mode)
-            record.compiled, record.fullgraph, record.compile_mode = True, fullgraph, mode
+            apply_compile(block, fullgraph=compile_policy.fullgraph, mode=compile_policy.mode)
+            record.compiled, record.fullgraph, record.compile_mode = True, compile_policy.fullgraph, compile_policy.mode
         if record.checkpointed and not record.op_level and checkpoint_around_compile:
             apply_activation_checkpointing(block)
         block.parallel_policy = record
 
     if mesh is not None:
-        apply_fsdp(model, blocks, policy["fsdp"], mesh=mesh, fp32_names=fp32_names, fp32_units=nested_fp32_units)
+        apply_fsdp(model, blocks, policy["fsdp"], mesh=mesh, replicated=fp32_names)
     return model
 
 
@@ -209,82 +192,65 @@ def keep_fp32_params(model: nn.Module, patterns: list[str]) -> set[str]:
     return names
 
 
-def needs_fp32_units(model: nn.Module, fp32_names: set[str], param_dtype: torch.dtype) -> bool:
-    """Whether, sharded, the fp32-kept parameters need FSDP units of their own: when the other
-    parameters are gathered in a low-precision `param_dtype`, or are low-precision masters
-    themselves (`train.dtype: bfloat16`; FSDP2 refuses a unit of mixed master dtypes)."""
-    if not fp32_names:
-        return False
-    return param_dtype != torch.float32 or any(
-        param.dtype != torch.float32 for name, param in model.named_parameters() if name not in fp32_names
-    )
-
-
 def apply_fsdp(
     model: nn.Module,
     blocks: list[tuple[str, nn.Module, str]],
     fsdp_spec: dict,
     *,
     mesh: "dist.device_mesh.DeviceMesh",
-    fp32_names: set[str],
-    fp32_units: bool,
+    replicated: set[str] = frozenset(),
 ) -> None:
-    """fully_shard per block (with nested fp32 units where `fp32_units`, see `needs_fp32_units`),
-    the untied embeddings, then the root."""
+    """fully_shard per block, the untied embeddings, then the root; the parameters named in
+    `replicated` (the fp32-kept ones) are left out of every unit (see the module docstring)."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     fsdp = FsdpSettings.of(fsdp_spec)
-    param_dtype = DTYPES[fsdp.param_dtype]
-    mixed = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=DTYPES[fsdp.reduce_dtype])
-    fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, cast_forward_inputs=False)
+    mixed = MixedPrecisionPolicy(param_dtype=DTYPES[fsdp.param_dtype], reduce_dtype=DTYPES[fsdp.reduce_dtype])
     common = dict(
         mesh=mesh,
+        mp_policy=mixed,
         reshard_after_forward=fsdp.reshard_after_forward,
         offload_policy=CPUOffloadPolicy() if fsdp.cpu_offload else OffloadPolicy(),
+        ignored_params={param for name, param in model.named_parameters() if name in replicated},
     )
-
     for name, block, _ in blocks:
-        units = []
-        if fp32_units:
-            for owner_path in _fp32_owners(block, name, fp32_names):
-                owner = block.get_submodule(owner_path)
-                called = [
-                    child for child_name, child in owner.named_children()
-                    if isinstance(child, nn.Linear) and not _holds(child, f"{name}.{owner_path}.{child_name}", fp32_names)
-                ]
-                if called:
-                    fully_shard(called, mp_policy=mixed, **common)
-                # The rest of the owner (what it reads directly, like dt_bias and conv1d.weight,
-                # so no unit of its own would be gathered for it) shares the fp32 unit, whose
-                # master dtype FSDP2 needs uniform: bf16 masters (train.dtype) become fp32 here.
-                extra = {
-                    f"{name}.{owner_path}.{n}": p for n, p in owner.named_parameters()
-                    if f"{name}.{owner_path}.{n}" not in fp32_names and not any(p is q for c in called for q in c.parameters())
-                }
-                for param in extra.values():
-                    if param.dtype != torch.float32:
-                        param.data = param.data.float()
-                fully_shard(owner, mp_policy=fp32, **common)
-                if extra:
-                    log.info("%s.%s: fp32 FSDP unit also keeps %s in fp32", name, owner_path, ", ".join(sorted(extra)))
-                units.append(owner_path)
-        _check_one_master_dtype(block, name)
-        fully_shard(block, mp_policy=mixed, **common)
-        units.append("")
-        block.parallel_policy.fsdp_units = units
+        fully_shard(block, **common)
+        block.parallel_policy.replicated = sorted(n for n, _ in block.named_parameters() if f"{name}.{n}" in replicated)
 
     if not getattr(model, "tie_word_embeddings", False):
-        embeddings = model.get_input_embeddings()
-        _check_one_master_dtype(embeddings, "the input embeddings")
-        fully_shard(embeddings, mp_policy=mixed, **common)
-    _check_one_master_dtype(model, "the root (the parameters outside every block)")
+        fully_shard(model.get_input_embeddings(), **common)
     # The root unit is never resharded after forward. FSDP2 re-gathers a resharded unit in backward
     # from a hook on its forward's output tensors, and the model returns a dataclass, which FSDP2
     # does not look into: resharded, the root's parameters (the patch merger's, the final norm's)
     # were freed storage by the time backward read them ("setStorage: ... storage of size 0" in
     # linear_fc2's backward on CUDA). FSDP2 keeps a root unsharded by default too, unless
     # reshard_after_forward is passed, as `common` does for every other unit.
-    fully_shard(model, mp_policy=mixed, **{**common, "reshard_after_forward": False})
+    fully_shard(model, **{**common, "reshard_after_forward": False})
+
+
+def replicated_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The trainable parameters FSDP2 leaves whole on every rank (the fp32-kept ones, see the
+    module docstring): every parameter of a sharded model that is not a DTensor. Empty when the
+    model is not sharded."""
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(model, FSDPModule):
+        return []
+    return [p for p in model.parameters() if p.requires_grad and not isinstance(p, DTensor)]
+
+
+def reduce_replicated_gradients(model: nn.Module) -> None:
+    """Sum the gradients of the replicated parameters over ranks (FSDP2 reduces only what it
+    shards), as `sum_gradients_across_ranks` makes it sum the rest: one all-reduce of their
+    concatenation per optimizer step, after the last micro-batch's backward. A no-op on one rank."""
+    grads = [p.grad for p in replicated_parameters(model) if p.grad is not None]
+    if not grads or not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    dist.all_reduce(flat)
+    for grad, reduced in zip(grads, flat.split([g.numel() for g in grads])):
+        grad.copy_(reduced.view_as(grad))
 
 
 def sum_gradients_across_ranks(model: nn.Module) -> None:
@@ -302,55 +268,3 @@ def sum_gradients_across_ranks(model: nn.Module) -> None:
         if isinstance(module, FSDPModule):
             module.set_gradient_divide_factor(1.0)
             module.set_force_sum_reduction_for_comms(True)
-
-
-def _fp32_owners(block: nn.Module, block_name: str, fp32_names: set[str]) -> list[str]:
-    """Topmost module paths (relative to the block) that directly own an fp32-kept parameter."""
-    owners = set()
-    for param_name, _ in block.named_parameters():
-        if f"{block_name}.{param_name}" in fp32_names:
-            owner = param_name.rpartition(".")[0]
-            if not owner:
-                raise UserError(
-                    f"parallel.fsdp.fp32_params: {block_name}.{param_name} belongs to the block itself, whose FSDP "
-                    "unit holds its other parameters (low-precision masters or param_dtype); keep only parameters "
-                    "of the block's sub-modules in fp32"
-                )
-            owners.add(owner)
-    return sorted(o for o in owners if not any(o.startswith(other + ".") for other in owners))
-
-
-def _check_one_master_dtype(module: nn.Module, unit_name: str) -> None:
-    """Refuse (UserError) an FSDP unit whose trainable parameters are of mixed master dtypes, which
-    FSDP2 cannot shard (it asserts), naming them.
-
-    Inside a block, fp32-kept parameters get nested units of their own (apply_fsdp). Outside the
-    blocks, a kept parameter (say the final norm's weight) would share the root unit with the
-    low-precision masters; it is refused rather than split out, because which root-level modules
-    run as modules (so a nested unit's hooks gather them) and which are read directly (the
-    lm_head weight, read by the loss op) is not known here, and a unit never gathered would train
-    on freed storage. fp32 masters (`train.dtype: float32`) accept any pattern.
-    """
-    from torch.distributed.fsdp import FSDPModule
-
-    nested = [m for m in module.modules() if m is not module and isinstance(m, FSDPModule)]
-    nested_params = {id(p) for m in nested for p in m.parameters()}
-    by_dtype: dict[torch.dtype, list[str]] = {}
-    for param_name, param in module.named_parameters():
-        if param.requires_grad and id(param) not in nested_params:
-            by_dtype.setdefault(param.dtype, []).append(param_name)
-    if len(by_dtype) > 1:
-        fp32 = by_dtype.get(torch.float32, [])
-        raise UserError(
-            f"parallel.fsdp.fp32_params: {unit_name} is one FSDP unit and would hold fp32 parameters "
-            f"({', '.join(fp32[:4])}{', ...' if len(fp32) > 4 else ''}) next to "
-            f"{', '.join(sorted(str(d).removeprefix('torch.') for d in by_dtype if d != torch.float32))} masters "
-            "(train.dtype); FSDP2 needs one master dtype per unit. Keep in fp32 only parameters inside the "
-            "decoder/vision blocks' sub-modules (the default `*.linear_attn.A_log`, `*.linear_attn.norm.weight`), "
-            "or set train.dtype=float32."
-        )
-
-
-def _holds(module: nn.Module, module_name: str, fp32_names: set[str]) -> bool:
-    """Whether `module` (named `module_name` in the model) holds any fp32-kept parameter."""
-    return any(f"{module_name}.{n}" in fp32_names for n, _ in module.named_parameters())

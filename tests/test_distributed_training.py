@@ -146,6 +146,25 @@ def test_export_from_two_ranks_is_the_trained_model(two_ranks, one_process, init
 
 
 @pytest.mark.slow
+def test_kept_fp32_parameters_train_on_two_ranks_as_in_one_process(two_ranks, one_process, init_folder):
+    """The fp32-kept parameters (the tiny spec's A_log and gated-norm weights) are left out of FSDP2's
+    units, whole on every rank, their gradients summed by reduce_replicated_gradients: their
+    update on 2 ranks is one process's. Without that sum each rank would step with its own half of
+    the gradient (rank 0's copy, the one DCP saves, would be off by about the update itself)."""
+    run_dir, _ = two_ranks
+    spec = _spec(init_folder)
+    two, one, initial = build_model(spec, seed=123), build_model(spec, seed=123), build_model(spec, seed=0)
+    load_model_weights(checkpoint_folder(run_dir / "checkpoints", STEPS), two)
+    load_model_weights(one_process.last_checkpoint, one)
+    kept = [name for name, _ in two.named_parameters() if name.endswith(("linear_attn.A_log", "linear_attn.norm.weight"))]
+    assert len(kept) == 6  # three linear layers
+    two_state, one_state, initial_state = two.state_dict(), one.state_dict(), initial.state_dict()
+    for name in kept:
+        assert not torch.equal(two_state[name], initial_state[name]), name  # it trained
+        torch.testing.assert_close(two_state[name], one_state[name], rtol=1e-6, atol=WEIGHT_ATOL, msg=name)
+
+
+@pytest.mark.slow
 def test_checkpoint_from_two_ranks_resumes_on_one_process(two_ranks, one_process, init_folder, tmp_path):
     run_dir, _ = two_ranks
     checkpoint = checkpoint_folder(run_dir / "checkpoints", RESUME_STEP)

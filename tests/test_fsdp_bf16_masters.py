@@ -1,13 +1,11 @@
 """bf16 master parameters (`train.dtype: bfloat16`) under FSDP2 with the default
-`parallel.fsdp.fp32_params`: the kept parameters stay fp32 masters in their own nested unit, every
-other master is bf16.
+`parallel.fsdp.fp32_params`: the kept parameters stay fp32 masters, replicated outside FSDP2's
+units, every other master is bf16.
 
 The regression: on an H200, `assemble bench specs/qwen3_5_4b.yaml -o train.dtype=bfloat16` died in
 FSDP2's first forward ("FSDP expects uniform original parameter dtype but got {torch.float32,
-torch.bfloat16}"): `linear_attn`'s fp32 unit also holds dt_bias and conv1d.weight (read directly,
-never called), which stayed bf16 masters next to the fp32 A_log. With an fp32 `param_dtype` no
-nested unit was made at all and the whole block mixed the two. Both reproduce on the CPU at world
-size 1 (gloo).
+torch.bfloat16}"). It reproduces on the CPU at world size 1 (gloo), with a bf16 and with an fp32
+`param_dtype`.
 """
 
 from __future__ import annotations
@@ -21,14 +19,13 @@ from torch.distributed.checkpoint import FileSystemReader
 
 from assembler import build_model, load_spec
 from assembler.parallelize import parallelize
-from assembler.spec_errors import UserError
 from assembler.train.checkpoint import checkpoint_folder
 from tests.torchrun import torchrun_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "specs" / "qwen3_5_tiny.yaml"
-# The default patterns, plus what shares linear_attn's fp32 unit because the block reads it directly.
-FP32_IN_LINEAR_ATTN = ("A_log", "norm.weight", "dt_bias", "conv1d.weight")
+# The default patterns: only these stay fp32 (dt_bias and conv1d.weight are bf16 masters like the rest).
+FP32_IN_LINEAR_ATTN = ("A_log", "norm.weight")
 
 
 def _expected_fp32(model: torch.nn.Module) -> set[str]:
@@ -39,7 +36,7 @@ def _expected_fp32(model: torch.nn.Module) -> set[str]:
 
 
 @pytest.mark.parametrize("param_dtype", ["bfloat16", "float32"])
-def test_bf16_masters_keep_fp32_params_fp32_in_their_own_unit(single_rank_group, param_dtype):
+def test_bf16_masters_keep_fp32_params_fp32_and_replicated(single_rank_group, param_dtype):
     spec = load_spec(TINY, [f"parallel.fsdp.param_dtype={param_dtype}", "train.dtype=bfloat16"])
     model = build_model(spec, seed=0, dtype=torch.bfloat16)
     fp32 = _expected_fp32(model)
@@ -48,8 +45,8 @@ def test_bf16_masters_keep_fp32_params_fp32_in_their_own_unit(single_rank_group,
     masters = {name: param.dtype for name, param in model.named_parameters()}
     assert {name for name, dtype in masters.items() if dtype == torch.float32} == fp32
     assert {dtype for name, dtype in masters.items() if name not in fp32} == {torch.bfloat16}
-    assert model.model.language_model.layers[0].parallel_policy.fsdp_units == ["linear_attn", ""]
-    assert model.model.language_model.layers[3].parallel_policy.fsdp_units == [""]  # a full-attention layer
+    assert model.model.language_model.layers[0].parallel_policy.replicated == ["linear_attn.A_log", "linear_attn.norm.weight"]
+    assert model.model.language_model.layers[3].parallel_policy.replicated == []  # a full-attention layer
 
     ids = torch.randint(0, 1000, (1, 24), generator=torch.Generator().manual_seed(0))
     loss = model(ids, labels=ids).loss
@@ -61,14 +58,18 @@ def test_bf16_masters_keep_fp32_params_fp32_in_their_own_unit(single_rank_group,
     assert grads[in_proj] is not None and grads[in_proj].dtype == torch.bfloat16
 
 
-def test_bf16_masters_refuse_an_fp32_param_outside_the_blocks(single_rank_group):
-    # The final norm shares the root unit with the bf16 lm_head and embeddings: refused by name,
-    # before FSDP2's assertion, with what to do.
+def test_bf16_masters_keep_an_fp32_param_outside_the_blocks(single_rank_group):
+    # The final norm would share the root unit with the bf16 lm_head and embeddings (refused before
+    # replication, as FSDP2 asserts one master dtype per unit): replicated, it stays fp32 and trains.
     spec = load_spec(TINY, ["parallel.fsdp.param_dtype=bfloat16", "train.dtype=bfloat16",
                             "parallel.fsdp.fp32_params=['*.linear_attn.A_log', 'model.language_model.norm.weight']"])
     model = build_model(spec, seed=0, dtype=torch.bfloat16)
-    with pytest.raises(UserError, match=r"the root .*model\.language_model\.norm\.weight.*train\.dtype=float32"):
-        parallelize(model, spec)
+    parallelize(model, spec)
+    norm = model.model.language_model.norm.weight
+    assert type(norm) is torch.nn.Parameter and norm.dtype == torch.float32
+    ids = torch.randint(0, 1000, (1, 24), generator=torch.Generator().manual_seed(0))
+    model(ids, labels=ids).loss.backward()
+    assert norm.grad is not None and norm.grad.dtype == torch.float32
 
 
 @pytest.mark.slow

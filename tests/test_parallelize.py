@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from assembler import build_model, load_spec
-from assembler.parallelize import blocks_to_checkpoint, iter_blocks, parallelize
+from assembler.parallelize import blocks_to_checkpoint, iter_blocks, parallelize, replicated_parameters
 
 TINY = Path(__file__).resolve().parents[1] / "specs" / "qwen3_5_tiny.yaml"
 
@@ -95,8 +95,13 @@ def test_fsdp_world_size_one_keeps_fp32_params_fp32(single_rank_group):
     spec, model = _tiny("parallel.fsdp.param_dtype=bfloat16")
     parallelize(model, spec)
     layer = model.model.language_model.layers[0]
-    assert layer.parallel_policy.fsdp_units == ["linear_attn", ""]
-    assert model.model.language_model.layers[3].parallel_policy.fsdp_units == [""]
+    assert layer.parallel_policy.replicated == ["linear_attn.A_log", "linear_attn.norm.weight"]
+    assert model.model.language_model.layers[3].parallel_policy.replicated == []
+    # Left out of FSDP2's units: whole fp32 tensors, not sharded DTensors.
+    assert type(layer.linear_attn.A_log) is torch.nn.Parameter and layer.linear_attn.A_log.dtype == torch.float32
+    assert replicated_parameters(model) == [
+        p for name, p in model.named_parameters() if name.endswith(("linear_attn.A_log", "linear_attn.norm.weight"))
+    ]
 
     seen = {}
 
@@ -105,6 +110,7 @@ def test_fsdp_world_size_one_keeps_fp32_params_fp32(single_rank_group):
 
     # Registered after FSDP's own pre-hooks, so they see the gathered (unsharded) parameters.
     layer.linear_attn.register_forward_pre_hook(record("A_log", lambda m: m.A_log))
+    layer.linear_attn.register_forward_pre_hook(record("dt_bias", lambda m: m.dt_bias))
     layer.linear_attn.norm.register_forward_pre_hook(record("gate_norm", lambda m: m.weight))
     layer.linear_attn.in_proj_qkv.register_forward_pre_hook(record("in_proj_qkv", lambda m: m.weight))
     layer.mlp.register_forward_pre_hook(record("mlp", lambda m: m.up_proj.weight))
@@ -112,12 +118,14 @@ def test_fsdp_world_size_one_keeps_fp32_params_fp32(single_rank_group):
     ids = torch.randint(0, 1000, (1, 24), generator=torch.Generator().manual_seed(0))
     loss = model(ids, labels=ids).loss
     loss.backward()
-    assert seen == {"A_log": torch.float32, "gate_norm": torch.float32, "in_proj_qkv": torch.bfloat16, "mlp": torch.bfloat16}
+    # dt_bias is not kept: it computes in param_dtype like every parameter the spec does not list.
+    assert seen == {"A_log": torch.float32, "dt_bias": torch.bfloat16, "gate_norm": torch.float32,
+                    "in_proj_qkv": torch.bfloat16, "mlp": torch.bfloat16}
     assert torch.isfinite(loss)
     assert layer.linear_attn.A_log.grad is not None and layer.linear_attn.A_log.grad.dtype == torch.float32
 
 
-def test_fsdp_nested_fp32_unit_gives_up_fullgraph_only_where_it_must(single_rank_group):
+def test_fsdp_fp32_params_keep_every_block_fullgraph(single_rank_group):
     spec, model = _tiny(
         "parallel.fsdp.param_dtype=bfloat16",
         "parallel.compile.linear={enabled: true, fullgraph: true}",
@@ -125,5 +133,24 @@ def test_fsdp_nested_fp32_unit_gives_up_fullgraph_only_where_it_must(single_rank
     )
     parallelize(model, spec)
     policies = {block_type: block.parallel_policy for _, block, block_type in iter_blocks(model)}
-    assert policies["linear"].fullgraph is False  # holds A_log's fp32 unit
+    assert policies["linear"].replicated  # holds A_log, yet compiles as one graph
+    assert policies["linear"].fullgraph is True
     assert policies["full"].fullgraph is True
+
+
+def test_fsdp_fp32_params_trace_as_one_graph(single_rank_group, monkeypatch):
+    """Dynamo traces a linear-attention block holding replicated fp32 parameters under FSDP2 with
+    fullgraph=True (a graph break raises). The eager backend: tracing is what is checked, not Inductor."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: compile_(fn, **{**options, "backend": "eager"}))
+    torch._dynamo.reset()
+    spec, model = _tiny(
+        "parallel.fsdp.param_dtype=bfloat16",
+        "parallel.compile.linear={enabled: true, fullgraph: true}",
+    )
+    parallelize(model, spec)
+    ids = torch.randint(0, 1000, (1, 24), generator=torch.Generator().manual_seed(0))
+    loss = model(ids, labels=ids).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.model.language_model.layers[0].linear_attn.A_log.grad is not None

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from assembler.parallelize import replicated_parameters
 from assembler.spec_sections import OptimizerSettings, ScheduleSettings
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -29,9 +30,13 @@ def build_optimizer(model: nn.Module, optimizer_spec: Mapping[str, Any]) -> torc
     if settings.name != "adamw":
         raise ValueError(f"train.optimizer.name: unknown optimizer {settings.name!r}; known: adamw")
     params = [p for p in model.parameters() if p.requires_grad]  # parameters() de-duplicates tied weights
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": float(settings.weight_decay)}, {"params": no_decay, "weight_decay": 0.0}]
+    # Under FSDP2 the parameters it replicates (assembler.parallelize: the fp32-kept ones) are plain
+    # tensors among DTensors; the fused and foreach kernels take one kind per call, so they get
+    # groups of their own (none without FSDP, where every parameter is a plain tensor).
+    replicated = {id(p) for p in replicated_parameters(model)}
+    sharded = [p for p in params if id(p) not in replicated]
+    groups = _decay_groups(sharded, settings.weight_decay)
+    groups += [group for group in _decay_groups([p for p in params if id(p) in replicated], settings.weight_decay) if group["params"]]
     return torch.optim.AdamW(
         groups,
         lr=float(settings.lr),
@@ -39,6 +44,12 @@ def build_optimizer(model: nn.Module, optimizer_spec: Mapping[str, Any]) -> torc
         eps=float(settings.eps),
         fused=_fused_supported(params),
     )
+
+
+def _decay_groups(params: list[torch.Tensor], weight_decay: float) -> list[dict[str, Any]]:
+    """Matrices with weight decay, the rest (norm gains, biases, A_log, dt_bias) without."""
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": float(weight_decay)},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
 
 
 def _fused_supported(params: list[torch.Tensor]) -> bool | None:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from assembler.distributed import World, all_reduce_sum
+from assembler.parallelize import reduce_replicated_gradients
 from blocks.constants import IGNORE_INDEX
 from blocks.multi_token_prediction import next_next_token_labels
 
@@ -85,6 +86,8 @@ def training_step(
         if out.mtp_loss is not None:
             step_losses[1] += out.mtp_loss.detach().float()
         tokens += micro_batch["input_ids"].numel()
+    if world.is_distributed:
+        reduce_replicated_gradients(model)
     grad_norm = float(_grad_norm(model, grad_clip))
     loss, mtp_loss = all_reduce_sum(step_losses).tolist()
     if not math.isfinite(loss):
@@ -124,7 +127,26 @@ def _vision_calls(micro_batch: dict[str, Any]) -> int:
 
 
 def _grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
-    """The global gradient norm (clipped to `max_norm` when > 0), a plain tensor also under FSDP2."""
-    params = [p for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else math.inf, foreach=True)
-    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # a DTensor under FSDP2
+    """The global gradient norm (clipped to `max_norm` when > 0), a plain tensor also under FSDP2.
+
+    Under FSDP2 the sharded gradients are DTensors and those of the replicated parameters (the
+    fp32-kept ones, assembler.parallelize) plain tensors; torch's foreach kernels take one kind per
+    call, so each kind is normed apart and the two norms combined, as clip_grad_norm_ combines its
+    per-device norms.
+    """
+    from torch.distributed.tensor import DTensor
+
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    sharded = [g for g in grads if isinstance(g, DTensor)]
+    whole = [g for g in grads if not isinstance(g, DTensor)]
+    norms = [torch.nn.utils.get_total_norm(sharded, foreach=True).full_tensor()] if sharded else []
+    norms += [torch.nn.utils.get_total_norm(whole, foreach=True)] if whole else []
+    if not norms:
+        return torch.zeros(())
+    total = norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms))
+    if max_norm > 0:
+        scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)  # clip_grads_with_norm_'s coefficient
+        for kind in ([g.to_local() for g in sharded], whole):
+            for device in {g.device for g in kind}:
+                torch._foreach_mul_([g for g in kind if g.device == device], scale.to(device))
+    return total
