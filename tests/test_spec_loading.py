@@ -29,7 +29,7 @@ def test_flagship_is_complete_after_defaults():
     # every block type gets its compile policy, filled in (the file sets all three)
     assert set(spec.parallel["compile"]) == {"linear", "full", "vision"}
     # what the file says wins over the defaults; the fields it leaves out still get theirs
-    assert spec.parallel["activation_checkpointing"] == {"mode": "full", "placement": "inside_compile"}
+    assert spec.parallel["activation_checkpointing"] == {"mode": "auto", "placement": "inside_compile"}
     assert spec.parallel["fsdp"]["param_dtype"] == "bfloat16"
 
 

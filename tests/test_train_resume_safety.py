@@ -198,3 +198,23 @@ def test_every_checkpoint_damaged_is_refused_not_restarted(run):
     assert result.exit_code == 2, result.output
     assert "every checkpoint" in result.output and "is damaged" in result.output
     assert all((_step(run, step) / "COMPLETE").is_file() for step in (1, 2, 3))  # nothing moved or pruned
+
+
+def test_resume_keeps_the_auto_plan_of_the_run(run):
+    """`activation_checkpointing: auto` plans once, on the run's first batch; a resume applies the
+    plan the checkpoint's run made (its resolved spec's section) instead of probing again, whose
+    timings could choose another plan and so other compiled graphs (issue 23)."""
+    import yaml
+
+    saved_spec = _step(run, 3) / "resolved_spec.yaml"
+    spec = yaml.safe_load(saved_spec.read_text())
+    plan = {"mode": "selective", "placement": "inside_compile", "layers": [0]}  # as auto writes one on a GPU
+    spec["parallel"]["activation_checkpointing"] = plan
+    saved_spec.write_text(yaml.safe_dump(spec))
+
+    result = _train(run, "-o", "train.steps=4", "-o", "parallel.activation_checkpointing.mode=auto")
+    assert result.exit_code == 0, result.output
+    assert "the plan of the run resumed from" in result.output
+    resolved = yaml.safe_load((run / "resolved_spec.yaml").read_text())
+    assert resolved["parallel"]["activation_checkpointing"] == plan
+    assert "no device memory to plan for" not in result.output  # the CPU's own `auto` answer was not asked

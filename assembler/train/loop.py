@@ -27,12 +27,14 @@ from typing import Any, Iterator, TextIO
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from assembler.adapters.lora import initialize_spec_adapters
 from assembler.build import build_model, check_ops_can_train, decide_auto_ops, resolve_spec_ops
 from assembler.data.records import DataError
 from assembler.distributed import World, broadcast_from_main, init_world, shared_by_every_rank
+from assembler.parallelize import replicated_parameters
 from assembler.spec import Spec
 from assembler.spec_errors import UserError
 from assembler.train.checkpoint import (
@@ -99,6 +101,8 @@ def build_for_world(spec: Spec, world: World) -> nn.Module:
         # FSDP2's CPU offload keeps the sharded parameters in host memory (it copies them in per unit).
         shard_device = torch.device("cpu") if spec.parallel["fsdp"]["cpu_offload"] else world.device
         model.to_empty(device=shard_device)
+        for param in replicated_parameters(model):  # FSDP2 never moves them: they compute where they live
+            param.data = param.data.to(world.device)
         load_hf_checkpoint(model, init_from, spec, device=shard_device)
         if cfg["adapters"] is not None:
             initialize_spec_adapters(model, spec, device=shard_device)
@@ -166,9 +170,10 @@ def train(
     # Rank 0 decides (what to resume, whether the folder is this model's) and every rank follows,
     # so a refusal stops all ranks instead of leaving the others waiting in a collective. Every
     # check comes before the first write to the run folder.
-    decision: tuple[Path | None, UserError | None, list[str]] = (None, None, [])
+    decision: tuple[Path | None, UserError | None, list[str], dict | None] = (None, None, [], None)
     if world.is_main:
         notes: list[str] = []
+        kept_plan = None
         try:
             if resume is not None:  # named by the user: a damaged checkpoint is an error naming the file
                 resume_from = resolve_resume_path(Path(resume))
@@ -181,6 +186,12 @@ def train(
                     )
             resumed_step = checkpoint_step(resume_from) if resume_from is not None else 0
             if resume_from is not None:
+                kept_plan = planned_checkpointing_of(resume_from / RESOLVED_SPEC_FILE, spec)
+                if kept_plan is not None:
+                    spec = _with_checkpointing(spec, kept_plan)
+                    resolved_yaml = spec.to_yaml()
+                    notes.append(f"activation checkpointing (auto): the plan of the run resumed from, {kept_plan}, so the "
+                                 "resume computes as the run did (to plan anew, start a new run folder)")
                 notes += resume_changes(resume_from / RESOLVED_SPEC_FILE, resolved_yaml, resumed_step)
                 if resume_from.parent == checkpoints_dir:
                     check_same_model(run_dir, resolved_yaml)
@@ -196,12 +207,15 @@ def train(
                     "delete it when you no longer need it)"
                 )
             save_resolved_spec(run_dir, resolved_yaml)
-            decision = (resume_from, None, notes)
+            decision = (resume_from, None, notes, kept_plan)
         except UserError as error:
-            decision = (None, error, [])
-    resume_from, error, notes = broadcast_from_main(decision)
+            decision = (None, error, [], None)
+    resume_from, error, notes, kept_plan = broadcast_from_main(decision)
     if error is not None:
         raise shared_by_every_rank(error)
+    if kept_plan is not None and not world.is_main:
+        spec = _with_checkpointing(spec, kept_plan)
+        resolved_yaml = spec.to_yaml()
     logger = MetricsLogger(run_dir, enabled=world.is_main, stream=stream)
     for note in notes:
         logger.message(note)
@@ -234,12 +248,27 @@ def _plan_auto_checkpointing(spec, world, run_dir, resolved_yaml, logger, build_
     section, line, error = broadcast_from_main(decision)
     if error is not None:
         raise shared_by_every_rank(error)
-    spec = dataclasses.replace(spec, parallel={**spec.parallel, "activation_checkpointing": section})
+    spec = _with_checkpointing(spec, section)
     logger.message(line)
     resolved_yaml = spec.to_yaml()
     if world.is_main:
         save_resolved_spec(run_dir, resolved_yaml)
     return spec, resolved_yaml
+
+
+def planned_checkpointing_of(saved_spec: Path, spec: Spec) -> dict | None:
+    """For a spec whose activation checkpointing is `auto`: the plan the resumed checkpoint's run
+    made (its resolved spec's section), which the resume keeps: a new probe could time the blocks
+    differently and choose another plan, whose compiled graphs would not compute the same bits.
+    None when the spec is not `auto` or the saved spec has no plan."""
+    if spec.parallel["activation_checkpointing"]["mode"] != "auto" or not Path(saved_spec).is_file():
+        return None
+    saved = (yaml.safe_load(Path(saved_spec).read_text(encoding="utf-8")) or {}).get("parallel", {}).get("activation_checkpointing")
+    return saved if isinstance(saved, dict) and saved.get("mode") not in (None, "auto") else None
+
+
+def _with_checkpointing(spec: Spec, section: dict) -> Spec:
+    return dataclasses.replace(spec, parallel={**spec.parallel, "activation_checkpointing": section})
 
 
 def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, logger, build_loader) -> TrainResult:
