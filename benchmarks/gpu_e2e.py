@@ -125,7 +125,9 @@ def kill_cell(runs: Path, out: Path, reference: Path | None, export_dir: Path) -
     # next to the export: free the step-10 one once the resumed run has loaded it (keep_last would
     # only prune it after the final one is written).
     stale = run_dir / "checkpoints" / f"step_{KILL_CHECKPOINT:06d}"
-    resumed = subprocess.Popen(["bash", "-c", f"until grep -q 'resumed from' {log}; do sleep 1; done; rm -rf {stale}"])
+    # The loop's own line once the load is done ("resumed from PATH at step N"), nothing less specific:
+    # on 2026-12-03 a log note naming "the run resumed from" deleted the checkpoint before DCP read it.
+    resumed = subprocess.Popen(["bash", "-c", f"until grep -qE 'resumed from .* at step [0-9]+' {log}; do sleep 1; done; rm -rf {stale}"])
     second = run_cell("kill: resumed", cmd, run_dir, log)
     resumed.kill()
     row = summarize(f"torchrun/{KILL_BACKEND}/images + kill + resume", second, run_dir)

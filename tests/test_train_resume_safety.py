@@ -214,7 +214,7 @@ def test_resume_keeps_the_auto_plan_of_the_run(run):
 
     result = _train(run, "-o", "train.steps=4", "-o", "parallel.activation_checkpointing.mode=auto")
     assert result.exit_code == 0, result.output
-    assert "the plan of the run resumed from" in result.output
+    assert "kept the plan of the checkpoint's run" in result.output
     resolved = yaml.safe_load((run / "resolved_spec.yaml").read_text())
     assert resolved["parallel"]["activation_checkpointing"] == plan
     assert "no device memory to plan for" not in result.output  # the CPU's own `auto` answer was not asked

@@ -190,8 +190,8 @@ def train(
                 if kept_plan is not None:
                     spec = _with_checkpointing(spec, kept_plan)
                     resolved_yaml = spec.to_yaml()
-                    notes.append(f"activation checkpointing (auto): the plan of the run resumed from, {kept_plan}, so the "
-                                 "resume computes as the run did (to plan anew, start a new run folder)")
+                    notes.append(f"activation checkpointing (auto): kept the plan of the checkpoint's run, {kept_plan}, so "
+                                 "the resume computes as the run did (to plan anew, start a new run folder)")
                 notes += resume_changes(resume_from / RESOLVED_SPEC_FILE, resolved_yaml, resumed_step)
                 if resume_from.parent == checkpoints_dir:
                     check_same_model(run_dir, resolved_yaml)
