@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from assembler.adapters.lora_linear import LoraLinear, fresh_adapter_weights
-from assembler.hf_checkpoint.model_tensors import checkpoint_name, fill_tensor, model_tensors
-from assembler.spec_errors import Problem, SpecError
-from assembler.spec_sections import AdapterSettings
+from assembler.hf.checkpoint.model_tensors import checkpoint_name, fill_tensor, model_tensors
+from assembler.spec.errors import Problem, SpecError
+from assembler.spec.sections import AdapterSettings
 from blocks.constants import DTYPES
 
 

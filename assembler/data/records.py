@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
-from assembler.spec_errors import UserError
+from assembler.spec.errors import UserError
 
 ROLES = ("system", "user", "assistant")
 ON_ERROR = ("raise", "skip")
