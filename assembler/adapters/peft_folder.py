@@ -27,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from assembler.adapters.lora import lora_modules
+from assembler.adapters.lora_linear import lora_modules
 from assembler.parallel.distributed import first_failure_of_any_rank, process_rank, raise_on_every_rank, shared_by_every_rank
 from assembler.common.durable_files import fsync_dir, fsync_file
 from assembler.hf.checkpoint.errors import CheckpointError
