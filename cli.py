@@ -17,17 +17,17 @@ from typing import Iterator
 
 import click
 
-from assembler.spec_errors import USER_ERROR_EXIT_CODE, SpecError, UserError
+from assembler.spec.errors import USER_ERROR_EXIT_CODE, SpecError, UserError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 # Command name -> "module:attribute" of its click command.
 COMMAND_MODULES = {
-    "build": "cli_build:build_command",
-    "train": "cli_train:train_command",
-    "export": "cli_export:export_command",
-    "bench": "cli_bench:bench_command",
-    "data": "cli_data:data_command",
+    "build": "assembler.cli.build:build_command",
+    "train": "assembler.cli.train:train_command",
+    "export": "assembler.cli.export:export_command",
+    "bench": "assembler.cli.bench:bench_command",
+    "data": "assembler.cli.data:data_command",
 }
 
 
@@ -81,7 +81,7 @@ def assemble() -> None:
 @click.option("--verbose", is_flag=True, help="Also say where the spec's family and every block it names come from (module, package).")
 def validate(specs: tuple[Path, ...], overrides: tuple[str, ...], resolved: bool, verbose: bool) -> None:
     """Check SPEC files against the schema and the block registry: one OK line per valid spec."""
-    from assembler.spec_loading import load_spec
+    from assembler.spec.loading import load_spec
     from assembler.train.trained_parameters import check_trained_parameters
 
     failed = 0
@@ -110,9 +110,9 @@ def validate(specs: tuple[Path, ...], overrides: tuple[str, ...], resolved: bool
 
 def origin_lines(spec) -> list[str]:  # noqa: ANN001 (Spec)
     """`family NAME: module (package)` and `PATH: kind block NAME: module (package)` for every block the spec names."""
-    from assembler.family import family_of
-    from assembler.spec_errors import format_path
-    from assembler.spec_validation import block_fields
+    from assembler.model.family import family_of
+    from assembler.spec.errors import format_path
+    from assembler.spec.validation import block_fields
     from blocks.registry import get_block, origin
 
     family = family_of(spec)
@@ -132,7 +132,7 @@ def origin_lines(spec) -> list[str]:  # noqa: ANN001 (Spec)
 def schema(write: bool, check: bool) -> None:
     """Print the spec's JSON Schema (draft 2020-12), assembled from its hand-written base and the
     registered blocks' settings; or write / check the checked-in copy editors and CI read."""
-    from assembler import spec_schema
+    from assembler.spec import schema as spec_schema
 
     if write and check:
         raise click.UsageError("pass --write or --check, not both")
@@ -159,10 +159,10 @@ def schema(write: bool, check: bool) -> None:
 def import_hf(config: Path, output: Path, name: str | None, force: bool) -> None:
     """Write a spec for the model of an HF config.json (or model folder): a family's model type
     (qwen3_5, qwen3); fields a spec cannot represent are refused by name."""
-    from assembler.hf_config import spec_from_hf_config
-    from assembler.spec import dump_yaml
-    from assembler.spec_loading import load_spec
-    from assembler.spec_schema import SCHEMA_PATH
+    from assembler.hf.config import spec_from_hf_config
+    from assembler.spec.spec import dump_yaml
+    from assembler.spec.loading import load_spec
+    from assembler.spec.schema import SCHEMA_PATH
 
     if output.exists() and not force:
         raise UserError(f"{output}: already exists — pass --force to overwrite it")

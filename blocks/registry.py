@@ -31,7 +31,7 @@ def register(kind: str, name: str) -> Callable[[ModuleClass], ModuleClass]:
     """Class decorator: make `cls` buildable from a spec as `kind`/`name`.
 
     A block a spec section names (kinds `mixer`, `mlp`) carries `settings_schema`, the JSON Schema
-    of its settings, from which the spec schema is assembled (assembler.spec_schema)."""
+    of its settings, from which the spec schema is assembled (assembler.spec.schema)."""
 
     def decorate(cls: ModuleClass) -> ModuleClass:
         names = _REGISTRY.setdefault(kind, {})

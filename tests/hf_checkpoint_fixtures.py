@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from transformers import Qwen3_5ForConditionalGeneration
 
 from assembler.families.qwen3_5 import FAMILY as QWEN3_5
-from assembler.hf_checkpoint.dtype_policy import export_dtype
+from assembler.hf.checkpoint.dtype_policy import export_dtype
 from tests.oracle import randomize_parameters_, tiny_config
 
 # Special tokens inside the toy vocabulary (256), so an image can be fed through the embedding.

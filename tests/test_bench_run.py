@@ -9,7 +9,7 @@ import assembler.bench.measure as measure
 import assembler.bench.run as run
 from assembler import load_spec
 from assembler.data import build_loader
-from assembler.distributed import World
+from assembler.parallel.distributed import World
 
 TINY = Path(__file__).resolve().parents[1] / "specs" / "qwen3_5_tiny.yaml"
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from assembler import build_model, load_spec
-from assembler.summary import parameter_counts
+from assembler.model.summary import parameter_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 # A copy of ../shared/reference/qwen3_5_4b_config.json, so CI needs nothing outside the clone.

@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from assembler import load_spec
-from assembler.spec_schema import SCHEMA_PATH
+from assembler.spec.schema import SCHEMA_PATH
 from cli import assemble
 
 ROOT = Path(__file__).resolve().parents[1]

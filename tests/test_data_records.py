@@ -100,7 +100,7 @@ def test_the_shipped_tiny_dataset_is_valid():
 
 def test_data_errors_are_user_errors():
     """The CLI prints user errors without a traceback and exits with 2."""
-    from assembler.spec_errors import UserError
+    from assembler.spec.errors import UserError
 
     assert issubclass(DataError, UserError)
 

@@ -154,7 +154,7 @@ def hf_processor(tmp_path_factory):
     from transformers.processing_utils import ProcessorMixin
 
     from assembler import load_spec
-    from assembler.hf_checkpoint.serving_files import serving_files
+    from assembler.hf.checkpoint.serving_files import serving_files
 
     folder = tmp_path_factory.mktemp("tokenizer")
     for name, text in serving_files(load_spec(TINY)).items():

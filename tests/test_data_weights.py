@@ -13,7 +13,7 @@ import torch
 from assembler import load_spec
 from assembler.data import EncodedSample, PackedBatchLoader, build_loader
 from assembler.data.chat_template import next_token_labels
-from assembler.spec_errors import SpecError
+from assembler.spec.errors import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "specs" / "qwen3_5_tiny.yaml"

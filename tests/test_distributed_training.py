@@ -27,9 +27,9 @@ import pytest
 import torch
 
 from assembler import load_spec
-from assembler.build import build_model
+from assembler.model.build import build_model
 from assembler.data import build_loader
-from assembler.hf_checkpoint import load_hf_checkpoint, save_hf_checkpoint
+from assembler.hf.checkpoint import load_hf_checkpoint, save_hf_checkpoint
 from assembler.train.checkpoint import checkpoint_folder, load_model_weights
 from assembler.train.loop import train
 from tests.torchrun import torchrun_cli

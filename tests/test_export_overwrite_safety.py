@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 EXPORT_MARKER = ".assemble-export"  # the marker an export carries (writing.EXPORT_MARKER)
-from cli_export import export_command
+from assembler.cli.export import export_command
 from tests.hf_checkpoint_fixtures import make_source_folder
 
 
@@ -86,7 +86,7 @@ def test_symlinked_target_is_followed_and_the_link_kept(source, tmp_path):
 
 
 def test_train_refuses_a_run_folder_hf_it_did_not_write_before_training(tmp_path):
-    from cli_train import train_command
+    from assembler.cli.train import train_command
 
     tiny = Path(__file__).resolve().parents[1] / "specs" / "qwen3_5_tiny.yaml"
     (tmp_path / "run" / "hf").mkdir(parents=True)

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import blocks.ops
 from blocks.ops import OP_NAMES, chosen_backends, unmet_fast_requirements
-from cli_train import train_command
+from assembler.cli.train import train_command
 
 TINY = Path(__file__).resolve().parents[1] / "specs" / "qwen3_5_tiny.yaml"
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")

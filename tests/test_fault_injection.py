@@ -30,7 +30,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from assembler.train.checkpoint import COMPLETE_MARKER, latest_checkpoint, verify_checkpoint
-from cli_train import train_command
+from assembler.cli.train import train_command
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "specs" / "qwen3_5_tiny.yaml"

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from torch.distributed.checkpoint import FileSystemReader
 
 from assembler import load_spec
-from assembler.build import build_model
+from assembler.model.build import build_model
 from assembler.train.checkpoint import load_model_weights
 from cli import assemble
 

@@ -18,7 +18,7 @@ import torch
 from torch.distributed.checkpoint import FileSystemReader
 
 from assembler import build_model, load_spec
-from assembler.parallelize import parallelize
+from assembler.parallel.parallelize import parallelize
 from assembler.train.checkpoint import checkpoint_folder
 from tests.torchrun import torchrun_cli
 

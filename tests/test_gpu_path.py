@@ -21,13 +21,13 @@ import torch
 import torch.distributed as dist
 import yaml
 
-import assembler.distributed as distributed
+import assembler.parallel.distributed as distributed
 from assembler import load_spec
 from assembler.bench.workload import ImageSpec, synthetic_row
-from assembler.build import build_model, check_ops_can_train, decide_auto_ops
-from assembler.parallelize import parallelize
-from assembler.spec_errors import UserError
-from assembler.spec_loading import load_spec_from_dict
+from assembler.model.build import build_model, check_ops_can_train, decide_auto_ops
+from assembler.parallel.parallelize import parallelize
+from assembler.spec.errors import UserError
+from assembler.spec.loading import load_spec_from_dict
 from assembler.train.loop import train
 from blocks.ops import chosen_backends
 

@@ -13,12 +13,12 @@ from click.testing import CliRunner
 from safetensors import safe_open
 
 from assembler import load_spec_from_dict, spec_from_hf_config
-from assembler.build import build_model
-from assembler.hf_checkpoint import load_hf_checkpoint
-from assembler.hf_checkpoint.reading import open_checkpoint_folder
+from assembler.model.build import build_model
+from assembler.hf.checkpoint import load_hf_checkpoint
+from assembler.hf.checkpoint.reading import open_checkpoint_folder
 from assembler.train.checkpoint import checkpoint_folder, save_checkpoint
 from assembler.train.optim import build_lr_schedule, build_optimizer
-from cli_export import export_command
+from assembler.cli.export import export_command
 from tests.hf_checkpoint_fixtures import SIDE_FILES, add_mtp_tensors, make_source_folder
 
 

@@ -13,9 +13,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from assembler import spec_from_hf_config
-from assembler.build import build_model
-from assembler.hf_checkpoint import load_hf_checkpoint, save_hf_checkpoint
-from assembler.distributed import leave_process
+from assembler.model.build import build_model
+from assembler.hf.checkpoint import load_hf_checkpoint, save_hf_checkpoint
+from assembler.parallel.distributed import leave_process
 from tests.free_port import free_port
 
 WORLD_SIZE = 2

@@ -12,11 +12,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from assembler.build import build_model
-from assembler.hf_checkpoint import CheckpointError, load_hf_checkpoint, save_hf_checkpoint
-from assembler.hf_checkpoint import writing
-from assembler.hf_checkpoint.reading import open_checkpoint_folder
-from assembler.hf_config import spec_from_hf_config
+from assembler.model.build import build_model
+from assembler.hf.checkpoint import CheckpointError, load_hf_checkpoint, save_hf_checkpoint
+from assembler.hf.checkpoint import writing
+from assembler.hf.checkpoint.reading import open_checkpoint_folder
+from assembler.hf.config import spec_from_hf_config
 from tests.hf_checkpoint_fixtures import add_mtp_tensors, make_source_folder
 
 
@@ -49,7 +49,7 @@ def _no_output(parent: Path, name: str) -> bool:
 def test_mtp_tensors_come_out_unchanged(source, tmp_path, caplog):
     mtp = add_mtp_tensors(source)
     spec = _spec(source)
-    with caplog.at_level(logging.INFO, logger="assembler.hf_checkpoint"):
+    with caplog.at_level(logging.INFO, logger="assembler.hf.checkpoint"):
         loaded = load_hf_checkpoint(model := build_model(spec, device="meta"), source, spec)
         out = save_hf_checkpoint(model, tmp_path / "out", spec, source_dir=source, shard_size="40KB")
     assert sorted(loaded.extra_tensor_names) == sorted(mtp)

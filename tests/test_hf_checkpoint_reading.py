@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import Qwen3_5ForConditionalGeneration
 
-from assembler.hf_checkpoint import CheckpointError, load_hf_checkpoint
-from assembler.hf_checkpoint.reading import INDEX_FILE, open_checkpoint_folder
+from assembler.hf.checkpoint import CheckpointError, load_hf_checkpoint
+from assembler.hf.checkpoint.reading import INDEX_FILE, open_checkpoint_folder
 from tests.hf_checkpoint_fixtures import make_source_folder, tiny_hf_config
 
 
@@ -149,7 +149,7 @@ def test_wrapped_blocks_keep_checkpoint_names(source):
     """Activation checkpointing and torch.compile wrap blocks; the checkpoint names stay HF's."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-    from assembler.hf_checkpoint.model_tensors import model_tensors
+    from assembler.hf.checkpoint.model_tensors import model_tensors
 
     model = _meta_model()
     layers = model.model.language_model.layers

@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from assembler.build import build_model
-from assembler.hf_checkpoint import load_hf_checkpoint, save_hf_checkpoint
-from assembler.hf_checkpoint.reading import INDEX_FILE, open_checkpoint_folder
-from assembler.hf_config import spec_from_hf_config
+from assembler.model.build import build_model
+from assembler.hf.checkpoint import load_hf_checkpoint, save_hf_checkpoint
+from assembler.hf.checkpoint.reading import INDEX_FILE, open_checkpoint_folder
+from assembler.hf.config import spec_from_hf_config
 from tests.hf_checkpoint_fixtures import SIDE_FILES, make_source_folder, sample_inputs, transformers_logits
 
 EXPORT_SHARD_SIZE = "40KB"

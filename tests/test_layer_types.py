@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from assembler import build_model, hf_config_from_spec, load_spec
-from assembler.parallelize import iter_blocks, parallelize
-from assembler.spec_errors import SpecError
+from assembler.parallel.parallelize import iter_blocks, parallelize
+from assembler.spec.errors import SpecError
 from assembler.train.loop import train
 from assembler.train.metrics import attention_flops_per_token
 

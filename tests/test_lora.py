@@ -31,9 +31,9 @@ from transformers import Qwen3_5ForConditionalGeneration
 from assembler import load_spec
 from assembler.adapters.lora import add_lora_adapters, lora_modules, prepare_adapters
 from assembler.adapters.peft_folder import read_adapter_folder
-from assembler.build import build_model
-from assembler.hf_checkpoint import CheckpointError, load_hf_checkpoint, save_hf_checkpoint
-from assembler.spec_sections import AdapterSettings
+from assembler.model.build import build_model
+from assembler.hf.checkpoint import CheckpointError, load_hf_checkpoint, save_hf_checkpoint
+from assembler.spec.sections import AdapterSettings
 from assembler.train.checkpoint import load_model_weights
 from cli import assemble
 
@@ -173,7 +173,7 @@ def test_merged_export_loads_in_transformers_with_the_adapted_logits(run):
 def test_adapter_init_from_starts_from_the_folder(run, tmp_path):
     spec = load_spec(TINY, ["ops.backend=hf", f"train.init_from={run['base']}", ADAPTERS,
                             f"train.adapters.init_from={run['adapter']}"])
-    from assembler.distributed import init_world
+    from assembler.parallel.distributed import init_world
     from assembler.train.loop import build_for_world
 
     model = build_for_world(spec, init_world())

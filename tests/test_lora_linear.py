@@ -14,7 +14,7 @@ from torch import nn
 from assembler import load_spec
 from assembler.adapters.lora import add_lora_adapters, initialize_adapters, lora_modules
 from assembler.adapters.lora_linear import LoraLinear
-from assembler.build import build_model
+from assembler.model.build import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "specs" / "qwen3_5_tiny.yaml"
@@ -92,7 +92,7 @@ def test_fsdp2_trains_fp32_adapters_on_a_bf16_base_that_stays_bitwise(single_ran
     from assembler.data import build_loader
     from torch.distributed.device_mesh import init_device_mesh
 
-    from assembler.distributed import World
+    from assembler.parallel.distributed import World
     from assembler.train.loop import build_for_world
     from assembler.train.optim import build_lr_schedule, build_optimizer
     from assembler.train.step import training_step

@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from assembler.build import build_model
-from assembler.hf_checkpoint import CheckpointError, load_hf_checkpoint, save_hf_checkpoint
-from assembler.hf_config import spec_from_hf_config
-from assembler.spec_loading import load_spec_from_dict
+from assembler.model.build import build_model
+from assembler.hf.checkpoint import CheckpointError, load_hf_checkpoint, save_hf_checkpoint
+from assembler.hf.config import spec_from_hf_config
+from assembler.spec.loading import load_spec_from_dict
 from tests.hf_checkpoint_fixtures import make_source_folder, transformers_logits
 from tests.mtp_reference import RELEASED_MTP_NAMES, add_released_mtp_head
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from assembler import build_model, spec_from_hf_config
-from assembler.spec_loading import load_spec_from_dict
+from assembler.spec.loading import load_spec_from_dict
 from blocks import vision_language_model
 from blocks.constants import IGNORE_INDEX
 from blocks.packing import PackingContext

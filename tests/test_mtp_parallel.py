@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from assembler import build_model, load_spec
-from assembler.hf_checkpoint import save_hf_checkpoint
-from assembler.parallelize import blocks_to_checkpoint, iter_blocks, parallelize
+from assembler.hf.checkpoint import save_hf_checkpoint
+from assembler.parallel.parallelize import blocks_to_checkpoint, iter_blocks, parallelize
 from assembler.train.loop import train
 from tests.torchrun import torchrun_cli
 

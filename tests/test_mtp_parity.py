@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from transformers import Qwen3_5ForConditionalGeneration
 
 from assembler import build_model, load_hf_checkpoint, spec_from_hf_config
-from assembler.spec_loading import load_spec_from_dict
+from assembler.spec.loading import load_spec_from_dict
 from tests.hf_checkpoint_fixtures import TOKENS, make_source_folder, sample_inputs
 from tests.mtp_reference import RELEASED_MTP_NAMES, add_released_mtp_head, reference_head_from
 

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from assembler import load_spec
-from assembler.hf_config import hf_config_from_spec
-from assembler.spec_errors import SpecError
+from assembler.hf.config import hf_config_from_spec
+from assembler.spec.errors import SpecError
 from cli import assemble
 
 ROOT = Path(__file__).resolve().parents[1]

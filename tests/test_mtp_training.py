@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 
 from assembler import load_hf_checkpoint, load_spec
-from assembler.build import build_model
+from assembler.model.build import build_model
 from assembler.data import build_loader
 from assembler.train.checkpoint import latest_checkpoint, load_model_weights
 from assembler.train.loop import train

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from assembler import build_model, load_spec
-from assembler.parallelize import blocks_to_checkpoint, iter_blocks, parallelize, replicated_parameters
+from assembler.parallel.parallelize import blocks_to_checkpoint, iter_blocks, parallelize, replicated_parameters
 
 TINY = Path(__file__).resolve().parents[1] / "specs" / "qwen3_5_tiny.yaml"
 

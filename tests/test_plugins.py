@@ -9,7 +9,7 @@ import types
 import pytest
 from torch import nn
 
-import assembler.family as family_module
+import assembler.model.family as family_module
 import blocks.registry as registry
 from assembler.families.qwen3 import Qwen3
 

@@ -20,8 +20,8 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from assembler import build_model, load_spec, spec_from_hf_config
 from assembler.families.qwen3 import hf_config as qwen3_hf
-from assembler.hf_checkpoint import load_hf_checkpoint, save_hf_checkpoint
-from assembler.spec_errors import SpecError
+from assembler.hf.checkpoint import load_hf_checkpoint, save_hf_checkpoint
+from assembler.spec.errors import SpecError
 from blocks.packing import PackingContext
 from cli import assemble
 from tests.oracle import randomize_parameters_

@@ -15,9 +15,9 @@ from torch import nn
 
 import assembler.train.checkpoint as checkpoint
 import assembler.train.loop as loop
-from assembler import distributed
+from assembler.parallel import distributed
 from assembler.data.records import DataError
-from cli_train import USER_ERROR_EXIT_CODE, train_command
+from assembler.cli.train import USER_ERROR_EXIT_CODE, train_command
 from tests.free_port import free_port
 
 TINY = Path(__file__).resolve().parents[1] / "specs" / "qwen3_5_tiny.yaml"
@@ -100,9 +100,9 @@ def test_a_full_disk_on_one_rank_stops_every_rank(tmp_path, full_on):
 def _export_with_a_full_disk_on_rank_0(rank: int, port: int, folder: str, results) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
-    import assembler.hf_checkpoint.writing as writing
+    import assembler.hf.checkpoint.writing as writing
     from assembler import build_model, load_spec
-    from assembler.parallelize import parallelize
+    from assembler.parallel.parallelize import parallelize
 
     shards_written = []
 

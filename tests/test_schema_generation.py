@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 from torch import nn
 
-from assembler import spec_schema
-from assembler.spec_schema import (
+from assembler.spec import schema as spec_schema
+from assembler.spec.schema import (
     BASE_SCHEMA_PATH, REGENERATE_COMMAND, SCHEMA_PATH, BlockSchemaError, assemble_schema, cached_schema, schema_text,
     checked_in_schema, stale_schema_diff, write_schema,
 )

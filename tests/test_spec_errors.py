@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from assembler import load_spec_from_dict
-from assembler.spec_errors import Problem, SpecError
+from assembler.spec.errors import Problem, SpecError
 from cli import assemble
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,7 +120,7 @@ def test_unknown_block_name_is_refused_by_the_schema_enum():
 
 def test_block_named_in_schema_but_not_registered_is_refused(monkeypatch):
     """The registry, not the schema, is the last word: a schema name without a block fails validation."""
-    from assembler import spec_loading
+    from assembler.spec import loading as spec_loading
     from blocks import registry
 
     real = registry.get_block

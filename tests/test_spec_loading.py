@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from assembler import Spec, SpecError, load_spec
-from assembler.spec_loading import apply_overrides, deep_merge, load_spec_from_dict
+from assembler.spec.loading import apply_overrides, deep_merge, load_spec_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "specs" / "qwen3_5_tiny.yaml"

@@ -9,8 +9,8 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from assembler import load_spec
-from assembler.spec_schema import fill_defaults, load_schema, resolve_ref
-from assembler.spec_validation import block_fields, schema_problems
+from assembler.spec.schema import fill_defaults, load_schema, resolve_ref
+from assembler.spec.validation import block_fields, schema_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC_FILES = sorted((ROOT / "specs").rglob("*.yaml"))

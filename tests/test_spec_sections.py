@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from assembler.spec_schema import SCHEMA_PATH
-from assembler.spec_sections import (
+from assembler.spec.schema import SCHEMA_PATH
+from assembler.spec.sections import (
     CheckpointingSettings,
     CompileSettings,
     DataSettings,

@@ -14,10 +14,10 @@ import torch
 from click.testing import CliRunner
 
 from assembler import load_spec
-from assembler.build import build_model
+from assembler.model.build import build_model
 from assembler.train.checkpoint import COMPLETE_MARKER, latest_checkpoint, load_model_weights
 from blocks.vision_language_model import VisionLanguageModel
-from cli_train import train_command
+from assembler.cli.train import train_command
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "specs" / "qwen3_5_tiny.yaml"

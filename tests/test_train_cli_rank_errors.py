@@ -1,7 +1,7 @@
 """`assemble train` under torchrun: a user error is printed once (by rank 0), and every rank exits 2.
 
 No process group is started here: the rank is faked, either as the process group's answer
-(`assembler.distributed.process_rank`) or as torchrun's RANK before any group exists (a bad spec
+(`assembler.parallel.distributed.process_rank`) or as torchrun's RANK before any group exists (a bad spec
 fails before `init_world` runs).
 """
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from assembler import distributed
-from assembler.distributed import TORCHRUN_ENV
-from cli_train import USER_ERROR_EXIT_CODE, train_command
+from assembler.parallel import distributed
+from assembler.parallel.distributed import TORCHRUN_ENV
+from assembler.cli.train import USER_ERROR_EXIT_CODE, train_command
 
 
 @pytest.fixture

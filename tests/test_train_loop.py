@@ -8,7 +8,7 @@ import json
 import torch
 
 from assembler import load_spec
-from assembler.build import build_model
+from assembler.model.build import build_model
 from assembler.data import build_loader
 from assembler.train.loop import train
 from assembler.train.step import IGNORE_INDEX

@@ -19,9 +19,9 @@ import torch
 from click.testing import CliRunner
 
 from assembler import load_spec
-from assembler.build import build_model
+from assembler.model.build import build_model
 from assembler.train.checkpoint import COMPLETE_MARKER, checkpoint_folder, load_model_weights
-from cli_train import train_command
+from assembler.cli.train import train_command
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "specs" / "qwen3_5_tiny.yaml"

@@ -15,7 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli_train import train_command
+from assembler.cli.train import train_command
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "specs" / "qwen3_5_tiny.yaml"

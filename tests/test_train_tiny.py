@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from assembler import load_spec
-from assembler.build import build_model
+from assembler.model.build import build_model
 from assembler.data import build_loader, collate_row
 from assembler.data.images import ImageProcessor
 from assembler.train.checkpoint import latest_checkpoint, load_model_weights

@@ -14,10 +14,11 @@ import fnmatch
 import torch
 from torch import nn
 
-from assembler.adapters.lora_linear import LoraLinear, fresh_adapter_weights
-from assembler.hf_checkpoint.model_tensors import checkpoint_name, fill_tensor, model_tensors
-from assembler.spec_errors import Problem, SpecError
-from assembler.spec_sections import AdapterSettings
+from assembler.adapters.lora_linear import LoraLinear, fresh_adapter_weights, lora_modules
+from assembler.adapters.peft_folder import read_adapter_folder
+from assembler.hf.checkpoint.model_tensors import checkpoint_name, fill_tensor, model_tensors
+from assembler.spec.errors import Problem, SpecError
+from assembler.spec.sections import AdapterSettings
 from blocks.constants import DTYPES
 
 
@@ -28,11 +29,6 @@ def adaptable_linears(model: nn.Module) -> dict[str, nn.Linear]:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return {checkpoint_name(name): module for name, module in model.named_modules()
             if isinstance(module, nn.Linear) and not isinstance(module, LoraLinear) and module is not head}
-
-
-def lora_modules(model: nn.Module) -> dict[str, LoraLinear]:
-    """Module name (the HF checkpoint's, wrappers stripped) → LoraLinear, in model order."""
-    return {checkpoint_name(name): module for name, module in model.named_modules() if isinstance(module, LoraLinear)}
 
 
 def add_lora_adapters(model: nn.Module, adapters: dict) -> list[str]:
@@ -94,8 +90,6 @@ def prepare_adapters(model: nn.Module, spec, *, device: torch.device | str = "cp
 
 def initialize_spec_adapters(model: nn.Module, spec, *, device: torch.device | str = "cpu") -> None:
     """The adapters' start: `train.adapters.init_from`'s PEFT folder, or fresh from `train.seed`."""
-    from assembler.adapters.peft_folder import read_adapter_folder
-
     settings = AdapterSettings.of(spec.train["adapters"])
     weights = None
     if settings.init_from:

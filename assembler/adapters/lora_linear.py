@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from assembler.hf.checkpoint.model_tensors import checkpoint_name
+
 
 class LoraLinear(nn.Linear):
     """`base`'s own parameters (the same tensors, not copies) plus `lora_A` [r, in] and `lora_B`
@@ -59,3 +61,8 @@ def fresh_adapter_weights(module: LoraLinear, generator: torch.Generator) -> tup
     bound = math.sqrt(6.0 / ((1 + 5.0) * a.shape[1]))  # kaiming_uniform_(a=sqrt(5)): gain sqrt(2/(1+a^2)), bound gain*sqrt(3/fan_in)
     a.uniform_(-bound, bound, generator=generator)
     return a, torch.zeros(module.lora_B.weight.shape, dtype=torch.float32)
+
+
+def lora_modules(model: nn.Module) -> dict[str, LoraLinear]:
+    """Module name (the HF checkpoint's, wrappers stripped) → LoraLinear, in model order."""
+    return {checkpoint_name(name): module for name, module in model.named_modules() if isinstance(module, LoraLinear)}

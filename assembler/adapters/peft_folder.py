@@ -27,13 +27,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from assembler.adapters.lora import lora_modules
-from assembler.distributed import first_failure_of_any_rank, process_rank, raise_on_every_rank, shared_by_every_rank
-from assembler.durable_files import fsync_dir, fsync_file
-from assembler.hf_checkpoint.errors import CheckpointError
-from assembler.hf_checkpoint.model_tensors import full_tensor, model_tensors
-from assembler.hf_checkpoint.writing import EXPORT_MARKER, _publish, check_export_target, export_target, remove_stale_siblings
-from assembler.spec_sections import AdapterSettings
+from assembler.adapters.lora_linear import lora_modules
+from assembler.parallel.distributed import first_failure_of_any_rank, process_rank, raise_on_every_rank, shared_by_every_rank
+from assembler.common.durable_files import fsync_dir, fsync_file
+from assembler.hf.checkpoint.errors import CheckpointError
+from assembler.hf.checkpoint.model_tensors import full_tensor, model_tensors
+from assembler.hf.checkpoint.writing import EXPORT_MARKER, _publish, check_export_target, export_target, remove_stale_siblings
+from assembler.spec.sections import AdapterSettings
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"

@@ -17,12 +17,12 @@ from typing import Callable, Iterator
 
 import torch
 
-from assembler.family import family_of_model
+from assembler.model.family import family_of_model
 from assembler.bench.measure import Measurement, measure_training_step
 from assembler.bench.memory_peak import mark
 from assembler.bench.workload import ImageSpec, synthetic_row, text_matmul_flops, training_flops
-from assembler.build import decide_auto_ops
-from assembler.distributed import init_world
+from assembler.model.build import decide_auto_ops
+from assembler.parallel.distributed import init_world
 from assembler.spec import Spec
 from assembler.train.loop import build_for_world, seed_everything
 from assembler.train.metrics import WARMUP_STEPS, matmul_weight_flops_per_token
@@ -72,7 +72,7 @@ def bench_spec(
         log.info("%s", ops_choice)
     seed_everything(int(spec.train["seed"]))
     if spec.parallel["activation_checkpointing"]["mode"] == "auto":  # planned for the largest row
-        from assembler.checkpoint_probe import resolve_auto_checkpointing
+        from assembler.parallel.activation_checkpoint_probe import resolve_auto_checkpointing
 
         largest, _ = synthetic_row(spec.model, max(seq_lens or [int(spec.train["tokens_per_step"])]), layout="packed", images=images)
         spec, plan_line = resolve_auto_checkpointing(spec, largest, world.device, world_size=world.world_size)

@@ -16,7 +16,7 @@ import torch
 
 from assembler.data.chat_template import IGNORE_INDEX, EncodedSample
 from assembler.data.packing import collate_row
-from assembler.family import family_of_model
+from assembler.model.family import family_of_model
 from assembler.train.metrics import attention_flops_per_token, matmul_weight_flops_per_token
 
 TEXT_TOKEN_RANGE = 150_000  # ordinary token ids, clear of Qwen3.5's special tokens

@@ -19,7 +19,8 @@ from assembler.data.chat_template import IGNORE_INDEX, EncodedSample, encode_cha
 from assembler.data.images import ImageProcessor
 from assembler.data.loader import PackedBatchLoader, build_loader, build_loader_from_sections
 from assembler.data.packing import PackingStats, collate_row, plan_rows
-from assembler.data.records import DataError, read_sources
+from assembler.data.records import DataError
+from assembler.data.sources import read_sources
 from assembler.data.tokenizer import Tokenizer, load_tokenizer
 from assembler.data.videos import VideoProcessor
 

@@ -13,7 +13,7 @@ from assembler.data.packing import PackingStats, fit_to_budget
 from assembler.data.records import ChatRecord, DataError
 from assembler.data.tokenizer import Tokenizer
 from assembler.data.videos import VideoProcessor
-from assembler.durations import format_duration
+from assembler.common.durations import format_duration
 
 
 PROGRESS_EVERY_S = 5.0  # how often a long encoding reports

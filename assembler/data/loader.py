@@ -41,7 +41,7 @@ from assembler.data.records import DataError
 from assembler.data.tokenizer import Tokenizer, load_tokenizer
 from assembler.data.videos import VideoProcessor
 from assembler.data.windows import InMemorySamples, SampleWindows, StreamedSources, WindowSamples, derived_seed
-from assembler.spec_sections import DataSettings
+from assembler.spec.sections import DataSettings
 from blocks.constants import VISION_TOKEN_KEYS
 
 # The spec's model.tokens key -> the tokenizer's special token it must equal.

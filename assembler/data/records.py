@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
-from assembler.spec_errors import UserError
+from assembler.spec.errors import UserError
 
 ROLES = ("system", "user", "assistant")
 ON_ERROR = ("raise", "skip")
@@ -97,22 +97,6 @@ class ReadResult:
 
     records: list[Record] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-
-
-def read_sources(paths: list[Path], *, on_error: str = "raise") -> ReadResult:
-    """Read every JSONL file in order. An empty result (after skipping) is an error."""
-    if on_error not in ON_ERROR:
-        raise DataError(f"data.on_error: {on_error!r} is not one of {', '.join(ON_ERROR)}")
-    from assembler.data.sources import read_source  # JSONL here; tables and folders there
-
-    result = ReadResult()
-    for path in paths:
-        read_source(Path(path), on_error=on_error, into=result)
-    if not result.records:
-        why = f" ({len(result.skipped)} lines skipped as malformed)" if result.skipped else ""
-        names = ", ".join(str(p) for p in paths) or "(no sources listed)"
-        raise DataError(f"the dataset is empty: no usable records in {names}{why}; check data.sources")
-    return result
 
 
 def read_jsonl(path: Path, *, on_error: str = "raise", into: ReadResult | None = None) -> ReadResult:

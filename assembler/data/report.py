@@ -20,7 +20,7 @@ from assembler.data.encoding import Progress
 from assembler.data.loader import PackedBatchLoader, check_tokenizer, data_base_dir, streamed_sources
 from assembler.data.records import DataError
 from assembler.data.tokenizer import load_tokenizer
-from assembler.spec_sections import DataSettings
+from assembler.spec.sections import DataSettings
 
 
 @dataclass

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from assembler.data.records import DataError, ReadResult, parse_object, read_jsonl
+from assembler.data.records import ON_ERROR, DataError, ReadResult, parse_object, read_jsonl
 
 TABLE_SUFFIXES = (".parquet", ".arrow")
 FOLDER_SUFFIXES = (".jsonl", *TABLE_SUFFIXES)
@@ -32,6 +32,20 @@ def source_files(path: Path) -> list[Path]:
     if not files:
         raise DataError(f"data source {path} is a folder with no {', '.join(FOLDER_SUFFIXES)} file in it")
     return files
+
+
+def read_sources(paths: list[Path], *, on_error: str = "raise") -> ReadResult:
+    """Read every JSONL file in order. An empty result (after skipping) is an error."""
+    if on_error not in ON_ERROR:
+        raise DataError(f"data.on_error: {on_error!r} is not one of {', '.join(ON_ERROR)}")
+    result = ReadResult()
+    for path in paths:
+        read_source(Path(path), on_error=on_error, into=result)
+    if not result.records:
+        why = f" ({len(result.skipped)} lines skipped as malformed)" if result.skipped else ""
+        names = ", ".join(str(p) for p in paths) or "(no sources listed)"
+        raise DataError(f"the dataset is empty: no usable records in {names}{why}; check data.sources")
+    return result
 
 
 def read_source(path: Path, *, on_error: str = "raise", into: ReadResult | None = None) -> ReadResult:

@@ -1,1 +1,1 @@
-"""The built-in model families, one package each (see assembler/family.py for the interface)."""
+"""The built-in model families, one package each (see assembler/model/family.py for the interface)."""

@@ -40,9 +40,9 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict,
 )
 
-from assembler.distributed import first_failure_of_any_rank, process_rank, shared_by_every_rank
-from assembler.durable_files import fsync_dir, is_disk_full, write_durably
-from assembler.spec_errors import UserError
+from assembler.parallel.distributed import first_failure_of_any_rank, process_rank, shared_by_every_rank
+from assembler.common.durable_files import fsync_dir, is_disk_full, write_durably
+from assembler.spec.errors import UserError
 
 COMPLETE_MARKER = "COMPLETE"
 CHECKPOINTS_FOLDER = "checkpoints"

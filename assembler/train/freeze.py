@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from assembler.hf_checkpoint.model_tensors import checkpoint_name
-from assembler.spec_errors import Problem, SpecError
+from assembler.hf.checkpoint.model_tensors import checkpoint_name
+from assembler.spec.errors import Problem, SpecError
 
 
 def freeze_parameters(model: nn.Module, patterns: list[str]) -> list[str]:

@@ -5,7 +5,7 @@ One optimizer step (`assembler.train.step.training_step`, also what `assemble be
 `train.grad_accumulation` micro-batches on every rank, the loss normalised by the step's global
 target-token count.
 
-On a CUDA machine every run is FSDP2-sharded (assembler.distributed): over torchrun's ranks, or
+On a CUDA machine every run is FSDP2-sharded (assembler.parallel.distributed): over torchrun's ranks, or
 over a world of one for a plain process, so one GPU and N GPUs run the same code. Gradients are
 summed over ranks, not averaged (each rank's loss is already its share of the global one); rank r
 takes every world_size-th row of the global stream, so W ranks with accumulation A see the rows of
@@ -31,12 +31,12 @@ import yaml
 from torch import nn
 
 from assembler.adapters.lora import initialize_spec_adapters
-from assembler.build import build_model, check_ops_can_train, decide_auto_ops, resolve_spec_ops
+from assembler.model.build import build_model, check_ops_can_train, decide_auto_ops, resolve_spec_ops
 from assembler.data.records import DataError
-from assembler.distributed import World, broadcast_from_main, init_world, shared_by_every_rank
-from assembler.parallelize import replicated_parameters
+from assembler.parallel.distributed import World, broadcast_from_main, init_world, shared_by_every_rank
+from assembler.parallel.parallelize import replicated_parameters
 from assembler.spec import Spec
-from assembler.spec_errors import UserError
+from assembler.spec.errors import UserError
 from assembler.train.checkpoint import (
     CHECKPOINTS_FOLDER,
     ResumeError,
@@ -74,7 +74,7 @@ class TrainResult:
 def parallelize_for_world(model: nn.Module, spec: Spec, world: World) -> nn.Module:
     """Apply the spec's parallel policy: activation checkpointing and compile always, FSDP2 over
     `world.mesh` under torchrun, with gradients summed over ranks (the loss is globally normalised)."""
-    from assembler.parallelize import parallelize, sum_gradients_across_ranks
+    from assembler.parallel.parallelize import parallelize, sum_gradients_across_ranks
 
     model = parallelize(model, spec, mesh=world.mesh)
     if world.is_distributed:
@@ -92,7 +92,7 @@ def build_for_world(spec: Spec, world: World) -> nn.Module:
     cfg = spec.train
     dtype = DTYPES[cfg["dtype"]]
     init_from = spec.resolve_path(cfg["init_from"]) if cfg.get("init_from") else None
-    from assembler.hf_checkpoint import load_hf_checkpoint
+    from assembler.hf.checkpoint import load_hf_checkpoint
 
     if init_from is not None and world.is_distributed:
         model = build_model(spec, device="meta").to(dtype)
@@ -156,7 +156,7 @@ def train(
     the run folder (if any) is resumed from; `resume` names a checkpoint or run folder instead.
     """
     from assembler.data import build_loader  # the data pipeline (tokenize, images, pack)
-    from assembler.hf_checkpoint.writing import check_export_target
+    from assembler.hf.checkpoint.writing import check_export_target
 
     world = world or init_world()
     check_ops_can_train(spec, world.device.type, sharded=world.is_distributed)
@@ -235,7 +235,7 @@ def _plan_auto_checkpointing(spec, world, run_dir, resolved_yaml, logger, build_
     plan, which replaces `auto` in the resolved spec. Other modes: unchanged."""
     if spec.parallel["activation_checkpointing"]["mode"] != "auto":
         return spec, resolved_yaml
-    from assembler.checkpoint_probe import resolve_auto_checkpointing
+    from assembler.parallel.activation_checkpoint_probe import resolve_auto_checkpointing
 
     decision: tuple = (None, None, None)
     if world.is_main:
@@ -382,7 +382,7 @@ def export_hf(model: nn.Module, spec: Spec, out_dir: Path) -> Path:
     """The run's HF folder, in the dtype the model computes in (`parallel.fsdp.param_dtype`): the
     tiny spec's fp32 model exports fp32 (logits equal the trained model's), the 4B's bf16 as released.
     """
-    from assembler.hf_checkpoint import save_hf_checkpoint
+    from assembler.hf.checkpoint import save_hf_checkpoint
 
     dtype = DTYPES[spec.parallel["fsdp"]["param_dtype"]]
     source_dir = spec.resolve_path(spec.train["init_from"]) if spec.train.get("init_from") else None

@@ -23,8 +23,8 @@ from typing import Any, TextIO
 import torch
 from torch import nn
 
-from assembler.durations import format_duration  # noqa: F401 (also metrics' public name)
-from assembler.durable_files import replace_durably
+from assembler.common.durations import format_duration  # noqa: F401 (also metrics' public name)
+from assembler.common.durable_files import replace_durably
 from blocks.registry import get_block
 
 METRICS_FILE = "metrics.jsonl"

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from assembler.parallelize import replicated_parameters
-from assembler.spec_sections import OptimizerSettings, ScheduleSettings
+from assembler.parallel.parallelize import replicated_parameters
+from assembler.spec.sections import OptimizerSettings, ScheduleSettings
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -30,7 +30,7 @@ def build_optimizer(model: nn.Module, optimizer_spec: Mapping[str, Any]) -> torc
     if settings.name != "adamw":
         raise ValueError(f"train.optimizer.name: unknown optimizer {settings.name!r}; known: adamw")
     params = [p for p in model.parameters() if p.requires_grad]  # parameters() de-duplicates tied weights
-    # Under FSDP2 the parameters it replicates (assembler.parallelize: the fp32-kept ones) are plain
+    # Under FSDP2 the parameters it replicates (assembler.parallel.parallelize: the fp32-kept ones) are plain
     # tensors among DTensors; the fused and foreach kernels take one kind per call, so they get
     # groups of their own (none without FSDP, where every parameter is a plain tensor).
     replicated = {id(p) for p in replicated_parameters(model)}

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from assembler.durable_files import replace_durably
-from assembler.spec_errors import UserError
+from assembler.common.durable_files import replace_durably
+from assembler.spec.errors import UserError
 
 RESOLVED_SPEC_FILE = "resolved_spec.yaml"
 HF_EXPORT_FOLDER = "hf"  # the run's own HF export (train.export_hf)

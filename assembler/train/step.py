@@ -19,8 +19,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from assembler.distributed import World, all_reduce_sum
-from assembler.parallelize import reduce_replicated_gradients
+from assembler.parallel.distributed import World, all_reduce_sum
+from assembler.parallel.parallelize import reduce_replicated_gradients
 from blocks.constants import IGNORE_INDEX
 from blocks.multi_token_prediction import next_next_token_labels
 
@@ -130,7 +130,7 @@ def _grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
     """The global gradient norm (clipped to `max_norm` when > 0), a plain tensor also under FSDP2.
 
     Under FSDP2 the sharded gradients are DTensors and those of the replicated parameters (the
-    fp32-kept ones, assembler.parallelize) plain tensors; torch's foreach kernels take one kind per
+    fp32-kept ones, assembler.parallel.parallelize) plain tensors; torch's foreach kernels take one kind per
     call, so each kind is normed apart and the two norms combined, as clip_grad_norm_ combines its
     per-device norms.
     """

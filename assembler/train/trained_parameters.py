@@ -10,7 +10,7 @@ from torch import nn
 
 from assembler.adapters.lora import prepare_adapters
 from assembler.spec import Spec
-from assembler.spec_errors import Problem, SpecError
+from assembler.spec.errors import Problem, SpecError
 from assembler.train.freeze import freeze_parameters
 
 
@@ -28,7 +28,7 @@ def choose_trained_parameters(model: nn.Module, spec: Spec, *, device: torch.dev
 
 def check_trained_parameters(spec: Spec) -> None:
     """`choose_trained_parameters` on the spec's model built on the meta device (allocates nothing)."""
-    from assembler.build import build_model
+    from assembler.model.build import build_model
 
     if spec.train["adapters"] is None and not spec.train["freeze"]:
         return

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from assembler import build_model, load_spec
-from assembler.parallelize import iter_blocks, keep_fp32_params, parallelize
+from assembler.parallel.parallelize import iter_blocks, keep_fp32_params, parallelize
 from blocks.packing import PackingContext
 
 pytestmark = pytest.mark.gpu

@@ -7,9 +7,9 @@ from typing import Iterator
 
 from torch import nn
 
-from assembler.family import BlockRef, ModelFamily, register_family
+from assembler.model.family import BlockRef, ModelFamily, register_family
 from assembler.families.qwen3 import hf_config
-from assembler.towers import build_text_tower, text_blocks, text_summary_rows
+from assembler.model.towers import build_text_tower, text_blocks, text_summary_rows
 from blocks.causal_language_model import CausalLanguageModel
 from blocks.ops import OpTable
 

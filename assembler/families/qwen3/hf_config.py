@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from assembler.hf_config_reader import BOOKKEEPING_FIELDS, ConfigReader
+from assembler.hf.config_reader import BOOKKEEPING_FIELDS, ConfigReader
 from assembler.spec import Spec
-from assembler.spec_errors import Problem, SpecError
+from assembler.spec.errors import Problem, SpecError
 
 ARCHITECTURE = "Qwen3ForCausalLM"
 MODEL_TYPE = "qwen3"

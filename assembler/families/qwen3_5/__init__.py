@@ -8,10 +8,10 @@ from typing import Iterator
 from torch import nn
 
 from assembler.families.qwen3_5 import hf_config
-from assembler.family import BlockRef, ModelFamily, register_family
-from assembler.spec_validation import VISION_BLOCK_TYPE  # the vision blocks' name in compile / checkpointing policies
-from assembler.spec_sections import MtpSettings
-from assembler.towers import build_multi_token_prediction, build_text_tower, build_vision_tower, text_blocks, text_summary_rows
+from assembler.model.family import BlockRef, ModelFamily, register_family
+from assembler.spec.validation import VISION_BLOCK_TYPE  # the vision blocks' name in compile / checkpointing policies
+from assembler.spec.sections import MtpSettings
+from assembler.model.towers import build_multi_token_prediction, build_text_tower, build_vision_tower, text_blocks, text_summary_rows
 from blocks.ops import OpTable
 from blocks.vision_language_model import SpecialTokens, VisionLanguageModel
 

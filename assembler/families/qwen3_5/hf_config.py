@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from assembler.spec import Spec
-from assembler.hf_config_reader import BOOKKEEPING_FIELDS, ConfigReader
-from assembler.spec_errors import Problem, SpecError
+from assembler.hf.config_reader import BOOKKEEPING_FIELDS, ConfigReader
+from assembler.spec.errors import Problem, SpecError
 
 ARCHITECTURE = "Qwen3_5ForConditionalGeneration"
 

@@ -1,0 +1,1 @@
+"""Small helpers several layers share: durable (fsynced) file writes, human-readable durations."""

@@ -1,0 +1,86 @@
+"""`Spec`: a loaded, validated spec with every default filled in.
+
+Build, parallelize, train and export read their sections from here and never from raw YAML.
+Sections are plain dicts (JSON Schema shapes, see assembler/schema/spec.schema.json); treat them
+as read-only — `to_dict()` hands out a copy to modify.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from assembler.spec.errors import SpecError  # noqa: F401  (re-exported: `from assembler.spec import SpecError`)
+
+SECTIONS = ("name", "model", "ops", "parallel", "train", "data")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A resolved spec: `extends` merged, overrides applied, defaults filled, validated.
+
+    source: the file it was loaded from (relative paths inside the spec, like data sources,
+    are relative to it), or None for a spec built in memory.
+    """
+
+    name: str
+    model: dict
+    ops: dict
+    parallel: dict
+    train: dict
+    data: dict
+    source: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved spec as a fresh nested dict (what `load_spec_from_dict` accepts back)."""
+        return {section: copy.deepcopy(getattr(self, section)) for section in SECTIONS}
+
+    def to_yaml(self) -> str:
+        """The resolved spec as YAML, saved next to every run so it can be reproduced from its folder.
+
+        Paths that are relative to the spec file (data sources, tokenizer, init_from) are written
+        absolute when they exist, so the saved copy still finds them from the run folder.
+        """
+        header = f"# Resolved spec (defaults filled in) of {self.source}\n" if self.source else "# Resolved spec (defaults filled in)\n"
+        data = self.to_dict()
+        for source in data["data"]["sources"]:
+            source["path"] = self._anchored(source["path"])
+        for section, key in (("data", "tokenizer"), ("train", "init_from")):
+            if data[section].get(key):
+                data[section][key] = self._anchored(data[section][key])
+        adapters = data["train"]["adapters"]
+        if adapters and adapters.get("init_from"):
+            adapters["init_from"] = self._anchored(adapters["init_from"])
+        return header + dump_yaml(data)
+
+    def resolve_path(self, path: str | Path) -> Path:
+        """`path` from inside the spec, made absolute: relative paths are relative to the spec file."""
+        path = Path(path).expanduser()
+        if path.is_absolute():
+            return path
+        return (self.source.parent if self.source else Path.cwd()) / path
+
+    def _anchored(self, path: str) -> str:
+        resolved = self.resolve_path(path)
+        return str(resolved) if self.source is not None and resolved.exists() else path
+
+
+class _SpecDumper(yaml.SafeDumper):
+    """Block-style mappings, one-line lists of scalars (`layers: [linear, full, ...]`)."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, items: list) -> yaml.Node:
+    flow = all(not isinstance(item, (dict, list)) for item in items)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", items, flow_style=flow)
+
+
+_SpecDumper.add_representer(list, _represent_list)
+
+
+def dump_yaml(data: dict) -> str:
+    """YAML text of `data` in spec style (keys in order, readable lists)."""
+    return yaml.dump(data, Dumper=_SpecDumper, sort_keys=False, allow_unicode=True, width=100)
