@@ -13,7 +13,8 @@
 # 8k (issue 15); "levers": issue 14's precision levers,
 # one bench row each; "auto": activation checkpointing mode auto under AUTO_BUDGET_GIB at AUTO_SEQS;
 # "images4": the one/fast/images cell on 8k rows of four 448x448 images each (issue 16's data share;
-# IMAGES4_WORKERS collating workers, default 4);
+# IMAGES4_WORKERS collating workers, default 4); "realistic": `assemble train` and `assemble bench`
+# (packed and the set's own rows) of the e2e spec on a generated set shaped like real use (issue 22);
 # LEVER_SPEC / LEVER_BACKEND replace their spec and backend, e.g. for a CPU dry run); ANCHORS the baseline's anchor rows
 # (default "plain liger plain-noac liger-noac"), BASE_FLAGS its extra flags (default --memory-peak);
 # SUITE_SEQS the text sizes (BASE_SEQS, NOAC_SEQS per part); SUITE_TESTS the pytest selection
@@ -140,6 +141,18 @@ run_part() {
       python3 benchmarks/make_large_dataset.py /root/ds_images4 --records 4000 --image-share 1 --image-size 448 --caption-words 1800
       timeout "$(t images4 600)" python3 benchmarks/gpu_e2e.py --out "$OUT" --cells one/fast/images \
         --override 'data.sources=[{"path":"/root/ds_images4/records.jsonl"}]' --override "data.workers=${IMAGES4_WORKERS:-4}" 2>&1 | tail -30 ;;
+    realistic)
+      # Issue 22: the shipped spec on a set shaped like real use (log-normal chats around 500 words,
+      # one in ten around a 448x448 image, rows 99.8% full): `assemble train` through the real CLI,
+      # then `assemble bench` on the same spec, its synthetic packed row and the set's own rows.
+      echo "== the real CLI and the bench on the realistic set (benchmarks/make_large_dataset.py --median-words 500)"
+      python3 benchmarks/make_large_dataset.py /root/ds_realistic --records 20000 --image-share 0.1 --image-size 448 --median-words 500
+      sources='data.sources=[{"path":"/root/ds_realistic/records.jsonl"}]'
+      timeout "$(t realistic 600)" python3 benchmarks/gpu_e2e.py --out "$OUT" --cells one/fast/images \
+        --override "$sources" --override "data.workers=${REALISTIC_WORKERS:-2}" 2>&1 | tail -30
+      timeout "$(t realistic 600)" python3 cli.py bench benchmarks/specs/e2e_4b.yaml -o ops.backend=fast -o "$sources" \
+        --seq 8192 --layout packed --layout data --steps $STEPS --warmup $WARMUP --no-profile \
+        --label "ours as shipped, realistic set" --json "$OUT/ours_realistic.json" 2>&1 | tail -20 ;;
     vlm)
       echo "== ours: VLM row, four 448x448 images in 8k tokens"
       timeout "$(t vlm 300)" python3 cli.py bench specs/qwen3_5_4b.yaml -o ops.backend=fast --seq 8192 --images 4x448x448 \

@@ -3,12 +3,18 @@
     python benchmarks/make_large_dataset.py OUT_DIR [--records 200000] [--image-share 0.2]
     python benchmarks/make_large_dataset.py OUT_DIR --records 4000 --image-share 1 --image-size 448 --caption-words 1800
         # the GPU data-share row: 8k rows of 4 records, each a 448x448 image (196 tokens) and ~1,800 text tokens
+    python benchmarks/make_large_dataset.py OUT_DIR --records 20000 --image-share 0.1 --image-size 448 --median-words 500
+        # the realistic training set (issue 22): log-normal chat lengths around 500 words (the bench's
+        # packed rows: median 1/16 of an 8k row, sigma 0.8), one in ten around a 448x448 image
 
 OUT_DIR/records.jsonl holds `--records` chats, deterministic for a given count: a share
 `--image-share` are captions of one of the tiny set's 64x64 PNGs (copied into OUT_DIR/images, so
 each image record points at a real file), or with `--image-size N` of one of 16 random N×N PNGs
 written there, with `--caption-words` words of text around the image; the rest text chats of
-10–400 random words. The words
+10–400 random words. With `--median-words N` every record's words (user and assistant, the image
+records' too) are drawn log-normal around N instead, with the spread of `assemble bench`'s packed
+rows (assembler/bench/workload.py), so a training run on the set and the bench's packed row see
+documents of one length mix. The words
 come from a fixed list, so the token-length distribution is realistic in spread, not in content.
 """
 
@@ -16,11 +22,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import shutil
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from assembler.bench.workload import DOCUMENT_LENGTH_SIGMA  # noqa: E402 (the bench's spread, one source)
+
+MIN_WORDS = 8
 TINY_IMAGES = ROOT / "specs" / "data" / "tiny" / "images"
 WORDS = ("the model reads every token of a long document and learns to predict the next one from what came before "
          "packing keeps rows full attention stays inside each document while the optimizer steps").split()
@@ -33,6 +45,8 @@ def main() -> None:
     parser.add_argument("--image-share", type=float, default=0.2)
     parser.add_argument("--image-size", type=int, default=None, help="random N×N PNGs instead of the tiny set's 64×64")
     parser.add_argument("--caption-words", type=int, default=0, help="words of text beside each image (the user's turn)")
+    parser.add_argument("--median-words", type=int, default=None,
+                        help="log-normal record lengths around this many words (the bench's length spread)")
     args = parser.parse_args()
     images = args.out / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -52,10 +66,16 @@ def main() -> None:
     rng = random.Random(0)
     with (args.out / "records.jsonl").open("w") as out:
         for _ in range(args.records):
+            if args.median_words is not None:  # a third of the words the answer's, as chats are
+                words = max(MIN_WORDS, int(rng.lognormvariate(math.log(args.median_words), DOCUMENT_LENGTH_SIGMA)))
+                user_words, answer_words = words - words // 3, words // 3
             if rng.random() < args.image_share:
-                text = " ".join(["Describe the image."] + rng.choices(WORDS, k=args.caption_words))
+                caption = args.caption_words if args.median_words is None else user_words
+                text = " ".join(["Describe the image."] + rng.choices(WORDS, k=caption))
                 user = [{"type": "image", "path": f"images/{rng.choice(names)}"}, {"type": "text", "text": text}]
-                answer = " ".join(rng.choices(WORDS, k=rng.randint(3, 12)))
+                answer = " ".join(rng.choices(WORDS, k=rng.randint(3, 12) if args.median_words is None else answer_words))
+            elif args.median_words is not None:
+                user, answer = " ".join(rng.choices(WORDS, k=user_words)), " ".join(rng.choices(WORDS, k=answer_words))
             else:
                 user = " ".join(rng.choices(WORDS, k=rng.randint(10, 400)))
                 answer = " ".join(rng.choices(WORDS, k=rng.randint(5, 100)))
