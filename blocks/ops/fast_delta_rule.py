@@ -9,6 +9,16 @@ there. Instead its forward and backward run as two `torch.library` custom ops wi
 implementations, joined by an autograd.Function that Dynamo traces: a decoder layer compiles with
 `fullgraph=True`.
 
+Where Qwen's FlashQLA is installed (`pip install 'assemble[flashqla]'`: TileLang kernels, fused
+forward and backward) and applies (SM90/SM100, bf16/fp16, key and value head dims 128: Qwen3.5's
+linear layers), both ops run its `chunk_gated_delta_rule_fwd/bwd` instead of fla's: the same
+chunked algorithm, the same intermediates (chunk-local cumulative decay, the UT matrix A), measured
+1.6x fla's Triton forward + backward at 4B head shapes on an H200 (../shared/gpu/README.md). fla
+0.6's public entry point dispatches to it too, but is `torch.compiler.disable`d; through these
+custom ops a layer still compiles fullgraph. The choice is a function of the tensors' device,
+dtype and head dims, so a forward and its backward always take the same kernels; `kernel()` says
+which ran.
+
 fla 0.6.0 on Hopper with Triton >= 3.4, < 3.7.1 refuses the backward (`chunk_bwd_dqkwg`): Triton
 miscompiles that kernel's BK=64 tiling. With key head dim 128 fla tiles BK=128 on Hopper, which
 was measured correct (5e-3 relative error against float64 on Qwen3.5-4B shapes, bf16 rounding;
@@ -18,6 +28,8 @@ implementation (autograd through `blocks.ops.hf_delta_rule`), also with a log li
 checks the gradients against a float64 recurrence either way.
 """
 
+import functools
+import importlib.util
 import logging
 
 import torch
@@ -80,11 +92,21 @@ def gated_delta_rule_fwd(
     with torch.cuda.device(q.device):
         q_normed, q_rstd = l2norm_fwd(q)
         k_normed, k_rstd = l2norm_fwd(k)
-        g_cumsum, out, A, _, _, _ = chunk_gated_delta_rule_fwd(
-            q=q_normed, k=k_normed, v=v, g=g, beta=beta, scale=q.shape[-1] ** -0.5,
-            initial_state=None, output_final_state=False, cu_seqlens=cu_seqlens,
-            chunk_indices=prepare_chunk_indices(cu_seqlens, CHUNK_SIZE), chunk_size=CHUNK_SIZE,
-        )
+        if flash_qla_applies(k_normed, v):
+            import flash_qla
+
+            # auto_cp: FlashQLA's intra-card split of long documents; its context is rebuilt from
+            # cu_seqlens alone in the backward (no forward cache: a custom op returns tensors only).
+            g_cumsum, A, out, _, _, _ = flash_qla.chunk_gated_delta_rule_fwd(
+                q=q_normed, k=k_normed, v=v, g=g, beta=beta, scale=q.shape[-1] ** -0.5, initial_state=None,
+                cu_seqlens=cu_seqlens, output_final_state=False, auto_cp=True, enable_fwd_cp_cache=False, is_train=True,
+            )
+        else:
+            g_cumsum, out, A, _, _, _ = chunk_gated_delta_rule_fwd(
+                q=q_normed, k=k_normed, v=v, g=g, beta=beta, scale=q.shape[-1] ** -0.5,
+                initial_state=None, output_final_state=False, cu_seqlens=cu_seqlens,
+                chunk_indices=prepare_chunk_indices(cu_seqlens, CHUNK_SIZE), chunk_size=CHUNK_SIZE,
+            )
     # Fresh, contiguous tensors: the fake implementation promises exactly that layout to the compiler.
     outputs = (out.to(q.dtype), q_normed, q_rstd, k_normed, k_rstd, g_cumsum, A)
     return tuple(x.contiguous() for x in outputs)
@@ -120,6 +142,8 @@ def gated_delta_rule_bwd(
     cu_seqlens: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (dq, dk, dv, dg, dbeta), gradients w.r.t. the raw (un-normalised) q and k."""
+    if flash_qla_applies(k_normed, v):
+        return _flash_qla_backward(grad_out, q_normed, q_rstd, k_normed, k_rstd, v, g_cumsum, beta, A, cu_seqlens)
     if not fla_backward_is_safe(k_normed.shape[-1]):
         return _torch_backward(grad_out, q_normed, q_rstd, k_normed, k_rstd, v, g, beta, cu_seqlens)
 
@@ -143,6 +167,46 @@ def _gated_delta_rule_bwd_fake(grad_out, q_normed, q_rstd, k_normed, k_rstd, v, 
     return (
         torch.empty_like(q_normed), torch.empty_like(k_normed), torch.empty_like(v),
         g.new_empty(g.shape, dtype=torch.float32), torch.empty_like(beta),
+    )
+
+
+def _flash_qla_backward(grad_out, q_normed, q_rstd, k_normed, k_rstd, v, g_cumsum, beta, A, cu_seqlens):  # noqa: ANN001, ANN202
+    """FlashQLA's backward of the forward above (same intermediates), then the l2norm's."""
+    import flash_qla
+    from fla.modules.norm.l2norm import l2norm_bwd
+
+    with torch.cuda.device(grad_out.device):
+        dq, dk, dv, dbeta, dg, _ = flash_qla.chunk_gated_delta_rule_bwd(
+            q=q_normed, k=k_normed, v=v, g=g_cumsum, beta=beta, A=A, do=grad_out, dht=None,
+            scale=q_normed.shape[-1] ** -0.5, initial_state=None, cu_seqlens=cu_seqlens, auto_cp=True,
+        )
+        dq = l2norm_bwd(q_normed, q_rstd, dq)
+        dk = l2norm_bwd(k_normed, k_rstd, dk)
+    return tuple(x.contiguous() for x in (dq, dk, dv, dg, dbeta))
+
+
+# FlashQLA's kernels: SM90 (Hopper) and SM100/SM103 (Blackwell) run forward and backward; head dims 128 only.
+FLASH_QLA_ARCHS = (9, 10)
+FLASH_QLA_HEAD_DIM = 128
+
+
+@functools.cache
+def flash_qla_installed() -> bool:
+    return importlib.util.find_spec("flash_qla") is not None
+
+
+@functools.cache
+def _flash_qla_arch(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index)[0] in FLASH_QLA_ARCHS
+
+
+def flash_qla_applies(k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether FlashQLA runs this call: installed, a CUDA device of its architectures, bf16/fp16
+    inputs, key and value head dims 128 (k [.., Hk, Dk], v [.., Hv, Dv])."""
+    return (
+        k.is_cuda and k.dtype in (torch.bfloat16, torch.float16) and k.dtype == v.dtype
+        and k.shape[-1] == FLASH_QLA_HEAD_DIM and v.shape[-1] == FLASH_QLA_HEAD_DIM
+        and flash_qla_installed() and _flash_qla_arch(k.device.index if k.device.index is not None else torch.cuda.current_device())
     )
 
 
@@ -218,11 +282,14 @@ def hopper_guard_applies() -> bool:
 def kernel() -> str:
     """What this op runs on this machine, for OpTable.backends: fla's chunked kernels, and where
     fla's Hopper guard applies, which backward each key head dim gets (see the module docstring)."""
-    import importlib.util
-
     if importlib.util.find_spec("fla") is None:
         return "fla chunk_gated_delta_rule (fla not installed: cannot run here)"
     note = "fla chunk_gated_delta_rule forward and backward (Triton)"
+    if flash_qla_installed():
+        note = ("FlashQLA chunk_gated_delta_rule forward and backward (TileLang) for bf16/fp16 and head dims "
+                f"{FLASH_QLA_HEAD_DIM} on SM90/SM100, fla's (Triton) for any other call")
+    else:
+        note += "; FlashQLA, 1.6x faster on Hopper at Qwen3.5's head dims, is not installed (pip install 'assemble[flashqla]')"
     if hopper_guard_applies():
         note += (f"; Hopper with Triton < 3.7.1: fla's backward for key head dim {HOPPER_SAFE_KEY_HEAD_DIM} "
                  "(guard lifted), the torch chunked backward for any other")
