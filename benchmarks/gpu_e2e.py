@@ -34,7 +34,11 @@ TEXT_ONLY = ["data.sources=[{path: %s}]" % (ROOT / "specs" / "data" / "tiny" / "
 STEPS = {"fast": 20, "hf": 6}
 KILL_CHECKPOINT = 10  # the kill cell checkpoints here and is killed after step KILL_AFTER
 KILL_AFTER = 13
-RESUMED_LOSS_RTOL = 1e-3
+# A resume continues the run bitwise (issue 23) wherever the reference cell (one process) and the
+# kill cell (torchrun) run the same code before the kill, as on a GPU (FSDP2 over a world of one
+# both): then any difference is red. On the CPU one process is unsharded and torchrun sharded, two
+# code paths that differ in the last bits from step 1, so only closeness can be checked there.
+RESUMED_LOSS_RTOL_ACROSS_CODE_PATHS = 1e-3
 BENCH_AGREEMENT = 0.05  # |bench / train - 1| of steady-state tokens/s
 
 
@@ -142,7 +146,7 @@ def kill_cell(runs: Path, out: Path, reference: Path | None, export_dir: Path) -
         before = [s for s in sorted(first["metrics"]) if s in ref]
         worst_before = max((abs(first["metrics"][s]["loss"] - ref[s]["loss"]) / abs(ref[s]["loss"]) for s in before), default=None)
         row.update(resumed_steps=steps, resumed_worst_rel=worst, before_kill_worst_rel=worst_before,
-                   resume_ok=worst is not None and worst <= RESUMED_LOSS_RTOL)
+                   resume_ok=worst is not None and worst <= (0.0 if worst_before == 0.0 else RESUMED_LOSS_RTOL_ACROSS_CODE_PATHS))
         row["ok"] = row["ok"] and row["resume_ok"]
     if second["rc"] == 0:
         shutil.rmtree(export_dir, ignore_errors=True)

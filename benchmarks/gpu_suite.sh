@@ -15,6 +15,8 @@
 # "images4": the one/fast/images cell on 8k rows of four 448x448 images each (issue 16's data share;
 # IMAGES4_WORKERS collating workers, default 4); "realistic": `assemble train` and `assemble bench`
 # (packed and the set's own rows) of the e2e spec on a generated set shaped like real use (issue 22);
+# "longctx": one document of LONG_SEQS tokens per step through `assemble train` (issue 22); "masters":
+# fp32 against bf16 master parameters, MASTERS_STEPS steps of the realistic set, both loss curves;
 # LEVER_SPEC / LEVER_BACKEND replace their spec and backend, e.g. for a CPU dry run); ANCHORS the baseline's anchor rows
 # (default "plain liger plain-noac liger-noac"), BASE_FLAGS its extra flags (default --memory-peak);
 # SUITE_SEQS the text sizes (BASE_SEQS, NOAC_SEQS per part); SUITE_TESTS the pytest selection
@@ -153,6 +155,31 @@ run_part() {
       timeout "$(t realistic 600)" python3 cli.py bench benchmarks/specs/e2e_4b.yaml -o ops.backend=fast -o "$sources" \
         --seq 8192 --layout packed --layout data --steps $STEPS --warmup $WARMUP --no-profile \
         --label "ours as shipped, realistic set" --json "$OUT/ours_realistic.json" 2>&1 | tail -20 ;;
+    masters)
+      # Issue 22: do bf16 masters (train.dtype=bfloat16) lose anything against the default fp32
+      # masters? MASTERS_STEPS (default 200) steps of the realistic set each, then both loss curves.
+      python3 benchmarks/make_large_dataset.py /root/ds_realistic --records 20000 --image-share 0.1 --image-size 448 --median-words 500
+      for dtype in float32 bfloat16; do
+        echo "== the real CLI, $dtype masters, ${MASTERS_STEPS:-200} steps of the realistic set"
+        timeout "$(t masters 900)" python3 cli.py train benchmarks/specs/e2e_4b.yaml -o ops.backend=fast \
+          -o 'data.sources=[{"path":"/root/ds_realistic/records.jsonl"}]' -o data.workers=2 -o train.dtype=$dtype \
+          -o train.steps=${MASTERS_STEPS:-200} -o train.log_every=1 -o "train.schedule={name: cosine, warmup_steps: 20, min_lr_ratio: 0.1}" \
+          --output-dir /root/masters_$dtype > "$OUT/masters_$dtype.log" 2>&1
+        tail -2 "$OUT/masters_$dtype.log"
+      done
+      python3 benchmarks/compare_loss_curves.py /root/masters_float32/metrics.jsonl /root/masters_bfloat16/metrics.jsonl \
+        --labels "fp32 masters" "bf16 masters" | tee "$OUT/masters_curves.txt" ;;
+    longctx)
+      # Issue 22: one document per row of LONG_SEQS tokens (default 32k 64k 128k) through `assemble
+      # train` with the shipped defaults (activation checkpointing auto under the card's memory); a
+      # size that cannot fit is refused before step 1 with what to set, which the log keeps.
+      python3 benchmarks/make_large_dataset.py /root/ds_long --records 32 --image-share 0 --words 150000
+      for seq in ${LONG_SEQS:-32768 65536 131072}; do
+        echo "== the real CLI, one document of $seq tokens per step"
+        timeout "$(t longctx 420)" python3 benchmarks/gpu_e2e.py --out "$OUT/long_$seq" --runs /root/e2e_runs_long --cells one/fast/text \
+          --override 'data.sources=[{"path":"/root/ds_long/records.jsonl"}]' --override "train.tokens_per_step=$seq" \
+          --override "data.packing.length=$seq" --override "train.steps=${LONG_STEPS:-6}" 2>&1 | tail -12
+      done ;;
     vlm)
       echo "== ours: VLM row, four 448x448 images in 8k tokens"
       timeout "$(t vlm 300)" python3 cli.py bench specs/qwen3_5_4b.yaml -o ops.backend=fast --seq 8192 --images 4x448x448 \

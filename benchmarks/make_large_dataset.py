@@ -4,6 +4,8 @@
     python benchmarks/make_large_dataset.py OUT_DIR --records 4000 --image-share 1 --image-size 448 --caption-words 1800
         # the GPU data-share row: 8k rows of 4 records, each a 448x448 image (196 tokens) and ~1,800 text tokens
     python benchmarks/make_large_dataset.py OUT_DIR --records 20000 --image-share 0.1 --image-size 448 --median-words 500
+    python benchmarks/make_large_dataset.py OUT_DIR --records 64 --image-share 0 --words 70000
+        # long-context rows: every record one document of ~70k words (truncated to the row)
         # the realistic training set (issue 22): log-normal chat lengths around 500 words (the bench's
         # packed rows: median 1/16 of an 8k row, sigma 0.8), one in ten around a 448x448 image
 
@@ -47,6 +49,8 @@ def main() -> None:
     parser.add_argument("--caption-words", type=int, default=0, help="words of text beside each image (the user's turn)")
     parser.add_argument("--median-words", type=int, default=None,
                         help="log-normal record lengths around this many words (the bench's length spread)")
+    parser.add_argument("--words", type=int, default=None,
+                        help="every record exactly this many words (long-context rows: one document each)")
     args = parser.parse_args()
     images = args.out / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -64,17 +68,18 @@ def main() -> None:
             pixels = noise.integers(0, 256, (args.image_size, args.image_size, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(images / name)
     rng = random.Random(0)
+    original_mix = args.words is None and args.median_words is None  # 10-400-word chats, short captions
     with (args.out / "records.jsonl").open("w") as out:
         for _ in range(args.records):
-            if args.median_words is not None:  # a third of the words the answer's, as chats are
-                words = max(MIN_WORDS, int(rng.lognormvariate(math.log(args.median_words), DOCUMENT_LENGTH_SIGMA)))
+            if args.words is not None or args.median_words is not None:  # a third of the words the answer's, as chats are
+                words = args.words or max(MIN_WORDS, int(rng.lognormvariate(math.log(args.median_words), DOCUMENT_LENGTH_SIGMA)))
                 user_words, answer_words = words - words // 3, words // 3
             if rng.random() < args.image_share:
-                caption = args.caption_words if args.median_words is None else user_words
+                caption = args.caption_words if original_mix else user_words
                 text = " ".join(["Describe the image."] + rng.choices(WORDS, k=caption))
                 user = [{"type": "image", "path": f"images/{rng.choice(names)}"}, {"type": "text", "text": text}]
-                answer = " ".join(rng.choices(WORDS, k=rng.randint(3, 12) if args.median_words is None else answer_words))
-            elif args.median_words is not None:
+                answer = " ".join(rng.choices(WORDS, k=rng.randint(3, 12) if original_mix else answer_words))
+            elif not original_mix:
                 user, answer = " ".join(rng.choices(WORDS, k=user_words)), " ".join(rng.choices(WORDS, k=answer_words))
             else:
                 user = " ".join(rng.choices(WORDS, k=rng.randint(10, 400)))
