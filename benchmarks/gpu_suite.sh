@@ -153,8 +153,8 @@ run_part() {
       timeout "$(t realistic 600)" python3 benchmarks/gpu_e2e.py --out "$OUT" --cells one/fast/images \
         --override "$sources" --override "data.workers=${REALISTIC_WORKERS:-2}" 2>&1 | tail -30
       timeout "$(t realistic 600)" python3 cli.py bench benchmarks/specs/e2e_4b.yaml -o ops.backend=fast -o "$sources" \
-        --seq 8192 --layout packed --layout data --steps $STEPS --warmup $WARMUP --no-profile \
-        --label "ours as shipped, realistic set" --json "$OUT/ours_realistic.json" 2>&1 | tail -20 ;;
+        --seq 8192 --layout packed --layout data --steps $STEPS --warmup $WARMUP \
+        --label "ours as shipped, realistic set" --json "$OUT/ours_realistic.json" 2>&1 | tail -60 ;;
     masters)
       # Issue 22: do bf16 masters (train.dtype=bfloat16) lose anything against the default fp32
       # masters? MASTERS_STEPS (default 200) steps of the realistic set each, then both loss curves.
