@@ -41,7 +41,7 @@ def test_fsdp_world_size_one_shards_the_head_and_computes_as_unsharded(single_ra
     from torch.distributed.fsdp import FSDPModule
 
     assert isinstance(sharded.mtp.layers[0], FSDPModule)
-    assert sharded.mtp.layers[0].parallel_policy.fsdp_units == [""]
+    assert sharded.mtp.layers[0].parallel_policy.sharded
 
     ids = torch.randint(0, 1000, (1, 24), generator=torch.Generator().manual_seed(0))
     expected, got = plain(ids, labels=ids), sharded(ids, labels=ids)

@@ -72,6 +72,7 @@ class BlockPolicy:
     compiled: bool = False
     fullgraph: bool = False
     compile_mode: str | None = None  # torch.compile mode; None = its default
+    sharded: bool = False  # an FSDP2 unit
     replicated: list[str] = field(default_factory=list)  # its parameters FSDP2 leaves whole (fp32-kept), relative names
 
 
@@ -215,6 +216,7 @@ def apply_fsdp(
     )
     for name, block, _ in blocks:
         fully_shard(block, **common)
+        block.parallel_policy.sharded = True
         block.parallel_policy.replicated = sorted(n for n, _ in block.named_parameters() if f"{name}.{n}" in replicated)
 
     if not getattr(model, "tie_word_embeddings", False):
