@@ -6,6 +6,7 @@ Semantic checks run only on a spec the schema accepts, so they may trust types a
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Callable, Iterable
 
 import jsonschema
@@ -80,8 +81,10 @@ def schema_problems(spec: Any) -> list[Problem]:
 
 
 def semantic_problems(spec: dict) -> list[Problem]:
-    """The cross-field rules of a schema-valid spec."""
-    problems: list[Problem] = []
+    """The cross-field rules of a schema-valid spec (one with finite numbers: the rules compute with them)."""
+    problems = list(_check_finite_numbers(spec))
+    if problems:
+        return problems
     for check in _SEMANTIC_CHECKS:
         problems.extend(check(spec))
     return problems
@@ -118,6 +121,9 @@ def _problems_from(error: jsonschema.ValidationError) -> list[Problem]:
                 problems.append(Problem(format_path(path + [key]), "required key is missing", hint, expected=description))
         return problems
     expected = _describe(schema)
+    if kind == "type" and "propertyNames" in error.relative_schema_path:  # a YAML key such as `5:` or `true:`
+        return [Problem(format_path(path), f"the key {_show(value)} is {_kind_of(value)}, expected a name",
+                        schema.get("description", ""), value, "a name")]
     if kind == "enum":
         options = error.validator_value
         return [Problem(format_path(path), f"{_show(value)} is not one of {', '.join(map(str, options))}",
@@ -230,7 +236,7 @@ def _check_layer_types_named(spec: Any) -> Iterable[Problem]:
     text = spec.get("model", {}).get("text") if isinstance(spec, dict) and isinstance(spec.get("model"), dict) else None
     if not isinstance(text, dict) or not isinstance(text.get("layer_types"), dict) or not isinstance(text.get("layers"), list):
         return
-    declared = list(text["layer_types"])
+    declared = [str(name) for name in text["layer_types"]]  # a non-string key is the schema's to report
     for index, name in enumerate(text["layers"]):
         if isinstance(name, str) and name not in declared:
             yield Problem(f"model.text.layers[{index}]", f"{name!r} is not a layer type of model.text.layer_types",
@@ -382,6 +388,20 @@ def _checkpointed_by(spec: dict, entries: list) -> set[int]:
     named = {i for i in entries if isinstance(i, int)}
     named |= {i for i, t in enumerate(layer_types) if t in entries}
     return named | ({-1} if "vision" in entries else set())
+
+
+def _check_finite_numbers(spec: dict) -> Iterable[Problem]:
+    """No setting is infinite or NaN (YAML's .inf, .nan): JSON Schema's bounds cannot say so, as
+    NaN passes every comparison, and such a value would reach the model as a tensor of NaNs."""
+    stack: list[tuple[Any, tuple]] = [(spec, ())]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            yield Problem(format_path(path), f"{node} is not a finite number", "write a number", node, "a finite number")
+        elif isinstance(node, dict):
+            stack.extend((value, path + (key,)) for key, value in reversed(node.items()))
+        elif isinstance(node, list):
+            stack.extend((value, path + (index,)) for index, value in reversed(list(enumerate(node))))
 
 
 def _check_registered_blocks(spec: dict) -> Iterable[Problem]:
