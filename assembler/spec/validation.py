@@ -208,8 +208,10 @@ def _type_hint(value: Any, types: str | list[str]) -> str:
         except ValueError:
             return ""
         mantissa, _, exponent = value.partition("e") if "e" in value else value.partition("E")
-        if exponent and "." not in mantissa:
-            return f"write {mantissa}.0e{exponent}: YAML reads a number with an exponent but no '.' as a string"
+        sign = "" if exponent[:1] in ("+", "-") else "+"
+        if exponent and ("." not in mantissa or sign):
+            return (f"write {mantissa if '.' in mantissa else mantissa + '.0'}e{sign}{exponent}: YAML reads a number "
+                    "with an exponent as a string unless it has a '.' and a signed exponent")
         return "write it without quotes"
     if isinstance(value, float) and value.is_integer() and "integer" in wanted:
         return f"write {int(value)} (no decimal point)"
