@@ -136,11 +136,17 @@ class VisionTower(nn.Module):
 
     @staticmethod
     def settings_problems(settings: dict) -> Iterator[SettingProblem]:
-        """Every attention head gets the same share of the width; the position grid is square."""
+        """Every attention head gets the same share of the width, a multiple of 4; the position grid is square."""
         width, heads = settings["hidden_size"], settings["num_heads"]
         if width % heads:
             yield SettingProblem("num_heads", f"{heads} does not divide hidden_size {width}",
                                  f"set num_heads to a divisor of hidden_size ({divisors(width)})", heads, f"a divisor of {width}")
+        elif (width // heads) % 4:  # the 2D rotary embedding splits a head in two axes, each in cos/sin halves
+            fitting = ", ".join(str(h) for h in range(1, width // 4 + 1) if width % (4 * h) == 0)
+            yield SettingProblem("num_heads", f"hidden_size {width} / num_heads {heads} = head_dim {width // heads}, "
+                                 "not a multiple of 4 (the 2D rotary embedding's two axes of cos/sin halves)",
+                                 f"set num_heads to one of {fitting}" if fitting else "make hidden_size a multiple of 4",
+                                 heads, "hidden_size / num_heads a multiple of 4")
         positions = settings["num_position_embeddings"]
         side = math.isqrt(positions)
         if side * side != positions:

@@ -58,8 +58,8 @@ def _parent(root: Any, path: tuple) -> Any:
 
 @st.composite
 def mutated(draw: st.DrawFn, document: dict, max_mutations: int = 3, depths: tuple[int, ...] = (2, 40)) -> dict:
-    """`document` (a spec or a record) with one to `max_mutations` of: a value replaced, a key
-    deleted, a key added, a key renamed (to a number or a bad name), a value nested one of
+    """`document` (a spec or a record) with one to `max_mutations` of: a value replaced (or an
+    integer by a small one), a key deleted, a key added, a key renamed (to a number or a bad name), a value nested one of
     `depths` lists deep. (PyYAML takes seconds to reach its recursion limit, so a spec's fuzz
     stays shallow and tests/test_input_regressions.py holds the specs thousands deep.)"""
     doc = json.loads(json.dumps(document))  # a private copy
@@ -69,8 +69,10 @@ def mutated(draw: st.DrawFn, document: dict, max_mutations: int = 3, depths: tup
             break
         path = draw(st.sampled_from(paths))
         parent, key = _parent(doc, path), path[-1]
-        action = draw(st.sampled_from(["replace", "replace", "delete", "add", "rename", "nest"]))
-        if action == "replace":
+        action = draw(st.sampled_from(["replace", "replace", "small", "small", "delete", "add", "rename", "nest"]))
+        if action == "small" and isinstance(parent[key], int) and not isinstance(parent[key], bool):
+            parent[key] = draw(st.integers(1, 8))  # a size that may still validate, so the build is reached
+        elif action == "replace":
             parent[key] = draw(VALUES)
         elif action == "delete":
             del parent[key]

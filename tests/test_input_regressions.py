@@ -184,6 +184,8 @@ def test_an_image_past_the_decompression_bomb_limit_obeys_on_error(tmp_path, sma
     ("model.text.vocab_size=1000000000000000000000000000000", "model.text.vocab_size: 1000000000000000000000000000000 is above the maximum"),
     ("model.text.layer_types.full.mlp.intermediate_size=10000000000", "model.text.layer_types.full.mlp.intermediate_size: 10000000000 is above the maximum"),
     ("model.vision.num_position_embeddings=65", "model.vision.num_position_embeddings: 65 is not a square number"),
+    ("model.vision.hidden_size=20", "model.vision.num_heads: hidden_size 20 / num_heads 2 = head_dim 10, not a multiple of 4 (the 2D rotary embedding's two axes of cos/sin halves) — set num_heads to one of 1, 5"),
+    ("model.vision.hidden_size=6", "model.vision.num_heads: hidden_size 6 / num_heads 2 = head_dim 3, not a multiple of 4"),
     ("model.text.rope.partial_rotary_factor=.nan", "model.text.rope.partial_rotary_factor: nan is not a finite number"),
     ("train.optimizer.lr=.inf", "train.optimizer.lr: inf is not a finite number"),
     ("data.sources=[{path: data/tiny/chats.jsonl, weight: 1.0e+300}]", "data.sources[0].weight: 1e+300 is above the maximum 1000"),
@@ -227,3 +229,27 @@ def test_a_damaged_resolved_spec_in_the_run_folder_is_a_run_folder_error(tmp_pat
     (tmp_path / RESOLVED_SPEC_FILE).write_text(saved)
     with pytest.raises(RunFolderError, match=f"(?s){RESOLVED_SPEC_FILE}: .*the run folder is damaged"):
         check_same_model(tmp_path, "model: {}\n")
+
+
+# --- found by the fuzz (tests/test_fuzz_inputs.py) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("override, message", [
+    ('data.sources=[{path: "a\\0b.jsonl"}]', "data.sources[0].path: 'a\\x00b.jsonl' is not a usable path: it contains a NUL byte"),
+    ("data.tokenizer=" + "t" * 300, "data.tokenizer: '" + "t" * 77 + "...' is not a usable path: it has a file or folder name of 300 bytes"),
+    ("train.init_from=" + "d/" * 2500, "train.init_from: '" + "d/" * 38 + "d...' is not a usable path: it is 5,000 bytes long"),
+    ("train.output_dir=" + "o" * 256, "train.output_dir: '" + "o" * 77 + "...' is not a usable path: it has a file or folder name of 256 bytes"),
+])
+@pytest.mark.parametrize("command", ["validate", "data", "train"])
+def test_a_spec_path_the_os_would_refuse_is_refused_by_validation(command, override, message):
+    """Such paths raised ValueError / OSError from the first open() of `data` or `train`."""
+    result = _run(command, TINY, "-o", override)
+    assert result.exit_code == USER_ERROR_EXIT_CODE
+    assert f"{TINY}: {message}" in result.output
+
+
+def test_a_packing_length_past_the_row_is_refused_by_validation():
+    """`assemble data` planned rows with it and raised ValueError in the planner."""
+    result = _run("data", TINY, "-o", "train.tokens_per_step=16")
+    assert result.exit_code == USER_ERROR_EXIT_CODE
+    assert f"{TINY}: data.packing.length: 256 is larger than train.tokens_per_step 16" in result.output

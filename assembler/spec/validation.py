@@ -45,6 +45,27 @@ _TYPE_CHECKER = Draft202012Validator.TYPE_CHECKER.redefine(
 )
 _SpecValidator = jsonschema.validators.extend(Draft202012Validator, type_checker=_TYPE_CHECKER)
 
+# `format: path` marks the settings that name a file or folder. What the OS would refuse in one (a
+# NUL byte, a name or path past its length limits) is refused here, at the setting, not by the
+# first open() in the middle of a run.
+_FORMAT_CHECKER = jsonschema.FormatChecker(formats=())
+PATH_NAME_MAX, PATH_MAX = 255, 4095  # bytes: POSIX's NAME_MAX and PATH_MAX less the final NUL
+
+
+@_FORMAT_CHECKER.checks("path", raises=ValueError)
+def _is_usable_path(value: Any) -> bool:
+    if not isinstance(value, str):
+        return True  # the type is the schema's to check
+    encoded = value.encode("utf-8", "surrogateescape")
+    if b"\0" in encoded:
+        raise ValueError("it contains a NUL byte, which no file name can")
+    if len(encoded) > PATH_MAX:
+        raise ValueError(f"it is {len(encoded):,} bytes long, past the {PATH_MAX:,} a path may have")
+    longest = max(encoded.split(b"/"), key=len)
+    if len(longest) > PATH_NAME_MAX:
+        raise ValueError(f"it has a file or folder name of {len(longest):,} bytes, past the {PATH_NAME_MAX} a name may have")
+    return True
+
 
 # Spec keys renamed to transformers' config names (so spec <-> config.json is a rule, not a
 # table): an old spec's key gets the new name as its hint.
@@ -73,7 +94,7 @@ def validate_spec_dict(spec: dict, file: str | None = None) -> None:
 
 def schema_problems(spec: Any) -> list[Problem]:
     """Every JSON Schema violation of `spec`, as readable problems (document order)."""
-    validator = _SpecValidator(cached_schema())
+    validator = _SpecValidator(cached_schema(), format_checker=_FORMAT_CHECKER)
     problems: list[Problem] = []
     for error in validator.iter_errors(spec):
         problems.extend(_problems_from(error))
@@ -153,6 +174,10 @@ def _problems_from(error: jsonschema.ValidationError) -> list[Problem]:
                         schema.get("description", ""), value, expected)]
     if kind == "not":  # a reserved value (a name the schema keeps for something else)
         return [Problem(format_path(path), f"{_show(value)} is not allowed here", schema.get("description", ""), value, expected)]
+    if kind == "format":
+        shown = _show(value) if len(str(value)) <= 80 else _show(str(value)[:77] + "...")
+        return [Problem(format_path(path), f"{shown} is not a usable {error.validator_value}: {error.cause}",
+                        "", value, expected)]
     if kind == "minLength":
         return [Problem(format_path(path), "must not be empty", schema.get("description", ""), value, expected)]
     return [Problem(format_path(path), error.message, "", value, expected)]
@@ -392,6 +417,16 @@ def _checkpointed_by(spec: dict, entries: list) -> set[int]:
     return named | ({-1} if "vision" in entries else set())
 
 
+def _check_packing_length(spec: dict) -> Iterable[Problem]:
+    """A document must fit one row: data.packing.length at most train.tokens_per_step (`assemble data`
+    packed with the longer length and failed inside the planner; the loader refuses it too)."""
+    length, row = spec["data"]["packing"]["length"], spec["train"]["tokens_per_step"]
+    if length is not None and length > row:
+        yield Problem("data.packing.length", f"{length} is larger than train.tokens_per_step {row}",
+                      "a document must fit one row: lower data.packing.length or raise train.tokens_per_step",
+                      length, f"<= {row}")
+
+
 def _check_finite_numbers(spec: dict) -> Iterable[Problem]:
     """No setting is infinite or NaN (YAML's .inf, .nan): JSON Schema's bounds cannot say so, as
     NaN passes every comparison, and such a value would reach the model as a tensor of NaNs."""
@@ -433,5 +468,6 @@ _SEMANTIC_CHECKS: tuple[Callable[[dict], Iterable[Problem]], ...] = (
     _check_vision,
     _check_token_ids,
     _check_activation_checkpointing,
+    _check_packing_length,
     _check_registered_blocks,
 )
