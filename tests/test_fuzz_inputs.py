@@ -3,7 +3,7 @@ files they name, checkpoint and `train.init_from` folders each end `assemble val
 `data` or `train` with exit code 0 or 2, and leave every file the run did not create as it was.
 
 Driven in this process through click's runner (tests/fuzz_inputs.py). Seeded (`derandomize`) and
-small: a few dozen examples in all, most of them `validate`/`build` in milliseconds; `data` and
+small: about a hundred examples in all, most of them `validate`/`build` in milliseconds; `data` and
 `train` run on a handful of records with the tiny specs, `train` for one step and without export.
 The strategies and the budget are tuned so the module stays well under a minute on a 2-core CPU.
 """
@@ -152,7 +152,7 @@ def _write_table(path: Path, rows: list) -> bool:
     return True
 
 
-@fuzz_settings(examples=10)
+@fuzz_settings(examples=8)
 @given(file=data_files(), on_error=st.sampled_from(["raise", "skip"]), length=st.sampled_from([16, 64, 256]))
 def test_fuzzed_records_and_media_read_without_a_traceback(media, file, on_error, length):
     kind, content = file
@@ -264,9 +264,11 @@ def _linked_copy(source: Path, target: Path) -> None:
     shutil.copytree(source, target, copy_function=os.link)
 
 
-@fuzz_settings(examples=4)
-@given(which=st.sampled_from(["resume", "init_from"]), data=st.data())
-def test_fuzzed_checkpoint_and_init_from_folders_without_a_traceback(trained, which, data):
+@fuzz_settings(examples=5)
+@given(which=st.sampled_from(["resume", "init_from", "records"]), data=st.data())
+def test_fuzzed_checkpoint_init_from_and_records_train_without_a_traceback(trained, media, which, data):
+    if which == "records":
+        return _train_on_fuzzed_records(trained, media, *data.draw(data_files()), data.draw(st.sampled_from(["raise", "skip"])))
     name, action, how = data.draw(folder_damage(trained["files"][which]))
     with tempfile.TemporaryDirectory(dir=trained["spec"].parent) as folder:
         work = Path(folder)
@@ -289,6 +291,23 @@ def test_fuzzed_checkpoint_and_init_from_folders_without_a_traceback(trained, wh
         run_cli(["train", str(trained["spec"]), *args])
         after = {**file_states(watched), **file_states(trained["spec"].parent, top_level_only=True)}
         assert after == before
+
+
+def _train_on_fuzzed_records(trained: dict[str, Path], media: Path, kind: str, content: bytes | list, on_error: str) -> None:
+    with tempfile.TemporaryDirectory(dir=media.parent) as folder:
+        data = Path(folder)
+        source = data / f"data.{kind}"
+        if kind == "jsonl":
+            source.write_bytes(content)
+        elif not _write_table(source, content):
+            return
+        for name in os.listdir(media):
+            os.symlink(media / name, data / name)
+        before = {**file_states(data), **file_states(media), **file_states(trained["spec"].parent, top_level_only=True)}
+        run_cli(["train", str(trained["spec"]), *TRAIN_ONE_STEP, "-o", f"data.sources=[{{path: {source}}}]",
+                 "-o", f"data.on_error={on_error}", "--output-dir", str(data / "run")])
+        after = {**file_states(data), **file_states(media), **file_states(trained["spec"].parent, top_level_only=True)}
+        assert {k: v for k, v in after.items() if "/run/" not in k} == before
 
 
 def test_the_damage_helpers_change_what_they_say(tmp_path):
