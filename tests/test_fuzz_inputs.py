@@ -152,9 +152,14 @@ def _write_table(path: Path, rows: list) -> bool:
     return True
 
 
+TINY_DATA_SETTINGS = {key: SPEC_DOCS["qwen3_5_tiny.yaml"][key] for key in ("data", "train")}
+
+
 @fuzz_settings(examples=8)
-@given(file=data_files(), on_error=st.sampled_from(["raise", "skip"]), length=st.sampled_from([16, 64, 256]))
-def test_fuzzed_records_and_media_read_without_a_traceback(media, file, on_error, length):
+@given(file=data_files(), on_error=st.sampled_from(["raise", "skip"]), length=st.sampled_from([16, 64, 256]),
+       settings_overrides=st.one_of(st.just([]), overrides_for(TINY_DATA_SETTINGS)))
+def test_fuzzed_records_and_media_read_without_a_traceback(media, file, on_error, length, settings_overrides):
+    """`assemble data` on fuzzed records, now and then with a fuzzed data or train setting too."""
     kind, content = file
     with tempfile.TemporaryDirectory(dir=media.parent) as folder:
         data = Path(folder)
@@ -169,7 +174,8 @@ def test_fuzzed_records_and_media_read_without_a_traceback(media, file, on_error
         shutil.copy(REPO / "specs" / "qwen3_5_tiny.yaml", spec)
         before = {**file_states(data), **file_states(media)}
         run_cli(["data", str(spec), "-o", f"data.sources=[{{path: {source.name}}}]", "-o", f"data.on_error={on_error}",
-                 "-o", f"data.packing.length={length}", "-o", f"train.tokens_per_step={length}"])
+                 "-o", f"data.packing.length={length}", "-o", f"train.tokens_per_step={length}",
+                 *(arg for override in settings_overrides for arg in ("-o", override))])
         after = {**file_states(data), **file_states(media)}
         assert after == before
 
