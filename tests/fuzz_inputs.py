@@ -18,7 +18,7 @@ import yaml
 from click.testing import CliRunner
 from hypothesis import strategies as st
 
-from assembler.spec_errors import USER_ERROR_EXIT_CODE
+from assembler.spec.errors import USER_ERROR_EXIT_CODE
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_SPECS = sorted((REPO / "specs").glob("*.yaml"))

@@ -191,7 +191,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     """A text-only tiny spec (qwen3_tiny) with three records, a run folder of one step (its
     checkpoint to resume from) and an HF folder of the same model (to start from)."""
     from assembler import build_model, load_spec
-    from assembler.hf_checkpoint.writing import save_hf_checkpoint
+    from assembler.hf.checkpoint.writing import save_hf_checkpoint
 
     folder = tmp_path_factory.mktemp("trained")
     spec = folder / "spec.yaml"

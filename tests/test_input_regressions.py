@@ -19,8 +19,8 @@ from PIL import Image
 
 from assembler.data import DataError, ImageProcessor
 from assembler.data.records import ReadResult, read_jsonl_line
-from assembler.hf_checkpoint.errors import CheckpointError
-from assembler.spec_errors import USER_ERROR_EXIT_CODE
+from assembler.hf.checkpoint.errors import CheckpointError
+from assembler.spec.errors import USER_ERROR_EXIT_CODE
 from cli import assemble
 
 TINY = Path(__file__).resolve().parents[1] / "specs" / "qwen3_5_tiny.yaml"
@@ -117,7 +117,7 @@ def test_a_deeply_nested_config_json_is_a_user_error(tmp_path):
 
 
 def test_a_deeply_nested_checkpoint_folder_config_is_a_checkpoint_error(tmp_path):
-    from assembler.hf_checkpoint.reading import open_checkpoint_folder
+    from assembler.hf.checkpoint.reading import open_checkpoint_folder
 
     (tmp_path / "config.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(CheckpointError, match="config.json: not valid JSON"):
@@ -205,7 +205,7 @@ def test_a_number_no_model_can_be_built_with_is_refused_by_validation(command, o
 @pytest.mark.parametrize("header", [b"[1, 2]", b'{"w": {"dtype": "F32", "shape": ["x"], "data_offsets": [0, 4]}}',
                                     b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}'])
 def test_a_safetensors_header_of_the_wrong_shape_is_a_checkpoint_error(tmp_path, header):
-    from assembler.hf_checkpoint.reading import read_safetensors_header
+    from assembler.hf.checkpoint.reading import read_safetensors_header
 
     path = tmp_path / "model.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
@@ -214,7 +214,7 @@ def test_a_safetensors_header_of_the_wrong_shape_is_a_checkpoint_error(tmp_path,
 
 
 def test_an_index_whose_weight_map_is_not_an_object_is_a_checkpoint_error(tmp_path):
-    from assembler.hf_checkpoint.reading import open_checkpoint_folder
+    from assembler.hf.checkpoint.reading import open_checkpoint_folder
 
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": ["model.safetensors"]}')
