@@ -86,7 +86,8 @@ class ImageProcessor:
 def _decode(image, path: Path) -> None:
     try:
         image.load()
-    except Exception as error:  # noqa: BLE001 (Pillow's decoders raise OSError, SyntaxError, ValueError, struct.error, EOFError, ... on a damaged file)
+    # Pillow's decoders raise OSError, SyntaxError, ValueError, struct.error, EOFError, ... on a damaged file.
+    except Exception as error:  # noqa: BLE001
         raise DataError(f"image {path} cannot be decoded ({error}); replace or remove it") from None
 
 
@@ -102,5 +103,5 @@ def _open(path: Path):
                         "safe decode; downscale it (training resizes within data.images.max_pixels anyway)") from None
     except (UnidentifiedImageError, OSError) as error:
         raise DataError(f"image {path} cannot be read as an image ({error})") from None
-    except Exception as error:  # noqa: BLE001 (a header Pillow's parser chokes on: struct.error, SyntaxError, ...)
+    except Exception as error:  # noqa: BLE001 (a header Pillow's parsers choke on: struct.error, SyntaxError, ...)
         raise DataError(f"image {path} cannot be read as an image ({type(error).__name__}: {error})") from None

@@ -201,8 +201,8 @@ def _parse_content(content: object, where: str, base_dir: Path) -> tuple[Content
             relative = part.get("path", part.get(kind))
             if not isinstance(relative, str) or not relative:
                 raise DataError(f"{at}: {'an image' if kind == 'image' else 'a video'} part needs a 'path' (relative to the JSONL file)")
-            parts.append(ImagePart(path=_media_file(relative, kind, at, base_dir)) if kind == "image"
-                         else VideoPart(path=_media_file(relative, kind, at, base_dir)))
+            path = _media_file(relative, kind, at, base_dir)
+            parts.append(ImagePart(path=path) if kind == "image" else VideoPart(path=path))
         else:
             raise DataError(
                 f"{at}: expected {{\"type\": \"text\", \"text\": ...}}, {{\"type\": \"image\", \"path\": ...}} or "

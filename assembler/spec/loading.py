@@ -160,7 +160,8 @@ def _with_a_compile_policy_per_block_type(spec: dict) -> dict:
     policy_schema = cached_schema()["$defs"]["compile_policy"]
     valid_name = re.compile(cached_schema()["properties"]["parallel"]["properties"]["compile"]["propertyNames"]["pattern"])
     for block_type in block_type_names(spec["model"]):
-        if isinstance(block_type, str) and block_type not in compile_section and valid_name.match(block_type):  # a bad name is reported once, where it is
+        # A bad name (or a key that is no name at all, YAML's `5:`) is reported once, where it is.
+        if isinstance(block_type, str) and block_type not in compile_section and valid_name.match(block_type):
             compile_section[block_type] = fill_defaults({}, policy_schema)
     return spec
 
