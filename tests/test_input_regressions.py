@@ -253,3 +253,25 @@ def test_a_packing_length_past_the_row_is_refused_by_validation():
     result = _run("data", TINY, "-o", "train.tokens_per_step=16")
     assert result.exit_code == USER_ERROR_EXIT_CODE
     assert f"{TINY}: data.packing.length: 256 is larger than train.tokens_per_step 16" in result.output
+
+
+@pytest.mark.parametrize("path, why", [("x" * 5000, "it is 5,000 bytes long"), ("a\x00b", "it contains a NUL byte")])
+@pytest.mark.parametrize("command", [
+    ["validate", "{path}"], ["build", "{path}"], ["data", "{path}"], ["train", "{tiny}", "--resume", "{path}"],
+    ["train", "{tiny}", "--output-dir", "{path}"], ["export", "{path}", "{tmp}/out"], ["import-hf", "{path}", "-o", "{tmp}/x.yaml"],
+])
+def test_a_command_line_path_the_os_would_refuse_is_a_usage_error(tmp_path, command, path, why):
+    """They raised OSError (File name too long) or ValueError (embedded null byte) from the first open()."""
+    args = [arg.format(path=path, tiny=TINY, tmp=tmp_path) for arg in command]
+    result = _run(*args)
+    assert result.exit_code == USER_ERROR_EXIT_CODE
+    assert f"is not a usable path: {why}" in result.output
+
+
+@pytest.mark.parametrize("parent, why", [("a\x00b.yaml", "it contains a NUL byte"), ("y" * 300, "it has a file or folder name of 300 bytes")])
+def test_an_extends_path_the_os_would_refuse_is_a_spec_error(tmp_path, parent, why):
+    path = tmp_path / "child.yaml"
+    path.write_text(yaml.safe_dump({"extends": parent, "name": "child"}))
+    result = _run("validate", path)
+    assert result.exit_code == USER_ERROR_EXIT_CODE
+    assert f"{path}: extends: not a usable path: {why}" in result.output

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
+from assembler.common.paths import unusable_path_reason
 from assembler.spec import Spec
 from assembler.spec.errors import Problem, SpecError, did_you_mean, format_path
 from assembler.spec.schema import cached_schema, allowed_keys, child_schema, fill_defaults, is_list_schema
@@ -194,6 +195,10 @@ def _merge_extends(data: dict, path: Path, chain: tuple[Path, ...]) -> dict:
     where = str(path)
     if not isinstance(parent, str) or not parent:
         raise SpecError(Problem("extends", f"{parent!r} is not a file path", "write extends: other_spec.yaml", parent, "a path", file=where))
+    reason = unusable_path_reason(parent)
+    if reason:
+        raise SpecError(Problem("extends", f"not a usable path: {reason}", "write extends: other_spec.yaml", parent, "a path",
+                                file=where))
     parent_path = Path(os.path.normpath(path.parent / parent))
     if parent_path.resolve() in chain:
         cycle = " -> ".join(str(p) for p in chain + (parent_path.resolve(),))

@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable
 import jsonschema
 from jsonschema import Draft202012Validator
 
+from assembler.common.paths import unusable_path_reason
 from assembler.spec.errors import Problem, SpecError, did_you_mean, format_path
 from assembler.spec.schema import cached_schema, child_schema, resolve_ref
 from blocks.constants import VISION_TOKEN_KEYS
@@ -49,21 +50,13 @@ _SpecValidator = jsonschema.validators.extend(Draft202012Validator, type_checker
 # NUL byte, a name or path past its length limits) is refused here, at the setting, not by the
 # first open() in the middle of a run.
 _FORMAT_CHECKER = jsonschema.FormatChecker(formats=())
-PATH_NAME_MAX, PATH_MAX = 255, 4095  # bytes: POSIX's NAME_MAX and PATH_MAX less the final NUL
 
 
 @_FORMAT_CHECKER.checks("path", raises=ValueError)
 def _is_usable_path(value: Any) -> bool:
-    if not isinstance(value, str):
-        return True  # the type is the schema's to check
-    encoded = value.encode("utf-8", "surrogateescape")
-    if b"\0" in encoded:
-        raise ValueError("it contains a NUL byte, which no file name can")
-    if len(encoded) > PATH_MAX:
-        raise ValueError(f"it is {len(encoded):,} bytes long, past the {PATH_MAX:,} a path may have")
-    longest = max(encoded.split(b"/"), key=len)
-    if len(longest) > PATH_NAME_MAX:
-        raise ValueError(f"it has a file or folder name of {len(longest):,} bytes, past the {PATH_NAME_MAX} a name may have")
+    reason = unusable_path_reason(value) if isinstance(value, str) else None  # a wrong type is the schema's to report
+    if reason:
+        raise ValueError(reason)
     return True
 
 
