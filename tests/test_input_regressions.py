@@ -3,7 +3,9 @@ where (file, line or JSON path), exit code 2; bad data obeys `data.on_error`.
 
 One test per class of input: number keys where a name is expected, nesting thousands deep, image
 paths the OS refuses, images past Pillow's decompression-bomb limit, numbers the schema accepted
-but no model can be built with, and the damaged files of a checkpoint or run folder.
+but no model can be built with, and the damaged files of a checkpoint or run folder; then what the
+fuzz (tests/test_fuzz_inputs.py) and probing the commands found: spec and command-line paths the
+OS refuses, a packing length past the row.
 """
 
 from __future__ import annotations
