@@ -17,6 +17,7 @@ from typing import Iterator
 
 import click
 
+from assembler.cli.paths import UsablePath
 from assembler.spec.errors import USER_ERROR_EXIT_CODE, SpecError, UserError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
@@ -74,7 +75,7 @@ def assemble() -> None:
 
 
 @assemble.command()
-@click.argument("specs", metavar="SPEC...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("specs", metavar="SPEC...", nargs=-1, required=True, type=UsablePath(path_type=Path))
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Dotted spec override applied to every SPEC, value parsed as YAML (e.g. -o train.steps=10).")
 @click.option("--resolved", is_flag=True, help="Also print each valid spec resolved (defaults filled in).")
@@ -152,8 +153,8 @@ def schema(write: bool, check: bool) -> None:
 
 
 @assemble.command("import-hf")
-@click.argument("config", metavar="CONFIG_JSON_OR_DIR", type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Spec file to write.")
+@click.argument("config", metavar="CONFIG_JSON_OR_DIR", type=UsablePath(path_type=Path))
+@click.option("-o", "--output", required=True, type=UsablePath(dir_okay=False, path_type=Path), help="Spec file to write.")
 @click.option("--name", default=None, help="Spec name (default: from the model folder's name).")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 def import_hf(config: Path, output: Path, name: str | None, force: bool) -> None:

@@ -39,9 +39,10 @@ class GatedAttention(nn.Module):
         "description": "Gated softmax attention with grouped key/value heads, optional q/k RMSNorm and sigmoid "
                        "output gate; (m)RoPE on part of each head.",
         "properties": {
-            "num_attention_heads": {"type": "integer", "description": "Number of query heads.", "minimum": 1},
-            "num_key_value_heads": {"type": "integer", "description": "Number of key/value heads; must divide num_attention_heads.", "minimum": 1},
-            "head_dim": {"type": "integer", "description": "Dimension of one attention head.", "minimum": 1},
+            "num_attention_heads": {"type": "integer", "description": "Number of query heads.", "minimum": 1, "maximum": 1024},
+            "num_key_value_heads": {"type": "integer", "description": "Number of key/value heads; must divide num_attention_heads.", "minimum": 1,
+                                    "maximum": 1024},
+            "head_dim": {"type": "integer", "description": "Dimension of one attention head.", "minimum": 1, "maximum": 1024},
             "qk_norm": {"type": "boolean", "description": "RMSNorm on queries and keys per head (q_norm, k_norm).",
                         "default": True},
             "output_gate": {"type": "boolean",

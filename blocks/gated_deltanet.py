@@ -62,13 +62,13 @@ class GatedDeltaNet(nn.Module):
         "description": "Gated DeltaNet (linear attention): the delta rule with a decay gate, causal conv1d over q, k, v, "
                        "a gated RMSNorm.",
         "properties": {
-            "num_key_heads": {"type": "integer", "description": "Number of query/key heads.", "minimum": 1},
+            "num_key_heads": {"type": "integer", "description": "Number of query/key heads.", "minimum": 1, "maximum": 1024},
             "num_value_heads": {"type": "integer", "description": "Number of value heads; a multiple of num_key_heads.",
-                                "minimum": 1},
-            "key_head_dim": {"type": "integer", "description": "Dimension of one query/key head.", "minimum": 1},
-            "value_head_dim": {"type": "integer", "description": "Dimension of one value head.", "minimum": 1},
+                                "minimum": 1, "maximum": 1024},
+            "key_head_dim": {"type": "integer", "description": "Dimension of one query/key head.", "minimum": 1, "maximum": 1024},
+            "value_head_dim": {"type": "integer", "description": "Dimension of one value head.", "minimum": 1, "maximum": 1024},
             "conv_kernel_dim": {"type": "integer", "description": "Kernel size of the causal depthwise conv1d over q, k, v.",
-                                 "minimum": 1, "default": 4},
+                                 "minimum": 1, "maximum": 64, "default": 4},
         },
         "required": ["num_key_heads", "num_value_heads", "key_head_dim", "value_head_dim"],
     }

@@ -18,7 +18,8 @@ class SwiGLU(nn.Module):
     settings_schema = {
         "description": "SwiGLU feed-forward: down(silu(gate(x)) * up(x)).",
         "properties": {
-            "intermediate_size": {"type": "integer", "description": "Hidden width of the MLP.", "minimum": 1},
+            "intermediate_size": {"type": "integer", "description": "Hidden width of the MLP.", "minimum": 1,
+                                  "maximum": 1048576},
         },
         "required": ["intermediate_size"],
     }

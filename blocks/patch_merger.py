@@ -28,7 +28,8 @@ class PatchMerger(nn.Module):
             "out_hidden_size": {
                 "type": "integer",
                 "description": "Output width; must equal model.text.hidden_size.",
-                "minimum": 1
+                "minimum": 1,
+                "maximum": 65536
             }
         },
         "required": [

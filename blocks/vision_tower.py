@@ -9,6 +9,7 @@ The input patches come in the order the Qwen image processor emits (see `blocks.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
@@ -51,51 +52,60 @@ class VisionTower(nn.Module):
             "depth": {
                 "type": "integer",
                 "description": "Number of transformer blocks.",
-                "minimum": 1
+                "minimum": 1,
+                "maximum": 1024
             },
             "hidden_size": {
                 "type": "integer",
                 "description": "Width of the vision tower; a multiple of num_heads.",
-                "minimum": 1
+                "minimum": 1,
+                "maximum": 65536
             },
             "num_heads": {
                 "type": "integer",
                 "description": "Number of attention heads.",
-                "minimum": 1
+                "minimum": 1,
+                "maximum": 1024
             },
             "intermediate_size": {
                 "type": "integer",
                 "description": "Hidden width of the vision MLP.",
-                "minimum": 1
+                "minimum": 1,
+                "maximum": 1048576
             },
             "in_channels": {
                 "type": "integer",
                 "description": "Image channels.",
                 "minimum": 1,
+                "maximum": 16,
                 "default": 3
             },
             "patch_size": {
                 "type": "integer",
                 "description": "Spatial patch size in pixels.",
                 "minimum": 1,
+                "maximum": 256,
                 "default": 16
             },
             "temporal_patch_size": {
                 "type": "integer",
                 "description": "Frames per patch.",
                 "minimum": 1,
+                "maximum": 16,
                 "default": 2
             },
             "spatial_merge_size": {
                 "type": "integer",
                 "description": "The merger folds spatial_merge_size² neighbouring patches into one text token.",
                 "minimum": 1,
+                "maximum": 16,
                 "default": 2
             },
             "num_position_embeddings": {
                 "type": "integer",
                 "description": "Size of the learned position-embedding grid (a square number).",
                 "minimum": 1,
+                "maximum": 1048576,
                 "default": 2304
             },
             "rope_theta": {
@@ -126,11 +136,23 @@ class VisionTower(nn.Module):
 
     @staticmethod
     def settings_problems(settings: dict) -> Iterator[SettingProblem]:
-        """Every attention head gets the same share of the width."""
+        """Every attention head gets the same share of the width, a multiple of 4; the position grid is square."""
         width, heads = settings["hidden_size"], settings["num_heads"]
         if width % heads:
             yield SettingProblem("num_heads", f"{heads} does not divide hidden_size {width}",
                                  f"set num_heads to a divisor of hidden_size ({divisors(width)})", heads, f"a divisor of {width}")
+        elif (width // heads) % 4:  # the 2D rotary embedding splits a head in two axes, each in cos/sin halves
+            fitting = ", ".join(str(h) for h in range(1, width // 4 + 1) if width % (4 * h) == 0)
+            yield SettingProblem("num_heads", f"hidden_size {width} / num_heads {heads} = head_dim {width // heads}, "
+                                 "not a multiple of 4 (the 2D rotary embedding's two axes of cos/sin halves)",
+                                 f"set num_heads to one of {fitting}" if fitting else "make hidden_size a multiple of 4",
+                                 heads, "hidden_size / num_heads a multiple of 4")
+        positions = settings["num_position_embeddings"]
+        side = math.isqrt(positions)
+        if side * side != positions:
+            yield SettingProblem("num_position_embeddings", f"{positions} is not a square number",
+                                 f"the learned position table is a square grid: use {side * side} or {(side + 1) ** 2}",
+                                 positions, "a square number")
 
     def __init__(
         self,

@@ -123,8 +123,10 @@ def read_adapter_folder(folder: Path, model: nn.Module, settings: AdapterSetting
                               f"{ADAPTER_WEIGHTS_FILE}, as `assemble export RUN OUT --adapter` writes)")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise CheckpointError(f"{config_file}: not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_file}: expected a JSON object, found {type(config).__name__}")
     if config.get("peft_type") != "LORA":
         raise CheckpointError(f"{config_file}: peft_type is {config.get('peft_type')!r}; only LORA adapters are read")
     for key, ours, setting in (("r", settings.rank, "rank"), ("lora_alpha", settings.alpha, "alpha")):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import click
 
 from assembler.bench.workload import LAYOUTS, SYNTHETIC_LAYOUTS
+from assembler.cli.paths import UsablePath
 from assembler.train.metrics import WARMUP_STEPS
 
 
 @click.command("bench")
-@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("spec_path", metavar="SPEC", type=UsablePath(dir_okay=False, path_type=str))
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Dotted spec override, value parsed as YAML (e.g. -o ops.backend=fast).")
 @click.option("--seq", "seq_lens", multiple=True, type=click.IntRange(min=1), default=(4096, 8192), show_default=True,
@@ -28,7 +29,7 @@ from assembler.train.metrics import WARMUP_STEPS
 @click.option("--label", default=None, help="Name of these rows in the table.")
 @click.option("--memory-cap-gib", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Cap this process's GPU memory (e.g. 79 to check a run fits an 80 GB H100 on a bigger card).")
-@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Also write the rows as JSON.")
+@click.option("--json", "json_path", default=None, type=UsablePath(dir_okay=False), help="Also write the rows as JSON.")
 def bench_command(spec_path: str, overrides: tuple[str, ...], seq_lens: tuple[int, ...], layouts: tuple[str, ...], steps: int, warmup: int,
                   images: str | None, profile: bool, memory_peak: bool, label: str | None, memory_cap_gib: float | None,
                   json_path: str | None) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import click
 
+from assembler.cli.paths import UsablePath
+
 
 @click.command("build")
-@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("spec_path", metavar="SPEC", type=UsablePath(dir_okay=False, path_type=str))
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE", help="Dotted spec override, value parsed as YAML.")
 @click.option("--summary/--no-summary", default=True, show_default=True, help="Print the per-block table and totals.")
 def build_command(spec_path: str, overrides: tuple[str, ...], summary: bool) -> None:

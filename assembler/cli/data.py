@@ -6,9 +6,11 @@ import json
 
 import click
 
+from assembler.cli.paths import UsablePath
+
 
 @click.command("data")
-@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("spec_path", metavar="SPEC", type=UsablePath(dir_okay=False, path_type=str))
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE", help="Dotted spec override, value parsed as YAML.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object instead.")
 def data_command(spec_path: str, overrides: tuple[str, ...], as_json: bool) -> None:

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import click
 
+from assembler.cli.paths import UsablePath
 from assembler.hf.export import EXPORT_DTYPES
 from assembler.spec.errors import USER_ERROR_EXIT_CODE
 from blocks.constants import DTYPES
 
 
 @click.command("export")
-@click.argument("checkpoint_or_run_dir", type=click.Path(path_type=Path))
-@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.argument("checkpoint_or_run_dir", type=UsablePath(path_type=Path))
+@click.argument("out_dir", type=UsablePath(path_type=Path))
 @click.option("--shard-size", default="5GB", show_default=True, help="Largest shard file, e.g. 500MB, 5GB, 2GiB.")
 @click.option("--dtype", type=click.Choice(EXPORT_DTYPES), default="bfloat16", show_default=True,
               help="Dtype of every tensor but those the model family keeps in float32 "

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from assembler.cli.paths import UsablePath
 from assembler.spec.errors import USER_ERROR_EXIT_CODE
 
 
@@ -21,10 +22,10 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 
 
 @click.command("train")
-@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("spec", type=UsablePath(dir_okay=False, path_type=Path))
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec field, e.g. -o train.steps=10 (value parsed as YAML).")
-@click.option("--resume", type=click.Path(path_type=Path), default=None, help="Resume from this checkpoint (or run folder's latest). Default: the run folder's latest, if any.")
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Run folder (default: train.output_dir, else runs/<spec name>).")
+@click.option("--resume", type=UsablePath(path_type=Path), default=None, help="Resume from this checkpoint (or run folder's latest). Default: the run folder's latest, if any.")
+@click.option("--output-dir", type=UsablePath(file_okay=False, path_type=Path), default=None, help="Run folder (default: train.output_dir, else runs/<spec name>).")
 def train_command(spec: Path, overrides: tuple[str, ...], resume: Path | None, output_dir: Path | None) -> None:
     """Train the model SPEC describes: checkpoints, metrics and an HF export go to the run folder."""
     from assembler import load_spec

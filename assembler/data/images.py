@@ -86,7 +86,8 @@ class ImageProcessor:
 def _decode(image, path: Path) -> None:
     try:
         image.load()
-    except (OSError, SyntaxError, ValueError) as error:  # PIL: truncated data, broken chunks
+    # Pillow's decoders raise OSError, SyntaxError, ValueError, struct.error, EOFError, ... on a damaged file.
+    except Exception as error:  # noqa: BLE001
         raise DataError(f"image {path} cannot be decoded ({error}); replace or remove it") from None
 
 
@@ -97,5 +98,10 @@ def _open(path: Path):
         return Image.open(path)
     except FileNotFoundError:
         raise DataError(f"image {path} not found") from None
+    except Image.DecompressionBombError:  # Pillow's guard against a small file that decodes to gigabytes
+        raise DataError(f"image {path} is larger than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, Pillow's limit for a "
+                        "safe decode; downscale it (training resizes within data.images.max_pixels anyway)") from None
     except (UnidentifiedImageError, OSError) as error:
         raise DataError(f"image {path} cannot be read as an image ({error})") from None
+    except Exception as error:  # noqa: BLE001 (a header Pillow's parsers choke on: struct.error, SyntaxError, ...)
+        raise DataError(f"image {path} cannot be read as an image ({type(error).__name__}: {error})") from None

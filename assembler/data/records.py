@@ -29,6 +29,7 @@ counted in `ReadResult.skipped`.
 from __future__ import annotations
 
 import json
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
@@ -140,6 +141,8 @@ def parse_record(line: str, *, source: str, base_dir: Path) -> Record:
         obj = json.loads(line)
     except json.JSONDecodeError as error:
         raise DataError(f"{source}: not valid JSON ({error.msg} at column {error.colno})") from None
+    except RecursionError:  # the parser recurses once per level of nesting
+        raise DataError(f"{source}: JSON nested too deeply to read (a record is a few levels deep)") from None
     return parse_object(obj, source=source, base_dir=base_dir)
 
 
@@ -198,13 +201,35 @@ def _parse_content(content: object, where: str, base_dir: Path) -> tuple[Content
             relative = part.get("path", part.get(kind))
             if not isinstance(relative, str) or not relative:
                 raise DataError(f"{at}: {'an image' if kind == 'image' else 'a video'} part needs a 'path' (relative to the JSONL file)")
-            path = (base_dir / relative).resolve()
-            if not path.is_file():
-                raise DataError(f"{at}: {kind} {relative!r} not found (looked for {path})")
+            path = _media_file(relative, kind, at, base_dir)
             parts.append(ImagePart(path=path) if kind == "image" else VideoPart(path=path))
         else:
             raise DataError(
                 f"{at}: expected {{\"type\": \"text\", \"text\": ...}}, {{\"type\": \"image\", \"path\": ...}} or "
-                f"{{\"type\": \"video\", \"path\": ...}}, got {part!r}"
+                f"{{\"type\": \"video\", \"path\": ...}}, got {shorten(part)}"
             )
     return tuple(parts)
+
+
+def _media_file(relative: str, kind: str, at: str, base_dir: Path) -> Path:
+    """The absolute path of an image or video part's existing file; DataError when there is none.
+    The path is the data's, so anything the OS refuses in it (a NUL byte, a name past the file
+    system's length limit) is that record's error."""
+    try:
+        path = (base_dir / relative).resolve()
+        if path.is_file():
+            return path
+    except (OSError, ValueError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise DataError(f"{at}: {kind} path {shorten(relative)} is not a usable file path ({reason})") from None
+    raise DataError(f"{at}: {kind} {shorten(relative)} not found (looked for {path})")
+
+
+def shorten(value: object) -> str:
+    """`repr(value)` cut to a readable length and depth, for an error message about data."""
+    return _SHORT_REPR.repr(value)
+
+
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 120
+_SHORT_REPR.maxlevel = 4

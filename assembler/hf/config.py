@@ -64,6 +64,8 @@ def _read_config(config: dict | str | os.PathLike) -> tuple[dict, str | None]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise SpecError(Problem("", f"JSON syntax error: {error.msg}", file=where, line=error.lineno, column=error.colno)) from None
+    except RecursionError:  # the parser recurses once per level of nesting
+        raise SpecError(Problem("", "JSON nested too deeply to read", "a config.json is a few levels deep", file=where)) from None
     except UnicodeDecodeError as error:
         raw = path.read_bytes()
         line = raw[: error.start].count(b"\n") + 1

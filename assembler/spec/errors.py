@@ -75,7 +75,8 @@ def did_you_mean(word: Any, candidates: Iterable[str]) -> str:
     """`did you mean 'x'?` for the closest candidate, or "" when nothing is close."""
     if not isinstance(word, str):
         return ""
-    matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    names = [candidate for candidate in candidates if isinstance(candidate, str)]  # a YAML key may be a number
+    matches = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
     return f"did you mean {matches[0]!r}?" if matches else ""
 
 

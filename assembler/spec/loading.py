@@ -13,6 +13,7 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
+from assembler.common.paths import unusable_path_reason
 from assembler.spec import Spec
 from assembler.spec.errors import Problem, SpecError, did_you_mean, format_path
 from assembler.spec.schema import cached_schema, allowed_keys, child_schema, fill_defaults, is_list_schema
@@ -33,6 +34,9 @@ def load_spec_from_dict(data: dict, source: str | os.PathLike | None = None) -> 
     if not isinstance(data, dict):
         raise SpecError(Problem("", f"a spec must be a mapping, got {type(data).__name__}",
                                 file=str(source) if source else None))
+    too_deep = nesting_problem(data, file=str(source) if source else None)
+    if too_deep:
+        raise SpecError(too_deep)
     raw = copy.deepcopy(data)
     if "extends" in raw:
         raw = _merge_extends(raw, (source or Path("<memory>")), chain=())
@@ -86,10 +90,41 @@ def read_yaml_mapping(path: Path) -> dict:
                                 line=mark.line + 1 if mark else None, column=mark.column + 1 if mark else None)) from None
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise SpecError(Problem("", f"cannot read YAML: {error}", file=where)) from None
+    except RecursionError:  # PyYAML's parser recurses once per level of nesting
+        raise SpecError(_too_deep_problem("", where)) from None
+    too_deep = nesting_problem(data, file=where)
+    if too_deep:
+        raise SpecError(too_deep)
     if not isinstance(data, dict):
         got = "an empty file" if data is None else f"a {type(data).__name__}"
         raise SpecError(Problem("", f"a spec must be a YAML mapping (name:, model:, ...), got {got}", file=where))
     return data
+
+
+# A spec's deepest key is a few levels down (model.text.layer_types.NAME.mixer.block); a value
+# nested far deeper is a mistake, and copying, merging or validating it would recurse past
+# Python's stack.
+MAX_SPEC_DEPTH = 32
+
+
+def nesting_problem(data: Any, *, file: str | None, prefix: Sequence[str | int] = ()) -> Problem | None:
+    """A Problem at the first value nested more than MAX_SPEC_DEPTH mappings or lists deep in
+    `data`, else None. Walks with its own stack, so any depth is safe to measure."""
+    stack: list[tuple[Any, tuple]] = [(data, tuple(prefix))]
+    while stack:
+        node, path = stack.pop()
+        if len(path) > MAX_SPEC_DEPTH:
+            return _too_deep_problem(format_path(path[:MAX_SPEC_DEPTH]), file)
+        if isinstance(node, dict):
+            stack.extend((value, path + (key,)) for key, value in node.items())
+        elif isinstance(node, list):
+            stack.extend((value, path + (index,)) for index, value in enumerate(node))
+    return None
+
+
+def _too_deep_problem(path: str, file: str | None) -> Problem:
+    return Problem(path, f"nested more than {MAX_SPEC_DEPTH} mappings or lists deep",
+                   "a spec's values are a few levels deep: look for unbalanced brackets", file=file)
 
 
 class _StrictSafeLoader(yaml.SafeLoader):
@@ -126,7 +161,8 @@ def _with_a_compile_policy_per_block_type(spec: dict) -> dict:
     policy_schema = cached_schema()["$defs"]["compile_policy"]
     valid_name = re.compile(cached_schema()["properties"]["parallel"]["properties"]["compile"]["propertyNames"]["pattern"])
     for block_type in block_type_names(spec["model"]):
-        if block_type not in compile_section and valid_name.match(block_type):  # a bad name is reported once, where it is
+        # A bad name (or a key that is no name at all, YAML's `5:`) is reported once, where it is.
+        if isinstance(block_type, str) and block_type not in compile_section and valid_name.match(block_type):
             compile_section[block_type] = fill_defaults({}, policy_schema)
     return spec
 
@@ -159,6 +195,10 @@ def _merge_extends(data: dict, path: Path, chain: tuple[Path, ...]) -> dict:
     where = str(path)
     if not isinstance(parent, str) or not parent:
         raise SpecError(Problem("extends", f"{parent!r} is not a file path", "write extends: other_spec.yaml", parent, "a path", file=where))
+    reason = unusable_path_reason(parent)
+    if reason:
+        raise SpecError(Problem("extends", f"not a usable path: {reason}", "write extends: other_spec.yaml", parent, "a path",
+                                file=where))
     parent_path = Path(os.path.normpath(path.parent / parent))
     if parent_path.resolve() in chain:
         cycle = " -> ".join(str(p) for p in chain + (parent_path.resolve(),))
@@ -187,7 +227,7 @@ def _parse_override_key(key: str, where: str) -> list[str | int]:
 
 
 def _apply_override(data: dict, text: str) -> None:
-    where = f"override {text!r}"
+    where = f"override {text if len(text) <= 80 else text[:77] + '...'!r}"
     if "=" not in text:
         raise SpecError(Problem("", "has no '='", _OVERRIDE_EXAMPLE, text, "key=value", file=where))
     key, raw_value = (part.strip() for part in text.split("=", 1))
@@ -201,6 +241,11 @@ def _apply_override(data: dict, text: str) -> None:
     except yaml.YAMLError as error:
         raise SpecError(Problem(key, f"the value {raw_value!r} is not valid YAML ({error})",
                                 "quote it, e.g. key='text: with colon'", raw_value, file=where)) from None
+    except RecursionError:
+        raise SpecError(_too_deep_problem(key, where)) from None
+    too_deep = nesting_problem(value, file=where, prefix=parts)
+    if too_deep:
+        raise SpecError(too_deep)
 
     node: Any = data
     schema: dict | None = cached_schema()

@@ -6,11 +6,13 @@ Semantic checks run only on a spec the schema accepts, so they may trust types a
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Callable, Iterable
 
 import jsonschema
 from jsonschema import Draft202012Validator
 
+from assembler.common.paths import unusable_path_reason
 from assembler.spec.errors import Problem, SpecError, did_you_mean, format_path
 from assembler.spec.schema import cached_schema, child_schema, resolve_ref
 from blocks.constants import VISION_TOKEN_KEYS
@@ -44,6 +46,19 @@ _TYPE_CHECKER = Draft202012Validator.TYPE_CHECKER.redefine(
 )
 _SpecValidator = jsonschema.validators.extend(Draft202012Validator, type_checker=_TYPE_CHECKER)
 
+# `format: path` marks the settings that name a file or folder. What the OS would refuse in one (a
+# NUL byte, a name or path past its length limits) is refused here, at the setting, not by the
+# first open() in the middle of a run.
+_FORMAT_CHECKER = jsonschema.FormatChecker(formats=())
+
+
+@_FORMAT_CHECKER.checks("path", raises=ValueError)
+def _is_usable_path(value: Any) -> bool:
+    reason = unusable_path_reason(value) if isinstance(value, str) else None  # a wrong type is the schema's to report
+    if reason:
+        raise ValueError(reason)
+    return True
+
 
 # Spec keys renamed to transformers' config names (so spec <-> config.json is a rule, not a
 # table): an old spec's key gets the new name as its hint.
@@ -72,7 +87,7 @@ def validate_spec_dict(spec: dict, file: str | None = None) -> None:
 
 def schema_problems(spec: Any) -> list[Problem]:
     """Every JSON Schema violation of `spec`, as readable problems (document order)."""
-    validator = _SpecValidator(cached_schema())
+    validator = _SpecValidator(cached_schema(), format_checker=_FORMAT_CHECKER)
     problems: list[Problem] = []
     for error in validator.iter_errors(spec):
         problems.extend(_problems_from(error))
@@ -80,8 +95,10 @@ def schema_problems(spec: Any) -> list[Problem]:
 
 
 def semantic_problems(spec: dict) -> list[Problem]:
-    """The cross-field rules of a schema-valid spec."""
-    problems: list[Problem] = []
+    """The cross-field rules of a schema-valid spec (one with finite numbers: the rules compute with them)."""
+    problems = list(_check_finite_numbers(spec))
+    if problems:
+        return problems
     for check in _SEMANTIC_CHECKS:
         problems.extend(check(spec))
     return problems
@@ -118,6 +135,9 @@ def _problems_from(error: jsonschema.ValidationError) -> list[Problem]:
                 problems.append(Problem(format_path(path + [key]), "required key is missing", hint, expected=description))
         return problems
     expected = _describe(schema)
+    if kind == "type" and "propertyNames" in error.relative_schema_path:  # a YAML key such as `5:` or `true:`
+        return [Problem(format_path(path), f"the key {_show(value)} is {_kind_of(value)}, expected a name",
+                        schema.get("description", ""), value, "a name")]
     if kind == "enum":
         options = error.validator_value
         return [Problem(format_path(path), f"{_show(value)} is not one of {', '.join(map(str, options))}",
@@ -147,6 +167,10 @@ def _problems_from(error: jsonschema.ValidationError) -> list[Problem]:
                         schema.get("description", ""), value, expected)]
     if kind == "not":  # a reserved value (a name the schema keeps for something else)
         return [Problem(format_path(path), f"{_show(value)} is not allowed here", schema.get("description", ""), value, expected)]
+    if kind == "format":
+        shown = _show(value) if len(str(value)) <= 80 else _show(str(value)[:77] + "...")
+        return [Problem(format_path(path), f"{shown} is not a usable {error.validator_value}: {error.cause}",
+                        "", value, expected)]
     if kind == "minLength":
         return [Problem(format_path(path), "must not be empty", schema.get("description", ""), value, expected)]
     return [Problem(format_path(path), error.message, "", value, expected)]
@@ -202,8 +226,10 @@ def _type_hint(value: Any, types: str | list[str]) -> str:
         except ValueError:
             return ""
         mantissa, _, exponent = value.partition("e") if "e" in value else value.partition("E")
-        if exponent and "." not in mantissa:
-            return f"write {mantissa}.0e{exponent}: YAML reads a number with an exponent but no '.' as a string"
+        sign = "" if exponent[:1] in ("+", "-") else "+"
+        if exponent and ("." not in mantissa or sign):
+            return (f"write {mantissa if '.' in mantissa else mantissa + '.0'}e{sign}{exponent}: YAML reads a number "
+                    "with an exponent as a string unless it has a '.' and a signed exponent")
         return "write it without quotes"
     if isinstance(value, float) and value.is_integer() and "integer" in wanted:
         return f"write {int(value)} (no decimal point)"
@@ -230,7 +256,7 @@ def _check_layer_types_named(spec: Any) -> Iterable[Problem]:
     text = spec.get("model", {}).get("text") if isinstance(spec, dict) and isinstance(spec.get("model"), dict) else None
     if not isinstance(text, dict) or not isinstance(text.get("layer_types"), dict) or not isinstance(text.get("layers"), list):
         return
-    declared = list(text["layer_types"])
+    declared = [str(name) for name in text["layer_types"]]  # a non-string key is the schema's to report
     for index, name in enumerate(text["layers"]):
         if isinstance(name, str) and name not in declared:
             yield Problem(f"model.text.layers[{index}]", f"{name!r} is not a layer type of model.text.layer_types",
@@ -384,6 +410,30 @@ def _checkpointed_by(spec: dict, entries: list) -> set[int]:
     return named | ({-1} if "vision" in entries else set())
 
 
+def _check_packing_length(spec: dict) -> Iterable[Problem]:
+    """A document must fit one row: data.packing.length at most train.tokens_per_step (`assemble data`
+    packed with the longer length and failed inside the planner; the loader refuses it too)."""
+    length, row = spec["data"]["packing"]["length"], spec["train"]["tokens_per_step"]
+    if length is not None and length > row:
+        yield Problem("data.packing.length", f"{length} is larger than train.tokens_per_step {row}",
+                      "a document must fit one row: lower data.packing.length or raise train.tokens_per_step",
+                      length, f"<= {row}")
+
+
+def _check_finite_numbers(spec: dict) -> Iterable[Problem]:
+    """No setting is infinite or NaN (YAML's .inf, .nan): JSON Schema's bounds cannot say so, as
+    NaN passes every comparison, and such a value would reach the model as a tensor of NaNs."""
+    stack: list[tuple[Any, tuple]] = [(spec, ())]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            yield Problem(format_path(path), f"{node} is not a finite number", "write a number", node, "a finite number")
+        elif isinstance(node, dict):
+            stack.extend((value, path + (key,)) for key, value in reversed(node.items()))
+        elif isinstance(node, list):
+            stack.extend((value, path + (index,)) for index, value in reversed(list(enumerate(node))))
+
+
 def _check_registered_blocks(spec: dict) -> Iterable[Problem]:
     from blocks.registry import UnknownBlockError, get_block, registered_blocks
 
@@ -411,5 +461,6 @@ _SEMANTIC_CHECKS: tuple[Callable[[dict], Iterable[Problem]], ...] = (
     _check_vision,
     _check_token_ids,
     _check_activation_checkpointing,
+    _check_packing_length,
     _check_registered_blocks,
 )

@@ -249,7 +249,7 @@ class MetricsLogger:
             try:
                 record = json.loads(line)
                 record_step = int(record["step"])
-            except (ValueError, TypeError, KeyError):
+            except (ValueError, TypeError, KeyError, RecursionError):
                 self.message(f"warning: {self.path}:{number} is not a whole record (a run killed while writing it?); dropped")
                 continue
             if record_step <= step:
@@ -296,7 +296,12 @@ class MetricsLogger:
         if not self.enabled:
             return
         path = self.path.parent / SUMMARY_FILE
-        current = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        try:
+            current = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        except (ValueError, RecursionError):  # damaged since the last write: this run's figures replace it
+            current = {}
+        if not isinstance(current, dict):
+            current = {}
         path.write_text(json.dumps({**current, **fields}, indent=2) + "\n", encoding="utf-8")
 
     def close(self) -> None:

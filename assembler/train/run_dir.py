@@ -38,7 +38,7 @@ def check_same_model(folder: Path, resolved_spec_yaml: str) -> None:
     saved = folder / RESOLVED_SPEC_FILE
     if not saved.is_file():
         return
-    old_model = (yaml.safe_load(saved.read_text()) or {}).get("model")
+    old_model = read_saved_spec(saved, "the run folder is damaged: remove it, or choose another with --output-dir").get("model")
     new_model = (yaml.safe_load(resolved_spec_yaml) or {}).get("model")
     if old_model != new_model:
         raise RunFolderError(
@@ -65,10 +65,7 @@ def resume_changes(saved_spec: Path, resolved_spec_yaml: str, step: int) -> list
     RunFolderError naming every such field; so does `train.steps` below the checkpoint's step."""
     if not Path(saved_spec).is_file():
         return []  # a checkpoint from before specs were saved with it: nothing to compare
-    try:
-        old = yaml.safe_load(Path(saved_spec).read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise RunFolderError(f"{saved_spec}: cannot be read ({error}); the checkpoint is damaged, resume from another one") from None
+    old = read_saved_spec(Path(saved_spec), "the checkpoint is damaged, resume from another one")
     new = yaml.safe_load(resolved_spec_yaml) or {}
     changed = [(key, a, b) for key, a, b in _differences(old, new) if not key.startswith(IGNORED_ON_RESUME)]
     fixed = [(key, a, b) for key, a, b in changed if any(key == f or key.startswith(f + ".") for f in FIXED_ON_RESUME)]
@@ -88,6 +85,18 @@ def resume_changes(saved_spec: Path, resolved_spec_yaml: str, step: int) -> list
             f"set train.steps to at least {step}, or resume from an earlier checkpoint with --resume"
         )
     return [f"{key} {_show(a)} → {_show(b)} from step {step + 1}" for key, a, b in changed]
+
+
+def read_saved_spec(path: Path, what_to_do: str) -> dict:
+    """The mapping of a resolved_spec.yaml this program wrote; RunFolderError (saying `what_to_do`)
+    when the file no longer holds one."""
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as error:
+        raise RunFolderError(f"{path}: cannot be read ({error}); {what_to_do}") from None
+    if not isinstance(saved, dict):
+        raise RunFolderError(f"{path}: holds a {type(saved).__name__}, not a spec; {what_to_do}")
+    return saved
 
 
 def _differences(old, new, prefix: str = ""):

@@ -94,7 +94,7 @@ def read_config(folder: Path) -> dict:
         raise CheckpointError(f"{config_path}: missing; an HF model folder needs its {CONFIG_FILE}")
     try:
         config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise CheckpointError(f"{config_path}: not valid JSON ({err})") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_path}: expected a JSON object, found {type(config).__name__}")
@@ -107,7 +107,9 @@ def _shard_keys_from_index(folder: Path) -> dict[str, list[str] | None]:
     if index_path.is_file():
         try:
             weight_map = json.loads(index_path.read_text())["weight_map"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+            if not isinstance(weight_map, dict):
+                raise TypeError(f"weight_map is a {type(weight_map).__name__}")
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, KeyError, TypeError) as err:
             raise CheckpointError(f"{index_path}: not a safetensors index (needs a \"weight_map\" object): {err}") from None
         shards: dict[str, list[str]] = {}
         for key, file in weight_map.items():
@@ -155,7 +157,9 @@ def read_safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...],
         raise CheckpointError(f"{path}: cannot be read ({err.strerror})") from None
     try:
         header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        if not isinstance(header, dict):
+            raise ValueError(f"a {type(header).__name__}, not an object")
+    except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise CheckpointError(f"{path}: corrupt safetensors header ({err}). Re-download it.") from None
     header.pop("__metadata__", None)
     entries: dict[str, tuple[str, tuple[int, ...], int]] = {}
@@ -163,6 +167,8 @@ def read_safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...],
     for name, info in header.items():
         try:
             dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+            if not all(isinstance(n, int) and n >= 0 for n in (*shape, begin, end)) or begin > end:
+                raise ValueError("shape and data_offsets must be non-negative integers")
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{path}: corrupt safetensors header entry for {name!r}. Re-download it.") from None
         numel = 1
