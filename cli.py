@@ -152,26 +152,40 @@ def schema(write: bool, check: bool) -> None:
 
 
 @assemble.command("import-hf")
-@click.argument("config", metavar="CONFIG_JSON_OR_DIR", type=click.Path(path_type=Path))
+@click.argument("config", metavar="MODEL_DIR_OR_CONFIG_JSON", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Spec file to write.")
-@click.option("--name", default=None, help="Spec name (default: from the model folder's name).")
+@click.option("--name", default=None, help="Spec name, and so the run folder runs/NAME (default: the model's name).")
+@click.option("--data", "data", multiple=True, type=click.Path(path_type=Path),
+              help="A data source (JSONL, Parquet, Arrow, or a folder of them) to list under data.sources; repeatable.")
+@click.option("--lora", is_flag=True, help="Train LoRA adapters (rank 16 on every linear layer) on the frozen model instead of every weight.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="train.steps (default: the family's fine-tuning default, 1000).")
+@click.option("--tokens-per-step", type=click.IntRange(min=1), default=None,
+              help="train.tokens_per_step, the packed row's length (default: the family's, 4096).")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
-def import_hf(config: Path, output: Path, name: str | None, force: bool) -> None:
-    """Write a spec for the model of an HF config.json (or model folder): a family's model type
-    (qwen3_5, qwen3); fields a spec cannot represent are refused by name."""
-    from assembler.hf.config import spec_from_hf_config
+def import_hf(config: Path, output: Path, name: str | None, data: tuple[Path, ...], lora: bool, steps: int | None,
+              tokens_per_step: int | None, force: bool) -> None:
+    """Write a spec that fine-tunes the HF model in MODEL_DIR (a family's model type: qwen3_5,
+    qwen3): its model, train.init_from set to the folder, the family's fine-tuning settings.
+    Given only a config.json, the spec trains from random init. Fields a spec cannot represent
+    are refused by name."""
+    from assembler.fine_tuning_spec import fine_tuning_spec
     from assembler.spec.spec import dump_yaml
     from assembler.spec.loading import load_spec
     from assembler.spec.schema import SCHEMA_PATH
 
     if output.exists() and not force:
         raise UserError(f"{output}: already exists — pass --force to overwrite it")
-    spec = spec_from_hf_config(config, name=name)
+    imported = fine_tuning_spec(config, output, name=name, data=data, lora=lora, steps=steps, tokens_per_step=tokens_per_step)
     schema_link = Path(os.path.relpath(SCHEMA_PATH, output.absolute().parent)).as_posix()
-    output.write_text(f"# yaml-language-server: $schema={schema_link}\n# Imported from {config} by `assemble import-hf`.\n"
-                      + dump_yaml({"name": spec.name, "model": spec.model}), encoding="utf-8")
-    load_spec(output)  # what we wrote must load back: fail here, not in the user's next command
-    click.echo(f"wrote {output} ({spec.name})")
+    header = [f"# yaml-language-server: $schema={schema_link}",
+              f"# Imported from {config} by `assemble import-hf`: paths are relative to this file.",
+              *(f"# {note}" for note in imported.notes)]
+    output.write_text("\n".join(header) + "\n" + dump_yaml(imported.spec), encoding="utf-8")
+    spec = load_spec(output)  # what we wrote must load back: fail here, not in the user's next command
+    click.echo(f"wrote {output} ({spec.name}{', LoRA' if lora else ''}"
+               + (f", from {spec.train['init_from']}" if spec.train["init_from"] else ", random init") + ")")
+    for note in imported.notes:
+        click.echo(f"note: {note}")
 
 
 if __name__ == "__main__":
