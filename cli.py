@@ -28,6 +28,7 @@ COMMAND_MODULES = {
     "export": "assembler.cli.export:export_command",
     "bench": "assembler.cli.bench:bench_command",
     "data": "assembler.cli.data:data_command",
+    "chat": "assembler.cli.chat:chat_command",
 }
 
 
@@ -80,8 +81,10 @@ def assemble() -> None:
 @click.option("--resolved", is_flag=True, help="Also print each valid spec resolved (defaults filled in).")
 @click.option("--verbose", is_flag=True, help="Also say where the spec's family and every block it names come from (module, package).")
 def validate(specs: tuple[Path, ...], overrides: tuple[str, ...], resolved: bool, verbose: bool) -> None:
-    """Check SPEC files against the schema and the block registry: one OK line per valid spec."""
+    """Check SPEC files against the schema and the block registry: one OK line per valid spec, and a
+    warning when a valid spec cannot train as it stands (no data sources, say)."""
     from assembler.spec.loading import load_spec
+    from assembler.train.startup_checks import spec_warnings
     from assembler.train.trained_parameters import check_trained_parameters
 
     failed = 0
@@ -99,6 +102,8 @@ def validate(specs: tuple[Path, ...], overrides: tuple[str, ...], resolved: bool
         seen = f"vision depth {vision['depth']}" if vision else "no vision tower"
         click.echo(f"OK {path}: {spec.name} ({spec.model['family']}) — {text['num_hidden_layers']} text layers ({counts}), "
                    f"{seen}, ops {spec.ops['backend']}")
+        for warning in spec_warnings(spec):  # valid, but `assemble train` would stop or waste the run
+            click.echo(f"warning: {path}: {warning}", err=True)
         if verbose:
             for line in origin_lines(spec):
                 click.echo(f"  {line}")
