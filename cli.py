@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -69,7 +70,23 @@ def _module_exists(command: str) -> bool:
     return importlib.util.find_spec(COMMAND_MODULES[command].split(":")[0]) is not None
 
 
+def package_version() -> str:
+    """This checkout's version (pyproject.toml beside this file), else the installed package's."""
+    pyproject = Path(__file__).with_name("pyproject.toml")
+    if pyproject.is_file():
+        found = re.search(r'^version\s*=\s*"([^"]+)"', pyproject.read_text(encoding="utf-8"), re.MULTILINE)
+        if found:
+            return found.group(1)
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("assemble")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 @click.group(cls=AssembleGroup)
+@click.version_option(package_version(), "--version", prog_name="assemble", message="%(prog)s %(version)s")
 def assemble() -> None:
     """Assemble, train and export models described by YAML specs."""
 

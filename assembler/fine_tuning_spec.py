@@ -2,7 +2,7 @@
 
 - `name`: the model's own name (`--name`, else config.json's `_name_or_path`, the run's name for
   a run's `hf/` export, the repository's for a Hugging Face cache snapshot, else the folder's),
-  lower case with `_`: the run folder is `runs/<name>`;
+  lower case with `_`, and `_lora` after it for a LoRA spec: the run folder is `runs/<name>`;
 - `train.init_from`: the folder, when it holds safetensors weights (a lone config.json gives a
   spec that trains from random init, and says so);
 - `data.tokenizer`: the folder, when it holds a `tokenizer.json`;
@@ -44,7 +44,8 @@ def fine_tuning_spec(config_or_dir: str | os.PathLike, spec_file: Path, *, name:
     given = Path(config_or_dir)
     folder = given if given.is_dir() else given.parent
     config_file = given / "config.json" if given.is_dir() else given
-    loaded = spec_from_hf_config(given, name=name or model_name(folder, config_file))
+    # A LoRA spec gets its own name, and so its own run folder beside the full fine-tuning one.
+    loaded = spec_from_hf_config(given, name=name or model_name(folder, config_file) + ("_lora" if lora else ""))
     family = family_named(loaded.model["family"])
     settings = family.fine_tuning_settings(lora=lora)
     train = settings["train"]

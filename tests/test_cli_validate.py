@@ -139,9 +139,9 @@ def test_import_hf_of_a_model_folder_writes_a_spec_that_fine_tunes_it(tmp_path):
     assert spec.parallel["activation_checkpointing"]["mode"] == "full"
 
     lora = tmp_path / "specs" / "lora.yaml"
-    assert run("import-hf", folder, "-o", lora, "--lora", "--name", "mine").exit_code == 0
+    assert run("import-hf", folder, "-o", lora, "--lora").exit_code == 0
     spec = load_spec(lora)
-    assert spec.name == "mine" and spec.train["adapters"]["rank"] == 16 and spec.train["dtype"] == "bfloat16"
+    assert spec.name == "qwen3_5_4b_lora" and spec.train["adapters"]["rank"] == 16 and spec.train["dtype"] == "bfloat16"
     assert spec.data["sources"] == [] and "no data yet" in lora.read_text()
 
 

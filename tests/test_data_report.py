@@ -71,6 +71,7 @@ def test_data_exits_2_exactly_when_train_would_stop_on_the_data(tmp_path):
     overlong.write_text(json.dumps({"text": "word " * 600}) + "\n")
     dropped = _run("-o", f"data.sources=[{{path: {overlong}}}]", "-o", "data.packing.overlong=drop")
     assert dropped.exit_code == 2 and "error: no samples" in dropped.stderr
+    assert f"{overlong}: 1 record\n" in dropped.stdout  # not "1 records"
 
 
 def test_the_json_report_of_the_shipped_tiny_data(tmp_path):

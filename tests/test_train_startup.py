@@ -88,3 +88,19 @@ def test_validate_warns_when_a_spec_cannot_train_as_it_stands():
     lora = CliRunner().invoke(assemble, ["validate", str(TINY), "-o", "train.adapters={method: lora}"])
     assert lora.exit_code == 0 and "random-init base (train.init_from is null)" in lora.stderr
     assert CliRunner().invoke(assemble, ["validate", str(TINY)]).stderr == ""
+
+
+def test_a_shorter_run_in_a_finished_run_folder_is_told_how_to_start_anew(tmp_path):
+    """After the demo (120 steps), `-o train.steps=10` was refused with only "set train.steps to at
+    least 120", as if the user wanted that run continued."""
+    import pytest
+
+    from assembler.train.run_dir import RunFolderError, resume_changes
+
+    saved = tmp_path / "resolved_spec.yaml"
+    saved.write_text(load_spec(TINY).to_yaml())
+    with pytest.raises(RunFolderError) as refused:
+        resume_changes(saved, load_spec(TINY, ["train.steps=10"]).to_yaml(), step=120)
+    message = str(refused.value)
+    assert "set train.steps to at least 120" in message
+    assert "--output-dir DIR" in message and "-o name=NEW" in message

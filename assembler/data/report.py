@@ -64,7 +64,7 @@ class DataReport:
 
     def describe(self) -> str:
         lines = ["sources:"]
-        lines += [f"  {path}: {count} records" + (f", weight {self.weight_per_source[path]:g}" if self.weight_per_source[path] != 1 else "")
+        lines += [f"  {path}: {_count(count, 'record')}" + (f", weight {self.weight_per_source[path]:g}" if self.weight_per_source[path] != 1 else "")
                   for path, count in self.records_per_source.items()]
         lines.append(f"records: {self.chats + self.texts} read ({_count(self.chats, 'chat')}, {_count(self.texts, 'plain text')})")
         lines.append(f"samples: {self.samples}, {sum(self.lengths):,} tokens, "
