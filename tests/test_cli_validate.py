@@ -136,7 +136,7 @@ def test_import_hf_of_a_model_folder_writes_a_spec_that_fine_tunes_it(tmp_path):
     assert spec.resolve_path(spec.data["sources"][0]["path"]).resolve() == data.resolve()
     assert spec.train["steps"] == 20 and spec.train["schedule"]["warmup_steps"] == 2 and spec.train["checkpoint"]["every"] == 20
     assert spec.train["optimizer"]["lr"] == 1e-5 and spec.train["adapters"] is None
-    assert spec.parallel["activation_checkpointing"]["mode"] == "full"
+    assert spec.parallel["activation_checkpointing"]["mode"] == "auto"
 
     lora = tmp_path / "specs" / "lora.yaml"
     assert run("import-hf", folder, "-o", lora, "--lora").exit_code == 0
