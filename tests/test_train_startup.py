@@ -104,3 +104,17 @@ def test_a_shorter_run_in_a_finished_run_folder_is_told_how_to_start_anew(tmp_pa
     message = str(refused.value)
     assert "set train.steps to at least 120" in message
     assert "--output-dir DIR" in message and "-o name=NEW" in message
+
+
+def test_a_step_that_runs_out_of_memory_anyway_is_a_message_not_a_traceback(tmp_path, monkeypatch):
+    """The estimate is a lower bound; the 4B on the CPU used to die with `DefaultCPUAllocator: can't
+    allocate memory` and a traceback, exit 1."""
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 4070572032 bytes.")
+
+    monkeypatch.setattr("assembler.train.loop.training_step", out_of_memory)
+    result = _train(TINY, "-o", "train.steps=1", "-o", "train.tokens_per_step=64", "-o", "data.packing.length=64",
+                    "--output-dir", tmp_path / "run")
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "error: out of memory (" in result.stderr and "To fit:" in result.stderr

@@ -56,10 +56,15 @@ from assembler.train.freeze import parameter_counts
 from assembler.train.metrics import METRICS_FILE, MetricsLogger, StepTimer, flops_per_token, peak_flops, peak_memory_gib
 from assembler.train.optim import build_lr_schedule, build_optimizer
 from assembler.train.run_dir import ADAPTER_EXPORT_FOLDER, HF_EXPORT_FOLDER, RESOLVED_SPEC_FILE, check_same_model, resume_changes, run_folder, save_resolved_spec
+from assembler.train.memory_estimate import estimate_step_memory
 from assembler.train.startup_checks import check_can_start, spec_warnings
 from assembler.train.step import NonFiniteStep, training_step
 from assembler.train.trained_parameters import choose_trained_parameters
 from blocks.constants import DTYPES
+
+
+class OutOfMemory(UserError):
+    """A step ran out of the device's (or host's) memory (a user error: the spec asks too much)."""
 
 
 class NonFiniteLossError(UserError):
@@ -234,7 +239,14 @@ def train(
             logger.message(ops_choice)
         # What each op runs here, including the kernels its backend picks per call (OpTable.backends).
         logger.message("kernels per op:\n" + "\n".join("  " + line for line in resolve_spec_ops(spec).describe().splitlines()))
-        return _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, logger, build_loader)
+        try:
+            return _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, logger, build_loader)
+        except (torch.OutOfMemoryError, RuntimeError) as error:
+            if not isinstance(error, torch.OutOfMemoryError) and "can't allocate memory" not in str(error):
+                raise
+            # The start-up estimate is a lower bound: a step can still run out. Say so, not a traceback.
+            raise OutOfMemory(f"out of memory ({str(error).splitlines()[0]}). To fit: "
+                              f"{estimate_step_memory(spec, world.device, world.world_size).remedies(spec, world.device.type)}") from None
     except BaseException:
         logger.close()
         if new_run_dir and world.is_main and not _trained_anything(run_dir):
