@@ -190,7 +190,7 @@ def import_hf(config: Path, output: Path, name: str | None, data: tuple[Path, ..
     qwen3): its model, train.init_from set to the folder, the family's fine-tuning settings.
     Given only a config.json, the spec trains from random init. Fields a spec cannot represent
     are refused by name."""
-    from assembler.fine_tuning_spec import fine_tuning_spec
+    from assembler.hf.fine_tuning_spec import fine_tuning_spec
     from assembler.spec.spec import dump_yaml
     from assembler.spec.loading import load_spec
     from assembler.spec.schema import SCHEMA_PATH

@@ -105,8 +105,8 @@ def make_tiny_release_folder(path: Path, seed: int = 0) -> Path:
     from transformers import Qwen3_5Config
 
     from assembler import load_spec
-    from assembler.hf_checkpoint.serving_files import serving_files
-    from assembler.hf_config import hf_config_from_spec
+    from assembler.hf.checkpoint.serving_files import serving_files
+    from assembler.hf.config import hf_config_from_spec
 
     spec = load_spec(Path(__file__).resolve().parents[1] / "specs" / "qwen3_5_tiny.yaml")
     config = hf_config_from_spec(spec, "bfloat16")

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from assembler.spec_errors import USER_ERROR_EXIT_CODE
+from assembler.spec.errors import USER_ERROR_EXIT_CODE
 
 
 @click.command("data")

@@ -21,12 +21,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from assembler.family import family_named
-from assembler.hf_config import spec_from_hf_config
-from assembler.spec_loading import deep_merge
+from assembler.model.family import family_named
+from assembler.hf.config import spec_from_hf_config
+from assembler.spec.loading import deep_merge
+from assembler.train.run_dir import RESOLVED_SPEC_FILE
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
-RESOLVED_SPEC_FILE = "resolved_spec.yaml"  # a run folder's (assembler.train.run_dir), beside its hf/ export
 _SNAPSHOT = re.compile(r"^[0-9a-f]{40}$")  # huggingface_hub cache: models--ORG--NAME/snapshots/<commit>
 
 
