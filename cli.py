@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -29,6 +30,7 @@ COMMAND_MODULES = {
     "export": "assembler.cli.export:export_command",
     "bench": "assembler.cli.bench:bench_command",
     "data": "assembler.cli.data:data_command",
+    "chat": "assembler.cli.chat:chat_command",
 }
 
 
@@ -69,7 +71,23 @@ def _module_exists(command: str) -> bool:
     return importlib.util.find_spec(COMMAND_MODULES[command].split(":")[0]) is not None
 
 
+def package_version() -> str:
+    """This checkout's version (pyproject.toml beside this file), else the installed package's."""
+    pyproject = Path(__file__).with_name("pyproject.toml")
+    if pyproject.is_file():
+        found = re.search(r'^version\s*=\s*"([^"]+)"', pyproject.read_text(encoding="utf-8"), re.MULTILINE)
+        if found:
+            return found.group(1)
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("assemble")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 @click.group(cls=AssembleGroup)
+@click.version_option(package_version(), "--version", prog_name="assemble", message="%(prog)s %(version)s")
 def assemble() -> None:
     """Assemble, train and export models described by YAML specs."""
 
@@ -81,8 +99,10 @@ def assemble() -> None:
 @click.option("--resolved", is_flag=True, help="Also print each valid spec resolved (defaults filled in).")
 @click.option("--verbose", is_flag=True, help="Also say where the spec's family and every block it names come from (module, package).")
 def validate(specs: tuple[Path, ...], overrides: tuple[str, ...], resolved: bool, verbose: bool) -> None:
-    """Check SPEC files against the schema and the block registry: one OK line per valid spec."""
+    """Check SPEC files against the schema and the block registry: one OK line per valid spec, and a
+    warning when a valid spec cannot train as it stands (no data sources, say)."""
     from assembler.spec.loading import load_spec
+    from assembler.train.startup_checks import spec_warnings
     from assembler.train.trained_parameters import check_trained_parameters
 
     failed = 0
@@ -100,6 +120,8 @@ def validate(specs: tuple[Path, ...], overrides: tuple[str, ...], resolved: bool
         seen = f"vision depth {vision['depth']}" if vision else "no vision tower"
         click.echo(f"OK {path}: {spec.name} ({spec.model['family']}) — {text['num_hidden_layers']} text layers ({counts}), "
                    f"{seen}, ops {spec.ops['backend']}")
+        for warning in spec_warnings(spec):  # valid, but `assemble train` would stop or waste the run
+            click.echo(f"warning: {path}: {warning}", err=True)
         if verbose:
             for line in origin_lines(spec):
                 click.echo(f"  {line}")
@@ -153,26 +175,40 @@ def schema(write: bool, check: bool) -> None:
 
 
 @assemble.command("import-hf")
-@click.argument("config", metavar="CONFIG_JSON_OR_DIR", type=UsablePath(path_type=Path))
+@click.argument("config", metavar="MODEL_DIR_OR_CONFIG_JSON", type=UsablePath(path_type=Path))
 @click.option("-o", "--output", required=True, type=UsablePath(dir_okay=False, path_type=Path), help="Spec file to write.")
-@click.option("--name", default=None, help="Spec name (default: from the model folder's name).")
+@click.option("--name", default=None, help="Spec name, and so the run folder runs/NAME (default: the model's name).")
+@click.option("--data", "data", multiple=True, type=UsablePath(path_type=Path),
+              help="A data source (JSONL, Parquet, Arrow, or a folder of them) to list under data.sources; repeatable.")
+@click.option("--lora", is_flag=True, help="Train LoRA adapters (rank 16 on every linear layer) on the frozen model instead of every weight.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="train.steps (default: the family's fine-tuning default, 1000).")
+@click.option("--tokens-per-step", type=click.IntRange(min=1), default=None,
+              help="train.tokens_per_step, the packed row's length (default: the family's, 4096).")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
-def import_hf(config: Path, output: Path, name: str | None, force: bool) -> None:
-    """Write a spec for the model of an HF config.json (or model folder): a family's model type
-    (qwen3_5, qwen3); fields a spec cannot represent are refused by name."""
-    from assembler.hf.config import spec_from_hf_config
+def import_hf(config: Path, output: Path, name: str | None, data: tuple[Path, ...], lora: bool, steps: int | None,
+              tokens_per_step: int | None, force: bool) -> None:
+    """Write a spec that fine-tunes the HF model in MODEL_DIR (a family's model type: qwen3_5,
+    qwen3): its model, train.init_from set to the folder, the family's fine-tuning settings.
+    Given only a config.json, the spec trains from random init. Fields a spec cannot represent
+    are refused by name."""
+    from assembler.hf.fine_tuning_spec import fine_tuning_spec
     from assembler.spec.spec import dump_yaml
     from assembler.spec.loading import load_spec
     from assembler.spec.schema import SCHEMA_PATH
 
     if output.exists() and not force:
         raise UserError(f"{output}: already exists — pass --force to overwrite it")
-    spec = spec_from_hf_config(config, name=name)
+    imported = fine_tuning_spec(config, output, name=name, data=data, lora=lora, steps=steps, tokens_per_step=tokens_per_step)
     schema_link = Path(os.path.relpath(SCHEMA_PATH, output.absolute().parent)).as_posix()
-    output.write_text(f"# yaml-language-server: $schema={schema_link}\n# Imported from {config} by `assemble import-hf`.\n"
-                      + dump_yaml({"name": spec.name, "model": spec.model}), encoding="utf-8")
-    load_spec(output)  # what we wrote must load back: fail here, not in the user's next command
-    click.echo(f"wrote {output} ({spec.name})")
+    header = [f"# yaml-language-server: $schema={schema_link}",
+              f"# Imported from {config} by `assemble import-hf`: paths are relative to this file.",
+              *(f"# {note}" for note in imported.notes)]
+    output.write_text("\n".join(header) + "\n" + dump_yaml(imported.spec), encoding="utf-8")
+    spec = load_spec(output)  # what we wrote must load back: fail here, not in the user's next command
+    click.echo(f"wrote {output} ({spec.name}{', LoRA' if lora else ''}"
+               + (f", from {spec.train['init_from']}" if spec.train["init_from"] else ", random init") + ")")
+    for note in imported.notes:
+        click.echo(f"note: {note}")
 
 
 if __name__ == "__main__":

@@ -96,3 +96,23 @@ def transformers_logits(folder: Path) -> torch.Tensor:
     inputs = sample_inputs()
     mm_token_type_ids = (inputs["input_ids"] == TOKENS["image_token_id"]).int()  # what the processor returns
     return model(**inputs, mm_token_type_ids=mm_token_type_ids).logits
+
+
+def make_tiny_release_folder(path: Path, seed: int = 0) -> Path:
+    """What a released Qwen3.5 folder holds, at the tiny spec's size: save_pretrained of a random
+    transformers model with the tiny spec's config (the real 248,320-token vocabulary and special
+    token ids, so the shipped tiny data fits it) and the tokenizer / processor files beside it."""
+    from transformers import Qwen3_5Config
+
+    from assembler import load_spec
+    from assembler.hf.checkpoint.serving_files import serving_files
+    from assembler.hf.config import hf_config_from_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "specs" / "qwen3_5_tiny.yaml")
+    config = hf_config_from_spec(spec, "bfloat16")
+    torch.manual_seed(seed)
+    model = Qwen3_5ForConditionalGeneration(Qwen3_5Config(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")}))
+    model.to(torch.bfloat16).save_pretrained(path)
+    for name, text in serving_files(spec).items():
+        (path / name).write_text(text)
+    return path

@@ -8,7 +8,8 @@ Transformers is pinned to the range the parity tests were last run against (TEST
 Its Qwen3.5 code is our definition of "correct", so a new transformers release can silently change
 the target. When the installed version leaves the range, importing this module fails: re-run the
 parity tests with the new version (`python -m pytest tests -q -k "parity or norms or rope"`), fix
-any mismatch (or confirm there is none), then widen TESTED_TRANSFORMERS here.
+any mismatch (or confirm there is none), then widen TESTED_TRANSFORMERS here and the runtime
+dependency in pyproject.toml alike (tests/test_project_files.py holds them equal).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ if Version(transformers.__version__) not in SpecifierSet(TESTED_TRANSFORMERS):
     raise RuntimeError(
         f"transformers {transformers.__version__} is outside the range the Qwen3.5 parity tests were "
         f"last checked against ({TESTED_TRANSFORMERS}, tests/oracle.py). Re-run the parity tests "
-        "with this version, fix any mismatch, then widen TESTED_TRANSFORMERS in tests/oracle.py."
+        "with this version, fix any mismatch, then widen TESTED_TRANSFORMERS in tests/oracle.py and pyproject.toml's dependency."
     )
 
 # Mirrors specs/qwen3_5_tiny.yaml (model.text), with a small vocabulary.

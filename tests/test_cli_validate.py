@@ -112,3 +112,45 @@ def test_unexpected_os_errors_of_any_command_exit_2(tmp_path):
     result = run("import-hf", REFERENCE, "-o", tmp_path / "no_such_dir" / "x.yaml")
     assert result.exit_code == 2
     assert result.stderr.startswith("error: ") and "No such file or directory" in result.stderr
+
+
+def test_import_hf_of_a_model_folder_writes_a_spec_that_fine_tunes_it(tmp_path):
+    """The folder's weights are `train.init_from` (relative to the spec), the spec is named after the
+    model, the family's fine-tuning settings are written; `--lora`, `--data`, `--steps` fill theirs.
+    On 9cbf307 the spec had no init_from and was named after the folder (`hf`)."""
+    folder = tmp_path / "models--Qwen--Qwen3.5-4B" / "snapshots" / ("0123456789abcdef" * 3)[:40]
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(REFERENCE.read_text())
+    (folder / "model.safetensors.index.json").write_text('{"weight_map": {}}')
+    data = tmp_path / "data" / "chats.jsonl"
+    data.parent.mkdir()
+    data.write_text("")
+    out = tmp_path / "specs" / "ft.yaml"
+    out.parent.mkdir()
+    result = run("import-hf", folder, "-o", out, "--data", data, "--steps", "20")
+    assert result.exit_code == 0, result.output
+    spec = load_spec(out)
+    assert spec.name == "qwen3_5_4b"
+    assert spec.resolve_path(spec.train["init_from"]).resolve() == folder.resolve()
+    assert not Path(spec.train["init_from"]).is_absolute()  # the spec moves with its folder
+    assert spec.resolve_path(spec.data["sources"][0]["path"]).resolve() == data.resolve()
+    assert spec.train["steps"] == 20 and spec.train["schedule"]["warmup_steps"] == 2 and spec.train["checkpoint"]["every"] == 20
+    assert spec.train["optimizer"]["lr"] == 1e-5 and spec.train["adapters"] is None
+    assert spec.parallel["activation_checkpointing"]["mode"] == "auto"
+
+    lora = tmp_path / "specs" / "lora.yaml"
+    assert run("import-hf", folder, "-o", lora, "--lora").exit_code == 0
+    spec = load_spec(lora)
+    assert spec.name == "qwen3_5_4b_lora" and spec.train["adapters"]["rank"] == 16 and spec.train["dtype"] == "bfloat16"
+    assert spec.data["sources"] == [] and "no data yet" in lora.read_text()
+
+
+def test_import_hf_names_a_run_export_after_its_run(tmp_path):
+    export = tmp_path / "runs" / "my_run" / "hf"
+    export.mkdir(parents=True)
+    (export.parent / "resolved_spec.yaml").write_text("name: my_run\n")
+    (export / "config.json").write_text(REFERENCE.read_text())
+    result = run("import-hf", export, "-o", tmp_path / "x.yaml")
+    assert result.exit_code == 0, result.output
+    assert load_spec(tmp_path / "x.yaml").name == "my_run"
+    assert "holds no safetensors weights" in result.output and "random init" in result.output

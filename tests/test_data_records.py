@@ -115,3 +115,15 @@ def test_latin1_jsonl_is_a_data_error_naming_the_line(tmp_path):
         read(path)
     skipped = read(path, on_error="skip")
     assert [r.text for r in skipped.records] == ["fine", "also fine"] and len(skipped.skipped) == 1
+
+
+@pytest.mark.parametrize("end", ["\n", "\r\n"])
+def test_a_json_error_names_the_column_where_the_line_breaks(tmp_path, end):
+    """A line cut short (column 95 ends it) was reported at "column 1": the decoder had met the newline."""
+    cut = '{"messages": [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": "Hi"'
+    mid = '{"text": tru}'
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(f"{json.dumps(GOOD_CHAT)}{end}{cut}{end}{mid}{end}".encode())
+    result = read_sources([path], on_error="skip")
+    assert result.skipped == [f"{path}:2: not valid JSON (Expecting ',' delimiter at column {len(cut) + 1})",
+                              f"{path}:3: not valid JSON (Expecting value at column 10)"]

@@ -41,7 +41,7 @@ def _run(*args: str):
 def test_every_bad_record_is_listed_with_its_file_and_line(tmp_path):
     source = _bad_source(tmp_path)
     result = _run("-o", f"data.sources=[{{path: {source}}}]", "-o", "data.packing.overlong=drop")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 2, result.output  # `assemble train` would stop at line 3 (see below)
     out = result.output
     # Lines 3 (not JSON) and 4 (its image is missing) are refused when read; the blank line is no record.
     assert f"{source}: 4 records" in out
@@ -52,6 +52,26 @@ def test_every_bad_record_is_listed_with_its_file_and_line(tmp_path):
     assert f"{source}:5: dropped: " in out and "longer than data.packing.length 256" in out
     assert f"{source}:6: nothing to train on" in out
     assert "images per sample: 0 images: 1, 1 image: 1" in out
+
+
+def test_data_exits_2_exactly_when_train_would_stop_on_the_data(tmp_path):
+    """`assemble data SPEC && assemble train SPEC` guards the run: bad records under on_error: raise,
+    or no sample at all, exit 2 (both exited 0 on 9cbf307); skipped bad records or dropped overlong
+    ones do not."""
+    source = _bad_source(tmp_path)
+    sources = f"data.sources=[{{path: {source}}}]"
+    raising = _run("-o", sources)
+    assert raising.exit_code == 2
+    assert "error: 3 bad records above, and data.on_error is raise: assemble train stops at the first" in raising.stderr
+    assert "set data.on_error: skip" in raising.stderr
+    assert _run("-o", sources, "--json").exit_code == 2
+    skipping = _run("-o", sources, "-o", "data.on_error=skip")
+    assert skipping.exit_code == 0, skipping.output
+    overlong = tmp_path / "overlong.jsonl"
+    overlong.write_text(json.dumps({"text": "word " * 600}) + "\n")
+    dropped = _run("-o", f"data.sources=[{{path: {overlong}}}]", "-o", "data.packing.overlong=drop")
+    assert dropped.exit_code == 2 and "error: no samples" in dropped.stderr
+    assert f"{overlong}: 1 record\n" in dropped.stdout  # not "1 records"
 
 
 def test_the_json_report_of_the_shipped_tiny_data(tmp_path):

@@ -174,3 +174,22 @@ def test_a_loaded_model_remembers_its_source_for_every_export(source, tmp_path):
     folder = open_checkpoint_folder(out)
     assert {n for n in folder.tensors if n.startswith("mtp.")} == set(mtp)
     assert all((out / name).read_text() == text for name, text in SIDE_FILES.items())
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_every_exported_file_has_the_mode_the_umask_gives(source, tmp_path, umask):
+    """The weight shards were -rw------- (safetensors writes through a private temporary file)
+    while the other files followed the umask: a server running as another user could not read them."""
+    import os
+    import stat
+
+    spec = _spec(source)
+    model = _loaded(source, spec)
+    previous = os.umask(umask)
+    try:
+        save_hf_checkpoint(model, tmp_path / "out", spec, source_dir=source, shard_size="40KB")
+    finally:
+        os.umask(previous)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "out").iterdir()}
+    assert any(name.endswith(".safetensors") for name in modes)
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask)

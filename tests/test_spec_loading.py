@@ -172,3 +172,27 @@ def test_selective_checkpointing_rules():
         load_spec(TINY, ["parallel.activation_checkpointing={mode: selective, layers: [4]}"])
     with pytest.raises(SpecError, match="only used with mode: selective"):
         load_spec(TINY, ["parallel.activation_checkpointing={mode: full, layers: [full]}"])
+
+
+def test_inherited_paths_stay_relative_to_the_file_that_wrote_them(tmp_path, monkeypatch):
+    """A spec in another folder extending the tiny spec finds its data (issue 25: the inherited
+    `data/tiny/captions.jsonl` was resolved against the extending file's folder)."""
+    child = tmp_path / "elsewhere" / "mine.yaml"
+    child.parent.mkdir()
+    child.write_text(f"extends: {os.path.relpath(TINY, child.parent)}\nname: mine\n")
+    spec = load_spec(child)
+    resolved = [spec.resolve_path(source["path"]).resolve() for source in spec.data["sources"]]
+    assert resolved == [TINY.parent / "data" / "tiny" / "captions.jsonl", TINY.parent / "data" / "tiny" / "chats.jsonl"]
+    assert all(path.is_file() for path in resolved)
+    # the extending file's own paths stay its own
+    child.write_text(child.read_text() + "data: {sources: [{path: mine.jsonl}]}\n")
+    assert load_spec(child).resolve_path(load_spec(child).data["sources"][0]["path"]) == child.parent / "mine.jsonl"
+
+
+def test_a_path_given_as_an_override_is_relative_to_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec(TINY, ["train.init_from=runs/qwen3_5_tiny/hf", "data.sources=[{path: data.jsonl}]"])
+    assert spec.resolve_path(spec.train["init_from"]) == tmp_path / "runs" / "qwen3_5_tiny" / "hf"
+    assert spec.resolve_path(spec.data["sources"][0]["path"]) == tmp_path / "data.jsonl"
+    # the spec file's own relative paths are untouched by an unrelated override
+    assert load_spec(TINY, ["train.steps=3"]).data["sources"][0]["path"] == "data/tiny/captions.jsonl"

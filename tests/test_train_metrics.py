@@ -8,7 +8,7 @@ from torch import nn
 
 from assembler.train.metrics import (
     METRICS_FILE, WARMUP_STEPS, MetricsLogger, StepTimer, attention_flops_per_token, flops_per_token, format_duration,
-    matmul_parameter_count, matmul_weight_flops_per_token,
+    _format_record, matmul_parameter_count, matmul_weight_flops_per_token,
 )
 
 
@@ -107,6 +107,20 @@ def test_interval_throughput_and_eta():
     assert interval["tokens_per_s"] == pytest.approx(1000.0) and "mfu" not in interval
     assert interval["eta_s"] == pytest.approx(6.0)  # 10 steps of 0.6 s
     assert format_duration(6.0) == "6s" and format_duration(185) == "3m05s" and format_duration(3720) == "1h02m"
+
+
+def test_the_eta_leaves_out_the_warm_up_steps():
+    """The first step (compile, first touch of memory) is many times a steady one: an ETA from it
+    said 12m34s for a 167 s run."""
+    timer = StepTimer(flops_per_token=1e9, peak_flops=None)
+    timer.add_step(600, 30.0, 0.0)
+    assert timer.read_interval(steps_left=99)["eta_s"] is None
+    for _ in range(WARMUP_STEPS - 1):
+        timer.add_step(600, 1.0, 0.0)
+    assert timer.read_interval(steps_left=97)["eta_s"] is None
+    timer.add_step(600, 0.5, 0.1)
+    assert timer.read_interval(steps_left=10)["eta_s"] == pytest.approx(6.0)  # 10 steps of 0.6 s, the one steady step's
+    assert "ETA" not in _format_record({"step": 1, "total_steps": 10, "loss": 1.0, "eta_s": None})
 
 
 def _record(step, loss, total=10):

@@ -29,7 +29,7 @@ from torch import nn
 
 from assembler.adapters.lora_linear import lora_modules
 from assembler.parallel.distributed import first_failure_of_any_rank, process_rank, raise_on_every_rank, shared_by_every_rank
-from assembler.common.durable_files import fsync_dir, fsync_file
+from assembler.common.durable_files import follow_umask, fsync_dir, fsync_file
 from assembler.hf.checkpoint.errors import CheckpointError
 from assembler.hf.checkpoint.model_tensors import full_tensor, model_tensors
 from assembler.hf.checkpoint.writing import EXPORT_MARKER, _publish, check_export_target, export_target, remove_stale_siblings
@@ -98,6 +98,7 @@ def save_adapter_folder(model: nn.Module, out_dir: str | Path, spec, *, overwrit
     try:
         partial.mkdir(parents=True)
         save_file(tensors, str(partial / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"})
+        follow_umask(partial / ADAPTER_WEIGHTS_FILE)
         fsync_file(partial / ADAPTER_WEIGHTS_FILE)
         config = adapter_config(settings, list(modules), str(spec.resolve_path(init_from)) if init_from else None)
         for file, content in ((ADAPTER_CONFIG_FILE, config), (EXPORT_MARKER, {"written_by": "assemble export --adapter", "format": 1})):

@@ -21,6 +21,15 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def follow_umask(path: Path) -> None:
+    """Give `path` the mode a new file gets (0666 less the umask). safetensors' `save_file` writes
+    through a private temporary file (-rw-------), which a server running as another user could
+    not read."""
+    umask = os.umask(0)  # the only way to read it; set back at once
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def fsync_dir(path: Path) -> None:
     """Flush a directory's entries (names created, renamed or removed in it) to disk."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))

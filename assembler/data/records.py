@@ -137,10 +137,11 @@ def _decode_line(raw: bytes, source: str) -> str:
 
 def parse_record(line: str, *, source: str, base_dir: Path) -> Record:
     """One JSONL line -> a validated record; `DataError` naming `source` otherwise."""
+    line = line.rstrip("\r\n")  # a break at the line's end is at its last column, not "line 2, column 1"
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as error:
-        raise DataError(f"{source}: not valid JSON ({error.msg} at column {error.colno})") from None
+        raise DataError(f"{source}: not valid JSON ({error.msg} at column {error.pos + 1})") from None
     except RecursionError:  # the parser recurses once per level of nesting
         raise DataError(f"{source}: JSON nested too deeply to read (a record is a few levels deep)") from None
     return parse_object(obj, source=source, base_dir=base_dir)

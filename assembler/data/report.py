@@ -43,6 +43,17 @@ class DataReport:
     on_error: str = "raise"
     seconds: float = 0.0
     videos_per_sample: Counter = field(default_factory=Counter)
+    skipped: int = 0  # bad records (invalid JSON, a broken image, ...), not overlong ones dropped
+
+    def training_stops(self) -> str | None:
+        """Why `assemble train` would stop on this data (bad records under `data.on_error: raise`,
+        no sample at all), or None when it would train."""
+        if self.skipped and self.on_error == "raise":
+            return (f"{_count(self.skipped, 'bad record')} above, and data.on_error is raise: assemble train stops at the first; "
+                    "fix them, or set data.on_error: skip to train without them")
+        if not self.samples:
+            return "no samples: every record was skipped or dropped, so assemble train has nothing to train on"
+        return None
 
     def length_histogram(self) -> list[tuple[int, int, int]]:
         """(low, high, count) over power-of-two token-length bins up to max_length, empty bins left out."""
@@ -53,7 +64,7 @@ class DataReport:
 
     def describe(self) -> str:
         lines = ["sources:"]
-        lines += [f"  {path}: {count} records" + (f", weight {self.weight_per_source[path]:g}" if self.weight_per_source[path] != 1 else "")
+        lines += [f"  {path}: {_count(count, 'record')}" + (f", weight {self.weight_per_source[path]:g}" if self.weight_per_source[path] != 1 else "")
                   for path, count in self.records_per_source.items()]
         lines.append(f"records: {self.chats + self.texts} read ({_count(self.chats, 'chat')}, {_count(self.texts, 'plain text')})")
         lines.append(f"samples: {self.samples}, {sum(self.lengths):,} tokens, "
@@ -121,7 +132,7 @@ def data_report(spec: Any, progress: Callable[[str], None] | None = None) -> Dat
                                pad_token_id=tokenizer.token_id(ENDOFTEXT), image_token_id=tokens["image"],
                                spatial_merge_size=vision["spatial_merge_size"] if vision else 1)
     meter = Progress(sum(windows.records_per_source), progress)
-    records, chats, truncated, rows, real_tokens = [0] * len(windows.paths), 0, 0, 0, 0
+    records, chats, truncated, rows, real_tokens, skipped = [0] * len(windows.paths), 0, 0, 0, 0, 0
     lengths, images, videos = array("I"), Counter(), Counter()
     for index in range(windows.windows_in_epoch(0)):
         plan = loader.plan(0, index)
@@ -129,6 +140,7 @@ def data_report(spec: Any, progress: Callable[[str], None] | None = None) -> Dat
         records = [a + b for a, b in zip(records, window.records)]
         chats += window.chats
         truncated += window.stats.truncated
+        skipped += window.stats.skipped
         rows += len(plan.rows)
         real_tokens += sum(map(len, window.samples))
         lengths.extend(len(sample) for sample in window.samples)
@@ -145,5 +157,5 @@ def data_report(spec: Any, progress: Callable[[str], None] | None = None) -> Dat
         samples=len(lengths), chats=chats, texts=sum(records) - chats, truncated=truncated, row_tokens=row_tokens,
         max_length=max_length, lengths=lengths, images_per_sample=images, rows=rows,
         efficiency=real_tokens / (rows * row_tokens) if rows else 0.0, problems=problems, on_error=settings.on_error,
-        seconds=time.monotonic() - start, videos_per_sample=videos,
+        seconds=time.monotonic() - start, videos_per_sample=videos, skipped=skipped,
     )

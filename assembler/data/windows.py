@@ -191,5 +191,6 @@ class StreamedSources:
     def describe(self) -> str:
         chunks = sum(len(c) for c in self.chunks)
         sources = ", ".join(map(str, self.paths[:3])) + (f" and {len(self.paths) - 3} more sources" if len(self.paths) > 3 else "")
-        return (f"streaming {sum(self.records_per_source):,} records ({chunks:,} chunks) from {sources}, "
+        records = sum(self.records_per_source)
+        return (f"streaming {records:,} record{'' if records == 1 else 's'} ({chunks:,} chunk{'' if chunks == 1 else 's'}) from {sources}, "
                 f"packed in windows of {self.window_records:,} records")

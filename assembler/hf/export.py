@@ -40,9 +40,12 @@ class ExportSource:
     source_dir: Path | None  # tokenizer files and mtp.* tensors
 
 
-def export(path: Path, out_dir: Path, *, shard_size: int | str, dtype: torch.dtype, overwrite: bool = False,
+def export(path: Path, out_dir: Path, *, shard_size: int | str, dtype: torch.dtype | None = None, overwrite: bool = False,
            adapter: bool = False, merge: bool = False) -> Path:
     """Build the model the source describes on the meta device, load it, write it; returns OUT_DIR.
+
+    `dtype`: of every tensor the family does not keep in fp32; None: the dtype the model computes in
+    (`model_export_dtype`), as the run's own `hf/` export is written.
 
     A LoRA run's checkpoint (`train.adapters`) exports merged (W + (alpha / r) B A: a plain HF
     folder; `merge` says so explicitly), or with `adapter` its adapters alone as a PEFT folder
@@ -56,7 +59,10 @@ def export(path: Path, out_dir: Path, *, shard_size: int | str, dtype: torch.dty
 
     if adapter and merge:
         raise CheckpointError("--adapter and --merge: choose one (the adapters alone, or the model with them merged in)")
+    from assembler.hf.checkpoint.dtype_policy import model_export_dtype
+
     source = resolve_export_source(Path(path))
+    dtype = dtype if dtype is not None else model_export_dtype(source.spec)
     has_adapters = source.dcp_dir is not None and source.spec.train["adapters"] is not None
     if adapter and not has_adapters:
         what = "an HF folder, which holds no adapters" if source.dcp_dir is None else "a run trained without train.adapters"

@@ -89,6 +89,19 @@ class ModelFamily(abc.ABC):
         """The config.json transformers loads for `spec.model` (SpecError naming the fields a
         spec chose that transformers' class cannot express)."""
 
+    def fine_tuning_settings(self, *, lora: bool) -> dict:
+        """The `parallel` and `train` settings `assemble import-hf` writes for fine-tuning a released
+        checkpoint of this family (the model and `train.init_from` are added to them). Default:
+        activation checkpointing `auto` (the least recomputation that fits the card; none on the
+        CPU), a fine-tuning lr (1e-5 full, 2e-4 for LoRA adapters: rank 16 on every linear layer,
+        the frozen base kept in bf16)."""
+        train: dict = {"steps": 1000, "tokens_per_step": 4096, "optimizer": {"lr": 2.0e-4 if lora else 1.0e-5},
+                       "schedule": {"warmup_steps": 30}, "checkpoint": {"every": 250, "keep_last": 1}}
+        if lora:
+            train["dtype"] = "bfloat16"
+            train["adapters"] = {"method": "lora", "rank": 16, "alpha": 32, "dropout": 0.05, "targets": ["*"], "dtype": "float32"}
+        return {"parallel": {"activation_checkpointing": {"mode": "auto"}}, "train": train}
+
     fp32_export_suffixes: tuple[str, ...] = ()  # tensors an export keeps in fp32, as the releases do
     supports_mtp: bool = False  # whether `build` makes the `model.mtp` head (validation refuses it otherwise)
 

@@ -14,9 +14,9 @@ from typing import Any, Iterable, Sequence
 import yaml
 
 from assembler.common.paths import unusable_path_reason
-from assembler.spec import Spec
 from assembler.spec.errors import Problem, SpecError, did_you_mean, format_path
 from assembler.spec.schema import cached_schema, allowed_keys, child_schema, fill_defaults, is_list_schema
+from assembler.spec.spec import Spec, anchored_to, rewrite_spec_paths
 from assembler.spec.validation import block_type_names, validate_spec_dict
 
 
@@ -24,8 +24,9 @@ def load_spec(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Spec:
     """Load, merge (`extends`), override, default-fill and validate the spec file at `path`."""
     path = Path(path)
     raw = _read_with_extends(path, chain=())
-    raw = apply_overrides(raw, overrides)
-    return _finish(raw, source=path)
+    overridden = apply_overrides(raw, overrides)
+    _anchor_new_paths(raw, overridden, Path.cwd())
+    return _finish(overridden, source=path)
 
 
 def load_spec_from_dict(data: dict, source: str | os.PathLike | None = None) -> Spec:
@@ -206,7 +207,26 @@ def _merge_extends(data: dict, path: Path, chain: tuple[Path, ...]) -> dict:
     if not parent_path.is_file():
         raise SpecError(Problem("extends", f"{parent!r}: no such spec file ({parent_path})",
                                 "extends is relative to the file that contains it", parent, file=where))
-    return deep_merge(_read_with_extends(parent_path, chain), data)
+    inherited = _read_with_extends(parent_path, chain)
+    # A path is relative to the file that wrote it, as `extends:` itself is: an inherited
+    # `data.sources[].path` still names the parent's file when the child lives elsewhere.
+    to_parent = anchored_to(parent_path.parent)
+    rewrite_spec_paths(inherited, lambda value: _relative_to(to_parent(value), path.parent) if to_parent(value) != value else value)
+    return deep_merge(inherited, data)
+
+
+def _relative_to(absolute: str, folder: Path) -> str:
+    """`absolute` written relative to `folder` (a spec stays movable with the files beside it)."""
+    return Path(os.path.relpath(absolute, folder.absolute())).as_posix()
+
+
+def _anchor_new_paths(before: dict, after: dict, cwd: Path) -> None:
+    """Paths an override set (ones `before` does not hold) are relative to the working directory,
+    where the user typed them, not to the spec file: made absolute in `after`, in place."""
+    existing: set[str] = set()
+    rewrite_spec_paths(copy.deepcopy(before), lambda value: existing.add(value) or value)
+    to_cwd = anchored_to(cwd)
+    rewrite_spec_paths(after, lambda value: value if value in existing else to_cwd(value))
 
 
 _KEY_PART = re.compile(r"^([^\[\]]*)((?:\[\d+\])*)$")

@@ -8,9 +8,10 @@ as read-only — `to_dict()` hands out a copy to modify.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -47,14 +48,7 @@ class Spec:
         """
         header = f"# Resolved spec (defaults filled in) of {self.source}\n" if self.source else "# Resolved spec (defaults filled in)\n"
         data = self.to_dict()
-        for source in data["data"]["sources"]:
-            source["path"] = self._anchored(source["path"])
-        for section, key in (("data", "tokenizer"), ("train", "init_from")):
-            if data[section].get(key):
-                data[section][key] = self._anchored(data[section][key])
-        adapters = data["train"]["adapters"]
-        if adapters and adapters.get("init_from"):
-            adapters["init_from"] = self._anchored(adapters["init_from"])
+        rewrite_spec_paths(data, self._anchored)
         return header + dump_yaml(data)
 
     def resolve_path(self, path: str | Path) -> Path:
@@ -67,6 +61,32 @@ class Spec:
     def _anchored(self, path: str) -> str:
         resolved = self.resolve_path(path)
         return str(resolved) if self.source is not None and resolved.exists() else path
+
+
+def rewrite_spec_paths(data: dict, rewrite: Callable[[str], str]) -> None:
+    """Apply `rewrite` to every file path of a (partial) spec dict, in place: `data.sources[].path`,
+    `data.tokenizer`, `train.init_from`, `train.adapters.init_from` (the fields that are relative to
+    the spec file that wrote them). Missing sections and null values are left alone."""
+    data_section = data.get("data") if isinstance(data.get("data"), dict) else {}
+    train = data.get("train") if isinstance(data.get("train"), dict) else {}
+    sources = data_section.get("sources")
+    for source in sources if isinstance(sources, list) else ():
+        if isinstance(source, dict) and isinstance(source.get("path"), str):
+            source["path"] = rewrite(source["path"])
+    adapters = train.get("adapters")
+    for section, key in ((data_section, "tokenizer"), (train, "init_from"), (adapters if isinstance(adapters, dict) else {}, "init_from")):
+        if isinstance(section.get(key), str) and section[key]:
+            section[key] = rewrite(section[key])
+
+
+def anchored_to(folder: Path) -> Callable[[str], str]:
+    """A `rewrite_spec_paths` function making a relative path absolute under `folder` (`~` and
+    absolute paths are kept)."""
+    def rewrite(path: str) -> str:
+        if Path(path).is_absolute() or path.startswith("~"):
+            return path
+        return os.path.normpath(Path(folder).absolute() / path)
+    return rewrite
 
 
 class _SpecDumper(yaml.SafeDumper):

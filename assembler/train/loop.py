@@ -18,7 +18,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
+import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -51,12 +53,18 @@ from assembler.train.checkpoint import (
     save_checkpoint,
 )
 from assembler.train.freeze import parameter_counts
-from assembler.train.metrics import MetricsLogger, StepTimer, flops_per_token, peak_flops, peak_memory_gib
+from assembler.train.metrics import METRICS_FILE, MetricsLogger, StepTimer, flops_per_token, peak_flops, peak_memory_gib
 from assembler.train.optim import build_lr_schedule, build_optimizer
 from assembler.train.run_dir import ADAPTER_EXPORT_FOLDER, HF_EXPORT_FOLDER, RESOLVED_SPEC_FILE, check_same_model, resume_changes, run_folder, save_resolved_spec
+from assembler.train.memory_estimate import estimate_step_memory
+from assembler.train.startup_checks import check_can_start, spec_warnings
 from assembler.train.step import NonFiniteStep, training_step
 from assembler.train.trained_parameters import choose_trained_parameters
 from blocks.constants import DTYPES
+
+
+class OutOfMemory(UserError):
+    """A step ran out of the device's (or host's) memory (a user error: the spec asks too much)."""
 
 
 class NonFiniteLossError(UserError):
@@ -161,12 +169,17 @@ def train(
     world = world or init_world()
     check_ops_can_train(spec, world.device.type, sharded=world.is_distributed)
     spec, ops_choice = decide_auto_ops(spec, world.device.type, sharded=world.is_distributed)
+    try:  # before the run folder and before any allocation: every rank checks alike
+        check_can_start(spec, world.device, world.world_size, ranks_per_host=int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    except UserError as error:
+        raise shared_by_every_rank(error) from None
     if world.device.type == "cpu":
         keep_freed_memory_for_reuse()
     cfg = spec.train
     run_dir = run_folder(spec.name, output_dir if output_dir is not None else cfg["output_dir"])
     checkpoints_dir = run_dir / CHECKPOINTS_FOLDER
     resolved_yaml = spec.to_yaml()
+    new_run_dir = not run_dir.exists()  # a run that fails before its first step leaves none behind
     # Rank 0 decides (what to resume, whether the folder is this model's) and every rank follows,
     # so a refusal stops all ranks instead of leaving the others waiting in a collective. Every
     # check comes before the first write to the run folder.
@@ -219,14 +232,34 @@ def train(
     logger = MetricsLogger(run_dir, enabled=world.is_main, stream=stream)
     for note in notes:
         logger.message(note)
+    for warning in spec_warnings(spec):
+        logger.message(f"warning: {warning}")
     try:
         if ops_choice:
             logger.message(ops_choice)
         # What each op runs here, including the kernels its backend picks per call (OpTable.backends).
         logger.message("kernels per op:\n" + "\n".join("  " + line for line in resolve_spec_ops(spec).describe().splitlines()))
-        return _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, logger, build_loader)
+        try:
+            return _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, logger, build_loader)
+        except (torch.OutOfMemoryError, RuntimeError) as error:
+            if not isinstance(error, torch.OutOfMemoryError) and "can't allocate memory" not in str(error):
+                raise
+            # The start-up estimate is a lower bound: a step can still run out. Say so, not a traceback.
+            raise OutOfMemory(f"out of memory ({str(error).splitlines()[0]}). To fit: "
+                              f"{estimate_step_memory(spec, world.device, world.world_size).remedies(spec, world.device.type)}") from None
+    except BaseException:
+        logger.close()
+        if new_run_dir and world.is_main and not _trained_anything(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
         logger.close()
+
+
+def _trained_anything(run_dir: Path) -> bool:
+    """Whether a run folder holds a step's trace: a metrics record or a checkpoint."""
+    metrics = run_dir / METRICS_FILE
+    return (metrics.is_file() and metrics.stat().st_size > 0) or any((run_dir / CHECKPOINTS_FOLDER).glob("step_*"))
 
 
 def _plan_auto_checkpointing(spec, world, run_dir, resolved_yaml, logger, build_loader):  # noqa: ANN001, ANN202
@@ -379,14 +412,13 @@ def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, lo
 
 
 def export_hf(model: nn.Module, spec: Spec, out_dir: Path) -> Path:
-    """The run's HF folder, in the dtype the model computes in (`parallel.fsdp.param_dtype`): the
-    tiny spec's fp32 model exports fp32 (logits equal the trained model's), the 4B's bf16 as released.
-    """
+    """The run's HF folder, in the dtype `assemble export` writes too (`model_export_dtype`: the
+    one the model computes in)."""
     from assembler.hf.checkpoint import save_hf_checkpoint
+    from assembler.hf.checkpoint.dtype_policy import model_export_dtype
 
-    dtype = DTYPES[spec.parallel["fsdp"]["param_dtype"]]
     source_dir = spec.resolve_path(spec.train["init_from"]) if spec.train.get("init_from") else None
-    return save_hf_checkpoint(model, out_dir, spec, source_dir=source_dir, dtype=dtype, overwrite=True)
+    return save_hf_checkpoint(model, out_dir, spec, source_dir=source_dir, dtype=model_export_dtype(spec), overwrite=True)
 
 
 def _export_inputs(spec: Spec) -> tuple[Path, ...]:

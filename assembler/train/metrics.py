@@ -170,15 +170,18 @@ class StepTimer:
         self._steps.append((tokens, step_s, data_s))
 
     def read_interval(self, *, steps_left: int) -> dict[str, float]:
-        """tokens_per_s (step + data time), mfu (when the peak is known) and eta_s since the last read."""
+        """tokens_per_s (step + data time) and mfu (when the peak is known) since the last read; eta_s
+        from the steps after WARMUP_STEPS (None before there are any)."""
         interval = self._steps[self._interval_start:]
         self._interval_start = len(self._steps)
         tokens = sum(t for t, _, _ in interval)
         seconds = max(sum(s + d for _, s, d in interval), 1e-9)
         tokens_per_s = tokens / seconds
-        recent = self._steps[WARMUP_STEPS:] or self._steps  # compile steps would inflate the ETA
-        per_step = sum(s + d for _, s, d in recent) / len(recent)
-        record = {"tokens_per_s": tokens_per_s, "eta_s": per_step * steps_left}
+        # No ETA from the warm-up steps: the first compiles, loads and faults in memory, and its
+        # time would inflate the ETA several times over (12m for a 3-minute run).
+        steady = self._steps[WARMUP_STEPS:]
+        eta_s = sum(s + d for _, s, d in steady) / len(steady) * steps_left if steady else None
+        record = {"tokens_per_s": tokens_per_s, "eta_s": eta_s}
         if self.peak_flops:
             record["mfu"] = tokens_per_s * self.flops_per_token / self.peak_flops
         return record

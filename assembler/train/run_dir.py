@@ -81,8 +81,9 @@ def resume_changes(saved_spec: Path, resolved_spec_yaml: str, step: int) -> list
     total = new.get("train", {}).get("steps")
     if isinstance(total, int) and total < step:
         raise RunFolderError(
-            f"train.steps is {total} but the checkpoint {saved_spec.parent} is at step {step}; "
-            f"set train.steps to at least {step}, or resume from an earlier checkpoint with --resume"
+            f"train.steps is {total} but the checkpoint {saved_spec.parent} is at step {step}. To continue that run, "
+            f"set train.steps to at least {step}, or resume from an earlier checkpoint with --resume; to start a new run "
+            "instead, give it its own folder: --output-dir DIR, or another name (-o name=NEW, run folder runs/NEW)"
         )
     return [f"{key} {_show(a)} → {_show(b)} from step {step + 1}" for key, a, b in changed]
 

@@ -14,6 +14,16 @@ EXPORT_DTYPE = torch.bfloat16
 TIED_HEAD_KEY = "lm_head.weight"
 
 
+def model_export_dtype(spec) -> torch.dtype:  # noqa: ANN001 (Spec)
+    """The dtype an export of `spec`'s model is written in unless `assemble export --dtype` says
+    otherwise, for the run's own `hf/` and `assemble export` alike: the dtype the model computes in,
+    `parallel.fsdp.param_dtype` (the tiny spec's fp32, whose export gives the trained model's logits;
+    bf16 for the 4B and for an HF folder read without a spec, as released)."""
+    from blocks.constants import DTYPES
+
+    return DTYPES[spec.parallel["fsdp"]["param_dtype"]]
+
+
 def export_dtype(name: str, default: torch.dtype = EXPORT_DTYPE, *, fp32_suffixes: tuple[str, ...]) -> torch.dtype:
     """The dtype tensor `name` is written in: fp32 when it ends with one of `fp32_suffixes`
     (the family's `fp32_export_suffixes`), else `default`."""

@@ -44,7 +44,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from assembler.parallel.distributed import first_failure_of_any_rank, process_rank, raise_on_every_rank, shared_by_every_rank
-from assembler.common.durable_files import fsync_dir, fsync_file, is_disk_full
+from assembler.common.durable_files import follow_umask, fsync_dir, fsync_file, is_disk_full
 from assembler.model.family import family_of
 from assembler.hf.checkpoint.dtype_policy import EXPORT_DTYPE, TIED_HEAD_KEY, export_dtype, is_written
 from assembler.hf.checkpoint.errors import CheckpointError
@@ -148,6 +148,7 @@ def save_hf_checkpoint(
                 assert got == name, f"export order broke: expected {name}, got {got}"
                 shard[name] = tensor
             save_file(shard, str(partial / file), metadata={"format": "pt"})
+            follow_umask(partial / file)
             fsync_file(partial / file)
             weight_map.update(dict.fromkeys(names, file))
             del shard
