@@ -183,7 +183,7 @@ def test_fuzzed_records_and_media_read_without_a_traceback(media, file, on_error
 # --- checkpoint and train.init_from folders ----------------------------------------------------------
 
 TRAIN_ONE_STEP = ["-o", "train.steps=1", "-o", "train.export_hf=false", "-o", "train.tokens_per_step=32",
-                  "-o", "data.packing.length=32", "-o", "data.sources=[{path: chats.jsonl}]"]
+                  "-o", "data.packing.length=32"]
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,9 @@ def trained(tmp_path_factory) -> dict[str, Path]:
 
     folder = tmp_path_factory.mktemp("trained")
     spec = folder / "spec.yaml"
-    shutil.copy(REPO / "specs" / "qwen3_tiny.yaml", spec)
+    written = yaml.safe_load((REPO / "specs" / "qwen3_tiny.yaml").read_text())
+    written["data"]["sources"] = [{"path": "chats.jsonl"}]  # in the file: relative to it (an -o path is the cwd's)
+    spec.write_text(yaml.safe_dump(written))
     lines = (REPO / "specs" / "data" / "tiny" / "chats.jsonl").read_text().splitlines(keepends=True)[:3]
     (folder / "chats.jsonl").write_text("".join(lines))
     trained = run_cli(["train", str(spec), *TRAIN_ONE_STEP, "--output-dir", str(folder / "run")])

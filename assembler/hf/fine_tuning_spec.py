@@ -93,7 +93,7 @@ def model_name(folder: Path, config_file: Path) -> str:
 def _read_name_or_path(config_file: Path) -> str | None:
     try:
         value = json.loads(config_file.read_text(encoding="utf-8")).get("_name_or_path")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return None  # spec_from_hf_config reports an unreadable config
     return value if isinstance(value, str) and value.strip() else None
 
