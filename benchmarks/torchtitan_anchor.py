@@ -70,6 +70,28 @@ def stand_in_for_datasets() -> None:
     sys.modules["datasets.distributed"] = distributed
 
 
+def stand_in_for_data_parallel_mesh_dims() -> bool:
+    """torchtitan 0.3.0 is built against a newer torch than the GPU image's 2.11: its
+    distributed/fsdp.py and full_dtensor.py do `from torch.distributed.fsdp import
+    DataParallelMeshDims` at import time, a class torch 2.11.0 lacks (2.13 has it). On this path the
+    name only annotates parameters: it is built by the full_dtensor/spmd_types backends alone, and
+    the one fully_shard call that passes `dp_mesh_dims` even when None is the vision tower's, which
+    is dropped. So where torch lacks it, a placeholder that raises if ever built stands in.
+    Returns whether it did."""
+    import torch.distributed.fsdp as fsdp
+
+    if hasattr(fsdp, "DataParallelMeshDims"):
+        return False
+
+    class DataParallelMeshDims:
+        def __init__(self, *args, **kwargs):  # noqa: ANN002, ANN003
+            raise RuntimeError(f"torch {torch.__version__} has no torch.distributed.fsdp.DataParallelMeshDims; "
+                               "benchmarks/torchtitan_anchor.py runs the partial_dtensor backend, which never builds one")
+
+    fsdp.DataParallelMeshDims = DataParallelMeshDims
+    return True
+
+
 def titan_config(seq_len: int, *, compile_model: bool, cuda_graphs: bool):  # noqa: ANN201
     """`config_registry.qwen35_4b()`'s Trainer.Config, one sequence of `seq_len` tokens per step."""
     from torchtitan.components.loss import ChunkedLossWrapper, CrossEntropyLoss
@@ -200,6 +222,9 @@ def main() -> None:
     compile_model, cuda_graphs = not args.no_compile, not args.no_cuda_graphs
 
     stand_in_for_datasets()
+    if stand_in_for_data_parallel_mesh_dims():
+        print(f"torch {torch.__version__} lacks torch.distributed.fsdp.DataParallelMeshDims, which torchtitan 0.3.0 "
+              "imports: a placeholder stands in (annotations only on this path)")
     # The rope cache is sized to the trainer's seq_len; the largest size covers every row.
     config = titan_config(max(seqs), compile_model=compile_model, cuda_graphs=cuda_graphs)
     model = build_on_meta(config)
