@@ -31,6 +31,7 @@ import importlib.util
 import logging
 import os
 import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -42,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from assembler import load_spec  # noqa: E402
 from assembler.bench.report import format_breakdown, format_rows, save  # noqa: E402
 from assembler.bench.workload import TEXT_TOKEN_RANGE, training_flops  # noqa: E402
+from assembler.spec.errors import USER_ERROR_EXIT_CODE  # noqa: E402
 from assembler.train.metrics import matmul_weight_flops_per_token  # noqa: E402
 
 SPEC = ROOT / "specs" / "qwen3_5_4b.yaml"
@@ -112,6 +114,7 @@ def titan_config(seq_len: int, *, compile_model: bool, cuda_graphs: bool):  # no
         parallelism=ParallelismConfig(data_parallel_shard_degree=-1),
         activation_checkpoint=FullAC.Config(),
         compile=CompileConfig(enable=compile_model),
+        dump_folder=str(Path(tempfile.gettempdir()) / "torchtitan_anchor"),  # its flight-recorder traces, not the repo
     )
 
 
@@ -225,6 +228,14 @@ def main() -> None:
     if stand_in_for_data_parallel_mesh_dims():
         print(f"torch {torch.__version__} lacks torch.distributed.fsdp.DataParallelMeshDims, which torchtitan 0.3.0 "
               "imports: a placeholder stands in (annotations only on this path)")
+    try:
+        import torchtitan.models.qwen3_5  # noqa: F401
+        import torchtitan.trainer  # noqa: F401
+    except ImportError as error:
+        print(f"benchmarks/torchtitan_anchor.py: cannot import torchtitan's Qwen3.5 model or trainer: {error}. "
+              "Install torchtitan 0.3.0 and the wheels benchmarks/titan_wheels.sh downloads (pip install --no-deps "
+              "--target DIR .whl/*.whl, then PYTHONPATH=DIR), with fla and tensorboard.", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT_CODE)
     # The rope cache is sized to the trainer's seq_len; the largest size covers every row.
     config = titan_config(max(seqs), compile_model=compile_model, cuda_graphs=cuda_graphs)
     model = build_on_meta(config)
