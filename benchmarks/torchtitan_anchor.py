@@ -174,6 +174,7 @@ def parallelize_and_init(model, config):  # noqa: ANN001, ANN201
 def training_step(model, config, parallel_dims, loss_fn, optimizers, lr_schedulers, seq_len: int):  # noqa: ANN001, ANN201
     """Trainer.train_step on one synthetic row: zero_grad, the forward + backward body (under the
     CUDA graph unless disabled), clip, optimizer and scheduler steps. Returns `step()`."""
+    import spmd_types as spmd
     from torchtitan.distributed import utils as dist_utils
     from torchtitan.distributed.cudagraph import wrap_with_cuda_graph
     from torchtitan.tools import utils
@@ -193,7 +194,8 @@ def training_step(model, config, parallel_dims, loss_fn, optimizers, lr_schedule
             pred = model(inputs, **extra_kwargs)
             loss, _ = loss_fn(pred, labels, global_valid_tokens, positions=extra_kwargs["positions"])
             del pred
-            loss.backward()
+            with spmd.no_typecheck():
+                loss.backward()
         return loss
 
     fwd_bwd = forward_backward if config.training.disable_cuda_graphs else wrap_with_cuda_graph(forward_backward)
@@ -209,11 +211,23 @@ def training_step(model, config, parallel_dims, loss_fn, optimizers, lr_schedule
     return step
 
 
+def capture_graph(step) -> float:  # noqa: ANN001
+    """The two steps before the CUDA graph replays: an eager one (compiles), then the capture (which
+    also runs the step). Returns the capture step's peak allocated GiB: a replay allocates nothing,
+    so the timed steps' peak alone would leave out the activations that live in the graph's pool."""
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seq", type=int, action="append", default=None, help="tokens per step (repeatable; default 8192)")
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps (with CUDA graphs: 1 eager, 1 capture, at least 2)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps (with the CUDA graph: after its eager and capture steps)")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--no-compile", action="store_true", help="torchtitan's default for the 4B config: no torch.compile")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="torchtitan's training.disable_cuda_graphs")
@@ -248,7 +262,7 @@ def main() -> None:
     if args.dry_run:
         return
 
-    from assembler.bench.measure import measure_training_step
+    from assembler.bench.measure import Measurement, measure_training_step
     from blocks.ops.fast_delta_rule import fla_backward_is_safe
     from torchtitan.distributed.cudagraph import cudagraph_teardown
 
@@ -259,12 +273,21 @@ def main() -> None:
     results = []
     for seq_len in seqs:
         step = training_step(model, config, parallel_dims, loss_fn, optimizers, lr_schedulers, seq_len)
-        results.append(measure_training_step(
-            step, label=label(compile_model=compile_model, cuda_graphs=cuda_graphs), tokens_per_step=seq_len,
-            flops_per_step=training_flops(matmul_flops, spec.model["text"], seq_len),
-            steps=args.steps, warmup=args.warmup, profile=not args.no_profile,
-            cleanup=lambda: optimizers.zero_grad(set_to_none=True),
-        ))
+        row_label = label(compile_model=compile_model, cuda_graphs=cuda_graphs)
+        try:
+            capture_peak_gib = capture_graph(step) if cuda_graphs else 0.0
+        except torch.OutOfMemoryError:
+            results.append(Measurement(label=row_label, tokens_per_step=seq_len, device=torch.cuda.get_device_name(), error="OOM"))
+        else:
+            result = measure_training_step(
+                step, label=row_label, tokens_per_step=seq_len,
+                flops_per_step=training_flops(matmul_flops, spec.model["text"], seq_len),
+                steps=args.steps, warmup=args.warmup, profile=not args.no_profile,
+                cleanup=lambda: optimizers.zero_grad(set_to_none=True),
+            )
+            if result.peak_gib is not None:
+                result.peak_gib = max(result.peak_gib, capture_peak_gib)
+            results.append(result)
         # Each size is its own torchtitan run (a fixed seq_len): drop this size's graph and compiled code.
         cudagraph_teardown()
         torch._dynamo.reset()
