@@ -17,6 +17,9 @@
 # (packed and the set's own rows) of the e2e spec on a generated set shaped like real use (issue 22);
 # "longctx": one document of LONG_SEQS tokens per step through `assemble train` (issue 22); "masters":
 # fp32 against bf16 master parameters, MASTERS_STEPS steps of the realistic set, both loss curves;
+# "titan": torchtitan 0.3.0's own Qwen3.5 4B trained its way (benchmarks/torchtitan_anchor.py: its
+# compile, FSDP2, full AC and CUDA graph; wheels from benchmarks/titan_wheels.sh) at BASE_SEQS, an
+# anchor row in baseline_torchtitan.json, again without the CUDA graph if that run leaves no row;
 # LEVER_SPEC / LEVER_BACKEND replace their spec and backend, e.g. for a CPU dry run); ANCHORS the baseline's anchor rows
 # (default "plain liger plain-noac liger-noac"), BASE_FLAGS its extra flags (default --memory-peak);
 # SUITE_SEQS the text sizes (BASE_SEQS, NOAC_SEQS per part); SUITE_TESTS the pytest selection
@@ -180,6 +183,22 @@ run_part() {
           --override 'data.sources=[{"path":"/root/ds_long/records.jsonl"}]' --override "train.tokens_per_step=$seq" \
           --override "data.packing.length=$seq" --override "train.steps=${LONG_STEPS:-6}" 2>&1 | tail -12
       done ;;
+    titan)
+      # Issue 22, item 4: torchtitan's Qwen3.5 4B as torchtitan trains it, beside the transformers anchors.
+      echo "== torchtitan anchor: torchtitan 0.3.0's Qwen3.5 4B"
+      if ! ls .whl/torchtitan-*.whl >/dev/null 2>&1; then
+        echo "no .whl/torchtitan-*.whl: run bash benchmarks/titan_wheels.sh where there is an index"
+      else
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+          .whl/torchtitan-*.whl .whl/spmd_types-*.whl .whl/tyro-*.whl .whl/docstring_parser-*.whl .whl/typeguard-*.whl \
+          .whl/torchdata-*.whl || { echo "installing the torchtitan wheels failed"; return; }
+        for graphs in "" "--no-cuda-graphs"; do
+          [ -f "$OUT/baseline_torchtitan.json" ] && break
+          PYTHONPATH=/tmp/site:$PYTHONPATH timeout "$(t titan 600)" python3 benchmarks/torchtitan_anchor.py $graphs \
+            $(seq_args "${BASE_SEQS:-8192}") --steps $STEPS --warmup $WARMUP --json "$OUT/baseline_torchtitan.json" 2>&1 \
+            | grep -v "^\s*$" | tee "$OUT/titan${graphs:+_no_graphs}.log" | tail -40
+        done
+      fi ;;
     vlm)
       echo "== ours: VLM row, four 448x448 images in 8k tokens"
       timeout "$(t vlm 300)" python3 cli.py bench specs/qwen3_5_4b.yaml -o ops.backend=fast --seq 8192 --images 4x448x448 \
