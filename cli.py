@@ -114,12 +114,11 @@ def validate(specs: tuple[Path, ...], overrides: tuple[str, ...], resolved: bool
             print_error(error.with_file(str(path)))
             failed += 1
             continue
-        text = spec.model["text"]
-        counts = ", ".join(f"{text['layers'].count(name)} {name}" for name in text["layer_types"])
-        vision = spec.model.get("vision")
-        seen = f"vision depth {vision['depth']}" if vision else "no vision tower"
-        click.echo(f"OK {path}: {spec.name} ({spec.model['family']}) — {text['num_hidden_layers']} text layers ({counts}), "
-                   f"{seen}, ops {spec.ops['backend']}")
+        model = spec.settings.model
+        counts = ", ".join(f"{model.text.layers.count(name)} {name}" for name in model.text.layer_types)
+        seen = f"vision depth {model.vision['depth']}" if model.vision else "no vision tower"
+        click.echo(f"OK {path}: {spec.name} ({model.family}) — {model.text.num_hidden_layers} text layers ({counts}), "
+                   f"{seen}, ops {spec.settings.ops.backend}")
         for warning in spec_warnings(spec):  # valid, but `assemble train` would stop or waste the run
             click.echo(f"warning: {path}: {warning}", err=True)
         if verbose:
