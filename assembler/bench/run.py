@@ -84,7 +84,7 @@ def bench_spec(
     scheduler = build_lr_schedule(optimizer, train.schedule, SCHEDULE_STEPS)
     grad_clip = float(train.grad_clip)
     text_flops = text_matmul_flops(model)
-    text_spec = spec.model["text"]
+    text_spec = spec.settings.model.text
     label = label or f"{spec.name} ({spec.settings.ops.backend}, AC {spec.settings.parallel.activation_checkpointing.mode})"
 
     results = []

@@ -30,6 +30,7 @@ would index past the embedding on them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import importlib.metadata
@@ -120,7 +121,7 @@ def _tokenizer(spec) -> tuple[str, Tokenizer]:
             tokenizer = Tokenizer.from_folder(file)  # a DataError naming the file if it is missing or bad
             text = file.read_text(encoding="utf-8")
         model = spec.settings.model
-        check_tokenizer(tokenizer, model.tokens, model.text.vocab_size, has_vision=bool(model.vision))
+        check_tokenizer(tokenizer, dataclasses.asdict(model.tokens), model.text.vocab_size, has_vision=bool(model.vision))
     except DataError as error:
         raise CheckpointError(
             f"the export's tokenizer does not fit the model: {error}. A server would feed the model token "
