@@ -366,7 +366,7 @@ def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, lo
             raise DataError(f"step {step}: {error}\n{kept}; fix the record or set data.on_error: skip, then run again") from None
         if timer is None:
             seq_len = micro_batches[0]["input_ids"].shape[-1]
-            timer = StepTimer(flops_per_token(model, spec.model["text"], seq_len), peak_flops(world.device))
+            timer = StepTimer(flops_per_token(model, spec.settings.model.text, seq_len), peak_flops(world.device))
         step_start = time.perf_counter()
         try:
             outcome = training_step(model, optimizer, scheduler, micro_batches, world=world, grad_clip=float(cfg.grad_clip))
