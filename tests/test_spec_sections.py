@@ -99,3 +99,18 @@ def test_replaced_writes_a_setting_into_a_copy():
     deeper = spec.replaced("model.text.layers", ["full"]).replaced("model.text.num_hidden_layers", 1)
     assert deeper.settings.model.text.layers == ("full",) and deeper.settings.model.text.num_hidden_layers == 1
     assert spec.settings.model.text.layers == tuple(before["model"]["text"]["layers"])
+
+
+def test_no_code_outside_the_spec_package_indexes_a_spec_section():
+    """`spec.train["dtype"]` and the like are read as `spec.settings.train.dtype` (typed, defaults
+    filled once); the section dicts are the spec package's, and what a family builds from."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    indexing = re.compile(r"\bspec\.(model|ops|parallel|train|data)\s*(\[|\.get\()")
+    files = [*(root / "assembler").rglob("*.py"), root / "cli.py", *(root / "benchmarks").glob("*.py")]
+    readers = [path for path in files if not path.is_relative_to(root / "assembler" / "spec")]
+    found = [f"{path.relative_to(root)}:{number}: {line.strip()}" for path in readers
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1) if indexing.search(line)]
+    assert found == []
