@@ -205,7 +205,7 @@ def import_hf(config: Path, output: Path, name: str | None, data: tuple[Path, ..
     output.write_text("\n".join(header) + "\n" + dump_yaml(imported.spec), encoding="utf-8")
     spec = load_spec(output)  # what we wrote must load back: fail here, not in the user's next command
     click.echo(f"wrote {output} ({spec.name}{', LoRA' if lora else ''}"
-               + (f", from {spec.train['init_from']}" if spec.train["init_from"] else ", random init") + ")")
+               + (f", from {spec.settings.train.init_from}" if spec.settings.train.init_from else ", random init") + ")")
     for note in imported.notes:
         click.echo(f"note: {note}")
 
