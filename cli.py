@@ -114,12 +114,11 @@ def validate(specs: tuple[Path, ...], overrides: tuple[str, ...], resolved: bool
             print_error(error.with_file(str(path)))
             failed += 1
             continue
-        text = spec.model["text"]
-        counts = ", ".join(f"{text['layers'].count(name)} {name}" for name in text["layer_types"])
-        vision = spec.model.get("vision")
-        seen = f"vision depth {vision['depth']}" if vision else "no vision tower"
-        click.echo(f"OK {path}: {spec.name} ({spec.model['family']}) — {text['num_hidden_layers']} text layers ({counts}), "
-                   f"{seen}, ops {spec.ops['backend']}")
+        model = spec.settings.model
+        counts = ", ".join(f"{model.text.layers.count(name)} {name}" for name in model.text.layer_types)
+        seen = f"vision depth {model.vision['depth']}" if model.vision else "no vision tower"
+        click.echo(f"OK {path}: {spec.name} ({model.family}) — {model.text.num_hidden_layers} text layers ({counts}), "
+                   f"{seen}, ops {spec.settings.ops.backend}")
         for warning in spec_warnings(spec):  # valid, but `assemble train` would stop or waste the run
             click.echo(f"warning: {path}: {warning}", err=True)
         if verbose:
@@ -206,7 +205,7 @@ def import_hf(config: Path, output: Path, name: str | None, data: tuple[Path, ..
     output.write_text("\n".join(header) + "\n" + dump_yaml(imported.spec), encoding="utf-8")
     spec = load_spec(output)  # what we wrote must load back: fail here, not in the user's next command
     click.echo(f"wrote {output} ({spec.name}{', LoRA' if lora else ''}"
-               + (f", from {spec.train['init_from']}" if spec.train["init_from"] else ", random init") + ")")
+               + (f", from {spec.settings.train.init_from}" if spec.settings.train.init_from else ", random init") + ")")
     for note in imported.notes:
         click.echo(f"note: {note}")
 

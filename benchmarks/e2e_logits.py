@@ -82,7 +82,7 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     spec = load_spec(spec_path)
-    image_token = spec.model["tokens"]["image"]
+    image_token = spec.settings.model.tokens.image
     rows = held_out_inputs(spec)
 
     reference = transformers_logits(export_dir, rows, image_token, torch.float32, device)

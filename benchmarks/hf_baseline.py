@@ -80,7 +80,7 @@ def main() -> None:
     from blocks.ops.fast_delta_rule import fla_backward_is_safe
 
     spec = load_spec(SPEC)
-    fla_backward_is_safe(spec.model["text"]["layer_types"]["linear"]["mixer"]["key_head_dim"])
+    fla_backward_is_safe(spec.settings.model.text.layer_types["linear"]["mixer"]["key_head_dim"])
     checkpointing = not args.no_checkpointing
     model = build_baseline(spec, liger=args.liger, checkpointing=checkpointing)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0, fused=True)
@@ -101,7 +101,7 @@ def main() -> None:
 
         results.append(measure_training_step(
             step, label=anchor_label(args.liger, checkpointing), tokens_per_step=seq_len,
-            flops_per_step=training_flops(matmul_flops, spec.model["text"], seq_len),
+            flops_per_step=training_flops(matmul_flops, spec.settings.model.text, seq_len),
             steps=args.steps, warmup=args.warmup, profile=not args.no_profile,
             memory_peak=args.memory_peak, cleanup=lambda: optimizer.zero_grad(set_to_none=True),
         ))

@@ -268,7 +268,7 @@ def main() -> None:
 
     spec = load_spec(SPEC)
     # The same fla backward guard lift hf_baseline applies (Hopper, Triton < 3.7.1, key head dim 128).
-    fla_backward_is_safe(spec.model["text"]["layer_types"]["linear"]["mixer"]["key_head_dim"])
+    fla_backward_is_safe(spec.settings.model.text.layer_types["linear"]["mixer"]["key_head_dim"])
     model, parallel_dims, loss_fn, optimizers, lr_schedulers = parallelize_and_init(model, config)
     results = []
     for seq_len in seqs:
@@ -281,7 +281,7 @@ def main() -> None:
         else:
             result = measure_training_step(
                 step, label=row_label, tokens_per_step=seq_len,
-                flops_per_step=training_flops(matmul_flops, spec.model["text"], seq_len),
+                flops_per_step=training_flops(matmul_flops, spec.settings.model.text, seq_len),
                 steps=args.steps, warmup=args.warmup, profile=not args.no_profile,
                 cleanup=lambda: optimizers.zero_grad(set_to_none=True),
             )

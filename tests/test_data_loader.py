@@ -116,8 +116,10 @@ def _tiny_loader(spec, data=None, **kwargs):
 
 
 def test_tiny_spec_data_end_to_end(tiny_spec, tokenizer):
+    from assembler.spec.sections import SpecSettings
+
     class LoadedSpec:  # what build_loader reads from a loaded spec
-        data, train, model = tiny_spec["data"], tiny_spec["train"], tiny_spec["model"]
+        settings = SpecSettings.of(tiny_spec)
         source = ROOT / "specs" / "qwen3_5_tiny.yaml"
 
     loader = build_loader(LoadedSpec(), tokenizer=tokenizer)

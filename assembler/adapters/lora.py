@@ -31,7 +31,7 @@ def adaptable_linears(model: nn.Module) -> dict[str, nn.Linear]:
             if isinstance(module, nn.Linear) and not isinstance(module, LoraLinear) and module is not head}
 
 
-def add_lora_adapters(model: nn.Module, adapters: dict) -> list[str]:
+def add_lora_adapters(model: nn.Module, adapters: dict | AdapterSettings) -> list[str]:
     """Replace every linear layer `adapters.targets` matches by a LoraLinear (same base tensors),
     freeze every parameter that is not an adapter's, in place; returns the adapted module names.
 
@@ -81,20 +81,20 @@ def initialize_adapters(model: nn.Module, seed: int, device: torch.device | str 
 def prepare_adapters(model: nn.Module, spec, *, device: torch.device | str = "cpu", initialize: bool = True) -> None:
     """`train.adapters` applied to `model` (nothing when null): add them, then (unless the model is
     still on the meta device: `initialize=False`, call `initialize_spec_adapters` later) fill them."""
-    if spec.train["adapters"] is None:
+    if spec.settings.train.adapters is None:
         return
-    add_lora_adapters(model, spec.train["adapters"])
+    add_lora_adapters(model, spec.settings.train.adapters)
     if initialize:
         initialize_spec_adapters(model, spec, device=device)
 
 
 def initialize_spec_adapters(model: nn.Module, spec, *, device: torch.device | str = "cpu") -> None:
     """The adapters' start: `train.adapters.init_from`'s PEFT folder, or fresh from `train.seed`."""
-    settings = AdapterSettings.of(spec.train["adapters"])
+    settings = spec.settings.train.adapters
     weights = None
     if settings.init_from:
         weights = read_adapter_folder(spec.resolve_path(settings.init_from), model, settings)
-    initialize_adapters(model, int(spec.train["seed"]), device, weights)
+    initialize_adapters(model, spec.settings.train.seed, device, weights)
 
 
 def _examples(candidates: dict[str, nn.Linear]) -> str:

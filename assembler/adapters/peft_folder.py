@@ -69,7 +69,7 @@ def save_adapter_folder(model: nn.Module, out_dir: str | Path, spec, *, overwrit
     if not modules:
         raise CheckpointError(f"{spec.source or spec.name}: the model has no adapters (train.adapters is null); "
                               "export it without --adapter")
-    settings = AdapterSettings.of(spec.train["adapters"])
+    settings = spec.settings.train.adapters
     is_writer = process_rank() == 0
     failure = None
     if is_writer:
@@ -93,7 +93,7 @@ def save_adapter_folder(model: nn.Module, out_dir: str | Path, spec, *, overwrit
             raise shared_by_every_rank(CheckpointError(failure))
         return given
 
-    init_from = spec.train.get("init_from")
+    init_from = spec.settings.train.init_from
     partial = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
         partial.mkdir(parents=True)

@@ -70,25 +70,26 @@ def bench_spec(
     spec, ops_choice = decide_auto_ops(spec, world.device.type, sharded=world.is_distributed)
     if ops_choice:
         log.info("%s", ops_choice)
-    seed_everything(int(spec.train["seed"]))
-    if spec.parallel["activation_checkpointing"]["mode"] == "auto":  # planned for the largest row
+    train = spec.settings.train
+    seed_everything(train.seed)
+    if spec.settings.parallel.activation_checkpointing.mode == "auto":  # planned for the largest row
         from assembler.parallel.activation_checkpoint_probe import resolve_auto_checkpointing
 
-        largest, _ = synthetic_row(spec.model, max(seq_lens or [int(spec.train["tokens_per_step"])]), layout="packed", images=images)
+        largest, _ = synthetic_row(spec.model, max(seq_lens or [train.tokens_per_step]), layout="packed", images=images)
         spec, plan_line = resolve_auto_checkpointing(spec, largest, world.device, world_size=world.world_size)
         log.info("%s", plan_line)
     model = build_for_world(spec, world)
     model.train()
-    optimizer = build_optimizer(model, spec.train["optimizer"])
-    scheduler = build_lr_schedule(optimizer, spec.train["schedule"], SCHEDULE_STEPS)
-    grad_clip = float(spec.train["grad_clip"])
+    optimizer = build_optimizer(model, train.optimizer)
+    scheduler = build_lr_schedule(optimizer, train.schedule, SCHEDULE_STEPS)
+    grad_clip = float(train.grad_clip)
     text_flops = text_matmul_flops(model)
-    text_spec = spec.model["text"]
-    label = label or f"{spec.name} ({spec.ops['backend']}, AC {spec.parallel['activation_checkpointing']['mode']})"
+    text_spec = spec.settings.model.text
+    label = label or f"{spec.name} ({spec.settings.ops.backend}, AC {spec.settings.parallel.activation_checkpointing.mode})"
 
     results = []
     for seq_len, layout in [(n, name) for n in seq_lens for name in layouts if name != "data"] + (
-        [(int(spec.train["tokens_per_step"]), "data")] if "data" in layouts else []
+        [(train.tokens_per_step, "data")] if "data" in layouts else []
     ):
         if layout == "data":
             # The run's own rows, in the run's order: `assemble train`'s batch shape exactly.
@@ -107,7 +108,7 @@ def bench_spec(
         vision = None
         if patches:
             vision_tower = family_of_model(model).towers(model)["vision"]
-            vision = (matmul_weight_flops_per_token(vision_tower), spec.model["vision"], patches, patches // images_per_row)
+            vision = (matmul_weight_flops_per_token(vision_tower), spec.settings.model.vision, patches, patches // images_per_row)
         flops = training_flops(text_flops, text_spec, seq_len, vision=vision)  # of the first row, for `data`
         documents = row["packing"].num_documents
         row_label = {"packed": f"{label}, packed {documents} docs", "one-document": f"{label}, one document",

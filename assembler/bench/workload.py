@@ -17,6 +17,7 @@ import torch
 from assembler.data.chat_template import IGNORE_INDEX, EncodedSample
 from assembler.data.packing import collate_row
 from assembler.model.family import family_of_model
+from assembler.spec.sections import TextSettings
 from assembler.train.metrics import attention_flops_per_token, matmul_weight_flops_per_token
 
 TEXT_TOKEN_RANGE = 150_000  # ordinary token ids, clear of Qwen3.5's special tokens
@@ -145,7 +146,7 @@ class _RandomPixels:
 
 
 def training_flops(
-    text_matmul_flops: float, text_spec: dict, seq_len: int, *, vision: tuple[float, dict, int, int] | None = None
+    text_matmul_flops: float, text_spec: TextSettings | dict, seq_len: int, *, vision: tuple[float, dict, int, int] | None = None
 ) -> float:
     """Flops of one training step, torchtitan's convention (ARCHITECTURE.md, Measuring): per token
     the text matmuls' (`text_matmul_flops`: 6·N, a frozen weight 4, see

@@ -54,7 +54,7 @@ def bench_command(spec_path: str, overrides: tuple[str, ...], seq_lens: tuple[in
         image_spec = ImageSpec.parse(images) if images else None
     except ValueError as error:
         raise UserError(str(error)) from None
-    if "data" in layouts and not spec.data["sources"]:
+    if "data" in layouts and not spec.settings.data.sources:
         raise UserError(f"--layout data: {spec_path} has no data.sources; name them in the spec or with "
                         "-o 'data.sources=[{path: FILE.jsonl}]', or use the synthetic layouts")
     if not torch.cuda.is_available():

@@ -25,6 +25,7 @@ workers would save the repeated tokenizing, at a second pool; not needed at toda
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,11 +286,11 @@ def build_loader(spec: Any, *, rank: int = 0, world_size: int = 1, base_dir: Pat
     (`spec.source`; the working directory for a spec built in memory) unless `base_dir` is given."""
     if base_dir is None:
         base_dir = data_base_dir(spec)
-    model = spec.model
+    model, train = spec.settings.model, spec.settings.train
     return build_loader_from_sections(
-        spec.data, base_dir=Path(base_dir), tokens_per_step=int(spec.train["tokens_per_step"]),
-        seed=int(spec.train["seed"]), tokens=model["tokens"], vision=model.get("vision"),
-        vocab_size=model["text"]["vocab_size"], rank=rank, world_size=world_size, tokenizer=tokenizer,
+        spec.settings.data, base_dir=Path(base_dir), tokens_per_step=train.tokens_per_step,
+        seed=train.seed, tokens=dataclasses.asdict(model.tokens), vision=model.vision,
+        vocab_size=model.text.vocab_size, rank=rank, world_size=world_size, tokenizer=tokenizer,
     )
 
 
@@ -324,7 +325,7 @@ def video_processor_for(vision: Mapping[str, Any] | None, settings: DataSettings
 
 
 def build_loader_from_sections(
-    data: Mapping[str, Any],
+    data: Mapping[str, Any] | DataSettings,
     *,
     base_dir: Path,
     tokens_per_step: int,

@@ -20,7 +20,6 @@ from assembler.data.encoding import Progress
 from assembler.data.loader import PackedBatchLoader, check_tokenizer, data_base_dir, streamed_sources
 from assembler.data.records import DataError
 from assembler.data.tokenizer import load_tokenizer
-from assembler.spec.sections import DataSettings
 
 
 @dataclass
@@ -117,19 +116,19 @@ def data_report(spec: Any, progress: Callable[[str], None] | None = None) -> Dat
     one window's and the token lengths (4 bytes a sample)."""
     start = time.monotonic()
     base_dir = data_base_dir(spec)
-    settings = DataSettings.of(spec.data)
-    row_tokens = int(spec.train["tokens_per_step"])
+    settings, model = spec.settings.data, spec.settings.model
+    row_tokens = spec.settings.train.tokens_per_step
     max_length = settings.packing.length or row_tokens
-    vision, tokens = spec.model.get("vision"), spec.model["tokens"]
+    vision = model.vision
     tokenizer = load_tokenizer(settings.tokenizer, base_dir=base_dir)
-    check_tokenizer(tokenizer, tokens, spec.model["text"]["vocab_size"], has_vision=vision is not None)
+    check_tokenizer(tokenizer, dataclasses.asdict(model.tokens), model.text.vocab_size, has_vision=vision is not None)
 
     problems: list[str] = []
     once = dataclasses.replace(settings, sources=[{**source, "weight": 1} for source in settings.sources])
     windows = streamed_sources(once, base_dir, tokenizer, vision, max_length,
                                on_error="skip", problems=problems)
-    loader = PackedBatchLoader(windows, budget=row_tokens, seed=int(spec.train["seed"]), shuffle=settings.shuffle,
-                               pad_token_id=tokenizer.token_id(ENDOFTEXT), image_token_id=tokens["image"],
+    loader = PackedBatchLoader(windows, budget=row_tokens, seed=spec.settings.train.seed, shuffle=settings.shuffle,
+                               pad_token_id=tokenizer.token_id(ENDOFTEXT), image_token_id=model.tokens.image,
                                spatial_merge_size=vision["spatial_merge_size"] if vision else 1)
     meter = Progress(sum(windows.records_per_source), progress)
     records, chats, truncated, rows, real_tokens, skipped = [0] * len(windows.paths), 0, 0, 0, 0, 0

@@ -63,7 +63,7 @@ def export(path: Path, out_dir: Path, *, shard_size: int | str, dtype: torch.dty
 
     source = resolve_export_source(Path(path))
     dtype = dtype if dtype is not None else model_export_dtype(source.spec)
-    has_adapters = source.dcp_dir is not None and source.spec.train["adapters"] is not None
+    has_adapters = source.dcp_dir is not None and source.spec.settings.train.adapters is not None
     if adapter and not has_adapters:
         what = "an HF folder, which holds no adapters" if source.dcp_dir is None else "a run trained without train.adapters"
         if source.dcp_dir is None and (Path(path) / ADAPTER_EXPORT_FOLDER).is_dir():
@@ -106,7 +106,7 @@ def resolve_export_source(path: Path, note: Callable[[str], None] = _print_note)
         checkpoint = latest_loadable_checkpoint(path / "checkpoints", note)
     if checkpoint is not None:
         spec = _load_resolved_spec(checkpoint / RESOLVED_SPEC_FILE)
-        init_from = spec.train["init_from"]
+        init_from = spec.settings.train.init_from
         return ExportSource(spec=spec, hf_dir=None, dcp_dir=checkpoint, source_dir=Path(init_from) if init_from else None)
     if (path / HF_EXPORT_FOLDER / "config.json").is_file():
         spec = _load_resolved_spec(path / RESOLVED_SPEC_FILE)

@@ -3,7 +3,6 @@ blocks (see assembler/model/family.py and assembler/model/towers.py), then initi
 
 from __future__ import annotations
 
-import dataclasses
 
 import torch
 from torch import nn
@@ -18,25 +17,26 @@ from blocks.ops import AUTO, OpTable, chosen_backends, resolve_ops, unmet_fast_r
 def resolve_spec_ops(spec: Spec) -> OpTable:
     """The op table the spec selects: `ops.backend` for all ops, then `ops.overrides` per op
     (`auto` decided for this machine; `assemble train` decides it first, in `decide_auto_ops`)."""
-    return resolve_ops(spec.ops["backend"], spec.ops["overrides"], compute_dtype=compute_dtype(spec, sharded=True))
+    ops = spec.settings.ops
+    return resolve_ops(ops.backend, ops.overrides, compute_dtype=compute_dtype(spec, sharded=True))
 
 
 def compute_dtype(spec: Spec, *, sharded: bool) -> str:
     """The dtype the model's matmuls run in: FSDP2's `parallel.fsdp.param_dtype` when sharded (every
     GPU run), else the parameters' own `train.dtype` (a plain CPU process; no autocast anywhere)."""
-    return spec.parallel["fsdp"]["param_dtype"] if sharded else spec.train["dtype"]
+    return spec.settings.parallel.fsdp.param_dtype if sharded else spec.settings.train.dtype
 
 
 def decide_auto_ops(spec: Spec, device_type: str, *, sharded: bool) -> tuple[Spec, str | None]:
     """`ops.backend: auto` decided for `device_type`: (the spec with every op's choice written into
     `ops.overrides`, so its resolved YAML names the ops that ran; a one-line summary for the log).
     Other backends: (spec, None) unchanged."""
-    if spec.ops["backend"] != AUTO:
+    if spec.settings.ops.backend != AUTO:
         return spec, None
     chosen = chosen_backends(
-        AUTO, spec.ops["overrides"], device_type=device_type, compute_dtype=compute_dtype(spec, sharded=sharded)
+        AUTO, spec.settings.ops.overrides, device_type=device_type, compute_dtype=compute_dtype(spec, sharded=sharded)
     )
-    decided = dataclasses.replace(spec, ops={**spec.ops, "overrides": chosen})
+    decided = spec.replaced("ops.overrides", chosen)
     fast = [name for name, which in chosen.items() if which == "fast"]
     hf = [name for name, which in chosen.items() if which == "hf"]
     summary = f"ops (auto, {device_type}): fast {', '.join(fast) or '-'}; hf {', '.join(hf) or '-'}"
@@ -49,7 +49,8 @@ def check_ops_can_train(spec: Spec, device_type: str, *, sharded: bool | None = 
     `sharded` (default: on CUDA, as every GPU run is) picks the compute dtype, see `compute_dtype`."""
     sharded = device_type == "cuda" if sharded is None else sharded
     dtype = compute_dtype(spec, sharded=sharded)
-    chosen = chosen_backends(spec.ops["backend"], spec.ops["overrides"], device_type=device_type, compute_dtype=dtype)
+    ops = spec.settings.ops
+    chosen = chosen_backends(ops.backend, ops.overrides, device_type=device_type, compute_dtype=dtype)
     problems = unmet_fast_requirements(chosen, device_type, dtype)
     if problems:
         raise UserError(f"{spec.source or spec.name}: " + "; ".join(problems))

@@ -128,7 +128,7 @@ def family_named(name: str) -> ModelFamily:
 
 def family_of(spec: Spec) -> ModelFamily:
     """The family a loaded Spec names (`model.family`, filled with the schema's default)."""
-    return family_named(spec.model["family"])
+    return family_named(spec.settings.model.family)
 
 
 def family_of_model(model: nn.Module) -> ModelFamily:

@@ -22,7 +22,6 @@ first step's measured peak is logged next to the prediction, so the gap is visib
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any, Callable
 
@@ -34,7 +33,6 @@ from assembler.parallel.activation_checkpoint_plan import BlockCost, MemoryModel
 from assembler.parallel.parallelize import KEPT_OP_PREFIXES, iter_blocks, keep_fp32_params
 from assembler.spec import Spec
 from assembler.spec.errors import UserError
-from assembler.spec.sections import CheckpointingSettings, FsdpSettings
 from blocks.constants import DTYPES
 
 FRAGMENTATION_MARGIN = 0.08  # the share of the card left to the caching allocator's fragmentation
@@ -46,15 +44,15 @@ def resolve_auto_checkpointing(spec: Spec, first_batch: dict[str, Any], device: 
     """`mode: auto` planned for this device and batch: (the spec with the plan written in as a
     `selective` section, one log line). Other modes: (spec, None) unchanged. On the CPU there is no
     device memory to plan for: no checkpointing (said in the log line)."""
-    ac = spec.parallel["activation_checkpointing"]
-    if ac["mode"] != "auto":
+    ac = spec.settings.parallel.activation_checkpointing
+    if ac.mode != "auto":
         return spec, None
-    placement = CheckpointingSettings.of(ac).placement
+    placement = ac.placement
     if device.type != "cuda":
         return _with_section(spec, {"mode": "none", "placement": placement}), \
             "activation checkpointing (auto, cpu): no device memory to plan for; no checkpointing"
     total = torch.cuda.get_device_properties(device).total_memory
-    budget = ac["memory_budget_gib"] * 2**30 if "memory_budget_gib" in ac else total * (1 - FRAGMENTATION_MARGIN)
+    budget = ac.memory_budget_gib * 2**30 if ac.memory_budget_gib is not None else total * (1 - FRAGMENTATION_MARGIN)
     model = measure_memory_model(spec, first_batch, device, world_size=world_size)
     try:
         plan = plan_checkpointing(model, budget)
@@ -63,7 +61,7 @@ def resolve_auto_checkpointing(spec: Spec, first_batch: dict[str, Any], device: 
             f"parallel.activation_checkpointing (auto): {error}. Lower train.tokens_per_step, train on more GPUs, or "
             "keep the masters in bf16 (-o train.dtype=bfloat16)"
         ) from None
-    section = plan_section(plan, spec.model["text"]["layers"], placement=placement)
+    section = plan_section(plan, list(spec.settings.model.text.layers), placement=placement)
     line = f"activation checkpointing (auto, budget {budget / 2**30:.1f} GiB): {describe(plan)}"
     return _with_section(spec, section), line
 
@@ -76,7 +74,7 @@ def measure_memory_model(spec: Spec, first_batch: dict[str, Any], device: torch.
 
     clock = clock or _device_clock(device)
     dtype = DTYPES[compute_dtype(spec, sharded=device.type == "cuda")]  # every CUDA run is sharded
-    fp32_patterns = FsdpSettings.of(spec.parallel["fsdp"]).fp32_params
+    fp32_patterns = spec.settings.parallel.fsdp.fp32_params
     probe = build_model(_one_block_per_type(spec), device=device, dtype=dtype, seed=0)
     keep_fp32_params(probe, fp32_patterns)
     inputs = _capture_block_inputs(probe, to_device(first_batch, device), dtype)
@@ -93,21 +91,17 @@ def measure_memory_model(spec: Spec, first_batch: dict[str, Any], device: torch.
 
 
 def _one_block_per_type(spec: Spec) -> Spec:
-    text = dict(spec.model["text"])
-    layers = list(dict.fromkeys(text["layers"]))  # one of each type, in first-seen order
-    text.update(layers=layers, num_hidden_layers=len(layers))
-    model = {**spec.model, "text": text}
-    if model.get("vision"):
-        model["vision"] = {**model["vision"], "depth": 1}
-    return dataclasses.replace(spec, model=model)
+    layers = list(dict.fromkeys(spec.settings.model.text.layers))  # one of each type, in first-seen order
+    probe = spec.replaced("model.text.layers", layers).replaced("model.text.num_hidden_layers", len(layers))
+    return probe.replaced("model.vision.depth", 1) if spec.settings.model.vision else probe
 
 
 def _block_counts(spec: Spec) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for layer_type in spec.model["text"]["layers"]:
+    for layer_type in spec.settings.model.text.layers:
         counts[layer_type] = counts.get(layer_type, 0) + 1
-    if spec.model.get("vision"):
-        counts["vision"] = spec.model["vision"]["depth"]
+    if spec.settings.model.vision:
+        counts["vision"] = spec.settings.model.vision["depth"]  # the vision block's own setting
     return counts
 
 
@@ -187,7 +181,7 @@ class _KeptOps(TorchDispatchMode):
 def _model_state_bytes(spec: Spec, model: nn.Module, *, world_size: int, compute: torch.dtype) -> tuple[float, float]:
     """(bytes of master parameters, gradients and AdamW states on one rank, bytes of the largest
     block's parameters gathered in the `compute` dtype)."""
-    master = DTYPES[spec.train["dtype"]].itemsize
+    master = DTYPES[spec.settings.train.dtype].itemsize
     parameters = sum(p.numel() for p in model.parameters())
     state = parameters * master * (2 + ADAMW_STATES) / world_size
     largest = max(sum(p.numel() for p in block.parameters()) for _, block, _ in iter_blocks(model)) * compute.itemsize
@@ -195,7 +189,7 @@ def _model_state_bytes(spec: Spec, model: nn.Module, *, world_size: int, compute
 
 
 def _with_section(spec: Spec, section: dict) -> Spec:
-    return dataclasses.replace(spec, parallel={**spec.parallel, "activation_checkpointing": section})
+    return spec.replaced("parallel.activation_checkpointing", section)
 
 
 def _device_clock(device: torch.device) -> Callable[[], float]:

@@ -47,7 +47,7 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 
 from assembler.model.family import family_of_model
 from assembler.spec import Spec
-from assembler.spec.sections import CheckpointingSettings, CompileSettings, FsdpSettings
+from assembler.spec.sections import CheckpointingSettings, FsdpSettings
 from blocks.constants import DTYPES
 
 
@@ -83,8 +83,8 @@ def parallelize(model: nn.Module, spec: Spec, *, mesh: "dist.device_mesh.DeviceM
     ranks is made); a single process without one gets checkpointing and compile only (world size 1
     under torchrun is sharded like any other). Returns `model`.
     """
-    policy = spec.parallel
-    fsdp = FsdpSettings.of(policy["fsdp"])
+    policy = spec.settings.parallel
+    fsdp = policy.fsdp
     if mesh is None and dist.is_available() and dist.is_initialized():
         from torch.distributed.device_mesh import init_device_mesh
 
@@ -93,19 +93,19 @@ def parallelize(model: nn.Module, spec: Spec, *, mesh: "dist.device_mesh.DeviceM
     fp32_names = keep_fp32_params(model, fsdp.fp32_params)
 
     blocks = list(iter_blocks(model))
-    ac_spec = policy["activation_checkpointing"]
-    if ac_spec["mode"] == "auto":
+    ac_spec = policy.activation_checkpointing
+    if ac_spec.mode == "auto":
         raise ValueError("parallel.activation_checkpointing.mode auto: plan it first (assembler.parallel.activation_checkpoint_probe.resolve_auto_checkpointing)")
     checkpointed = blocks_to_checkpoint(blocks, ac_spec)
     op_level = blocks_to_checkpoint(blocks, ac_spec, key="op_level")
-    checkpoint_around_compile = CheckpointingSettings.of(ac_spec).placement == "around_compile"
+    checkpoint_around_compile = ac_spec.placement == "around_compile"
     for name, block, block_type in blocks:
         record = BlockPolicy(name=name, block_type=block_type)
         record.checkpointed, record.op_level = name in checkpointed, name in op_level
         # Op-level checkpointing chooses by aten op, so it must see the ops: always inside compile.
         if record.op_level or (record.checkpointed and not checkpoint_around_compile):
             apply_activation_checkpointing(block, op_level=record.op_level)
-        compile_policy = CompileSettings.of(policy["compile"].get(block_type, {}), block_type)
+        compile_policy = policy.compile_of(block_type)
         if compile_policy.enabled:
             apply_compile(block, fullgraph=compile_policy.fullgraph, mode=compile_policy.mode)
             record.compiled, record.fullgraph, record.compile_mode = True, compile_policy.fullgraph, compile_policy.mode
@@ -114,7 +114,7 @@ def parallelize(model: nn.Module, spec: Spec, *, mesh: "dist.device_mesh.DeviceM
         block.parallel_policy = record
 
     if mesh is not None:
-        apply_fsdp(model, blocks, policy["fsdp"], mesh=mesh, replicated=fp32_names)
+        apply_fsdp(model, blocks, fsdp, mesh=mesh, replicated=fp32_names)
     return model
 
 
@@ -125,7 +125,7 @@ def iter_blocks(model: nn.Module):  # noqa: ANN201 (generator of (name, module, 
         yield ref.path, ref.module, ref.block_type
 
 
-def blocks_to_checkpoint(blocks: list[tuple[str, nn.Module, str]], ac_spec: dict, *, key: str = "layers") -> set[str]:
+def blocks_to_checkpoint(blocks: list[tuple[str, nn.Module, str]], ac_spec: dict | CheckpointingSettings, *, key: str = "layers") -> set[str]:
     """Names of the blocks `activation_checkpointing` selects for full checkpointing (`key`
     "layers") or op-level checkpointing (`key` "op_level"): none, every block (mode `full`, full
     checkpointing only), or in mode `selective` the listed block types (`linear`, `full`,

@@ -1,15 +1,22 @@
-"""Typed views of the spec sections code reads setting by setting: frozen dataclasses filled from
-the schema's defaults, so no caller restates a default (`.get("eps", 1e-8)`) that can drift from
-the schema's.
+"""Typed views of the spec's sections: frozen dataclasses filled from the schema's defaults, so no
+caller restates a default (`.get("eps", 1e-8)`) that can drift from the schema's, and no code
+outside the spec package indexes a section as a dict.
 
-`OptimizerSettings.of(spec.train["optimizer"])` takes a loaded spec's section (already complete)
-or a partial one a test writes by hand; either way every missing setting takes the schema default
-of its path, and a setting without one is an error naming that path.
+A loaded spec gives them all at once: `spec.settings.train.dtype`, `spec.settings.parallel.fsdp.cpu_offload`
+(`SpecSettings`, built once per Spec). `OptimizerSettings.of(section)` takes a loaded spec's section
+(already complete), a partial one a test writes by hand, or the typed view itself; either way every
+missing setting takes the schema default of its path, and a setting without one is an error naming
+that path.
+
+What stays a mapping: the settings a block owns (a layer type's mixer and mlp, the vision tower,
+the norms, rope) and the per-op backend overrides. Their schema is the registered block's, a
+plugin's included, so they are handed on whole to the block's constructor or the op table.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,13 +42,22 @@ def typed_section(cls: type[Section], values: Mapping[str, Any], path: str) -> S
         if field.name not in filled and field.default is dataclasses.MISSING:
             raise ValueError(f"{path}.{field.name}: missing, and the schema gives it no default")
         value = filled.get(field.name, field.default)
-        kind = hints[field.name]
-        if dataclasses.is_dataclass(kind):
+        kind = _optional_dataclass(hints[field.name]) or hints[field.name]
+        if dataclasses.is_dataclass(kind) and value is not None:
             value = typed_section(kind, value, f"{path}.{field.name}")
         elif typing.get_origin(kind) is tuple:
             value = tuple(value)
         settings[field.name] = value
     return cls(**settings)
+
+
+def _optional_dataclass(kind: Any) -> type | None:
+    """`X` for a field typed `X | None` where X is a dataclass (a nullable sub-section), else None."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        classes = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+        if len(classes) == 1 and dataclasses.is_dataclass(classes[0]):
+            return classes[0]
+    return None
 
 
 class SpecSection:
@@ -50,7 +66,9 @@ class SpecSection:
     PATH: ClassVar[str]
 
     @classmethod
-    def of(cls: type[Section], values: Mapping[str, Any]) -> Section:
+    def of(cls: type[Section], values: Mapping[str, Any] | Section) -> Section:
+        if isinstance(values, cls):  # already typed (a loaded spec's `settings`)
+            return values
         return typed_section(cls, values, cls.PATH)
 
 
@@ -155,7 +173,9 @@ class CompileSettings:
     mode: str | None = None
 
     @classmethod
-    def of(cls, values: Mapping[str, Any], block_type: str) -> CompileSettings:
+    def of(cls, values: Mapping[str, Any] | CompileSettings, block_type: str) -> CompileSettings:
+        if isinstance(values, cls):
+            return values
         return typed_section(cls, values, f"parallel.compile.{block_type}")
 
 
@@ -187,3 +207,119 @@ class MtpSettings(SpecSection):
     num_hidden_layers: int
     layer_type: str
     loss_weight: float
+
+
+@dataclass(frozen=True)
+class TrainCheckpointSettings(SpecSection):
+    """`train.checkpoint`: the saved training state (not activation checkpointing), every N steps,
+    the last `keep_last` kept."""
+
+    PATH: ClassVar[str] = "train.checkpoint"
+    every: int
+    keep_last: int
+
+
+@dataclass(frozen=True)
+class TrainSettings(SpecSection):
+    """`train`. grad_clip None: no clipping; output_dir None: runs/<spec name>; init_from: an HF
+    folder the weights start from; freeze: parameter-name globs; adapters None: no LoRA."""
+
+    PATH: ClassVar[str] = "train"
+    steps: int
+    tokens_per_step: int
+    grad_accumulation: int
+    optimizer: OptimizerSettings
+    schedule: ScheduleSettings
+    grad_clip: float | None
+    seed: int
+    dtype: str
+    checkpoint: TrainCheckpointSettings
+    output_dir: str | None
+    log_every: int
+    init_from: str | None
+    freeze: tuple[str, ...]
+    adapters: AdapterSettings | None
+    export_hf: bool
+
+
+@dataclass(frozen=True)
+class OpsSettings(SpecSection):
+    """`ops`: the backend (`hf`, `fast`, `auto`) and per-op overrides (op name -> backend)."""
+
+    PATH: ClassVar[str] = "ops"
+    backend: str
+    overrides: dict
+
+
+@dataclass(frozen=True)
+class ParallelSettings(SpecSection):
+    """`parallel`. compile: block type -> its settings, as the spec lists them (`compile_of`)."""
+
+    PATH: ClassVar[str] = "parallel"
+    fsdp: FsdpSettings
+    activation_checkpointing: CheckpointingSettings
+    compile: dict
+
+    def compile_of(self, block_type: str) -> CompileSettings:
+        """The compile settings of `block_type` (the schema's defaults when the spec names none)."""
+        return CompileSettings.of(self.compile.get(block_type, {}), block_type)
+
+
+@dataclass(frozen=True)
+class TokenSettings(SpecSection):
+    """`model.tokens`: the special token ids the data pipeline and the vision tower agree on."""
+
+    PATH: ClassVar[str] = "model.tokens"
+    image: int
+    video: int
+    vision_start: int
+    vision_end: int
+    eos: int
+
+
+@dataclass(frozen=True)
+class TextSettings(SpecSection):
+    """`model.text`: the text tower's own settings. layers: a layer type name per layer;
+    layer_types: name -> {mixer, mlp} (block-owned settings); norms, rope: their blocks' settings."""
+
+    PATH: ClassVar[str] = "model.text"
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    layers: tuple[str, ...]
+    layer_types: dict
+    norms: dict
+    rms_norm_eps: float
+    rope: dict
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    initializer_range: float
+
+
+@dataclass(frozen=True)
+class ModelSettings(SpecSection):
+    """`model`. vision: the vision tower's block settings (None: a text-only model); mtp None: no
+    multi-token-prediction head. A family builds from the section itself (`spec.model`)."""
+
+    PATH: ClassVar[str] = "model"
+    family: str
+    text: TextSettings
+    tokens: TokenSettings
+    vision: dict | None = None
+    mtp: MtpSettings | None = None
+
+
+@dataclass(frozen=True)
+class SpecSettings:
+    """Every section of a loaded spec, typed (`spec.settings`)."""
+
+    model: ModelSettings
+    ops: OpsSettings
+    parallel: ParallelSettings
+    train: TrainSettings
+    data: DataSettings
+
+    @classmethod
+    def of(cls, sections: Mapping[str, Any]) -> SpecSettings:
+        return cls(**{field.name: hint.of(sections[field.name]) for field, hint in
+                      zip(dataclasses.fields(cls), (ModelSettings, OpsSettings, ParallelSettings, TrainSettings, DataSettings))})

@@ -1,13 +1,17 @@
 """`Spec`: a loaded, validated spec with every default filled in.
 
-Build, parallelize, train and export read their sections from here and never from raw YAML.
-Sections are plain dicts (JSON Schema shapes, see assembler/schema/spec.schema.json); treat them
-as read-only — `to_dict()` hands out a copy to modify.
+Build, parallelize, train and export read their sections from here and never from raw YAML:
+typed, through `spec.settings` (frozen dataclasses of sections.py: `spec.settings.train.dtype`).
+The sections themselves (`spec.model`, `spec.train`, ...) are the resolved document as plain dicts
+(JSON Schema shapes, see assembler/schema/spec.schema.json): what is saved with a run, what a
+family builds its model from; treat them as read-only — `to_dict()` hands out a copy to modify.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +20,7 @@ from typing import Any, Callable
 import yaml
 
 from assembler.spec.errors import SpecError  # noqa: F401  (re-exported: `from assembler.spec import SpecError`)
+from assembler.spec.sections import SpecSettings
 
 SECTIONS = ("name", "model", "ops", "parallel", "train", "data")
 
@@ -35,6 +40,25 @@ class Spec:
     train: dict
     data: dict
     source: Path | None = None
+
+    @functools.cached_property
+    def settings(self) -> SpecSettings:
+        """The sections typed, every default filled (built once; a `dataclasses.replace`d spec builds its own)."""
+        return SpecSettings.of({section: getattr(self, section) for section in SECTIONS[1:]})
+
+    def replaced(self, path: str, value: Any) -> Spec:
+        """A copy of the spec with the setting at dotted `path` (`parallel.activation_checkpointing`,
+        `model.text.layers`) set to `value`: a decision written into the resolved spec (an `auto`
+        made concrete, a probe's smaller model). Not validated again: `value` is the caller's to get right."""
+        section, *keys = path.split(".")
+        if not keys:
+            return dataclasses.replace(self, **{section: value})
+        data = copy.deepcopy(getattr(self, section))
+        node = data
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+        return dataclasses.replace(self, **{section: data})
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as a fresh nested dict (what `load_spec_from_dict` accepts back)."""

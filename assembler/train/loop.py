@@ -97,9 +97,9 @@ def build_for_world(spec: Spec, world: World) -> nn.Module:
     only its own shard, so the whole model never exists on one rank. Random init is drawn whole on
     every rank from the same seed (so it equals the one-process model) and then sharded.
     """
-    cfg = spec.train
-    dtype = DTYPES[cfg["dtype"]]
-    init_from = spec.resolve_path(cfg["init_from"]) if cfg.get("init_from") else None
+    cfg = spec.settings.train
+    dtype = DTYPES[cfg.dtype]
+    init_from = spec.resolve_path(cfg.init_from) if cfg.init_from else None
     from assembler.hf.checkpoint import load_hf_checkpoint
 
     if init_from is not None and world.is_distributed:
@@ -107,15 +107,15 @@ def build_for_world(spec: Spec, world: World) -> nn.Module:
         choose_trained_parameters(model, spec, initialize_adapters=False)  # adapters filled once allocated
         model = parallelize_for_world(model, spec, world)
         # FSDP2's CPU offload keeps the sharded parameters in host memory (it copies them in per unit).
-        shard_device = torch.device("cpu") if spec.parallel["fsdp"]["cpu_offload"] else world.device
+        shard_device = torch.device("cpu") if spec.settings.parallel.fsdp.cpu_offload else world.device
         model.to_empty(device=shard_device)
         for param in replicated_parameters(model):  # FSDP2 never moves them: they compute where they live
             param.data = param.data.to(world.device)
         load_hf_checkpoint(model, init_from, spec, device=shard_device)
-        if cfg["adapters"] is not None:
+        if cfg.adapters is not None:
             initialize_spec_adapters(model, spec, device=shard_device)
         return model
-    model = build_model(spec, device=world.device, dtype=dtype, seed=int(cfg["seed"]))
+    model = build_model(spec, device=world.device, dtype=dtype, seed=cfg.seed)
     if init_from is not None:
         load_hf_checkpoint(model, init_from, spec)
     choose_trained_parameters(model, spec, device=world.device)
@@ -175,8 +175,8 @@ def train(
         raise shared_by_every_rank(error) from None
     if world.device.type == "cpu":
         keep_freed_memory_for_reuse()
-    cfg = spec.train
-    run_dir = run_folder(spec.name, output_dir if output_dir is not None else cfg["output_dir"])
+    cfg = spec.settings.train
+    run_dir = run_folder(spec.name, output_dir if output_dir is not None else cfg.output_dir)
     checkpoints_dir = run_dir / CHECKPOINTS_FOLDER
     resolved_yaml = spec.to_yaml()
     new_run_dir = not run_dir.exists()  # a run that fails before its first step leaves none behind
@@ -208,9 +208,9 @@ def train(
                 notes += resume_changes(resume_from / RESOLVED_SPEC_FILE, resolved_yaml, resumed_step)
                 if resume_from.parent == checkpoints_dir:
                     check_same_model(run_dir, resolved_yaml)
-            if cfg["export_hf"]:  # refused now, not after the whole run
+            if cfg.export_hf:  # refused now, not after the whole run
                 check_export_target(run_dir / HF_EXPORT_FOLDER, True, inputs=_export_inputs(spec))
-                if cfg["adapters"] is not None:
+                if cfg.adapters is not None:
                     check_export_target(run_dir / ADAPTER_EXPORT_FOLDER, True, inputs=_export_inputs(spec))
             abandoned = abandon_newer_checkpoints(checkpoints_dir, resumed_step)
             if abandoned is not None:
@@ -266,7 +266,7 @@ def _plan_auto_checkpointing(spec, world, run_dir, resolved_yaml, logger, build_
     """`activation_checkpointing.mode: auto`: rank 0 measures on the run's first batch (drawn from a
     loader of its own, so the run's data position is untouched) and plans; every rank applies the
     plan, which replaces `auto` in the resolved spec. Other modes: unchanged."""
-    if spec.parallel["activation_checkpointing"]["mode"] != "auto":
+    if spec.settings.parallel.activation_checkpointing.mode != "auto":
         return spec, resolved_yaml
     from assembler.parallel.activation_checkpoint_probe import resolve_auto_checkpointing
 
@@ -275,7 +275,7 @@ def _plan_auto_checkpointing(spec, world, run_dir, resolved_yaml, logger, build_
         try:
             first_batch = next(iter(build_loader(spec, rank=world.rank, world_size=world.world_size)))
             planned, line = resolve_auto_checkpointing(spec, first_batch, world.device, world_size=world.world_size)
-            decision = (planned.parallel["activation_checkpointing"], line, None)
+            decision = (planned.to_dict()["parallel"]["activation_checkpointing"], line, None)
         except UserError as error:
             decision = (None, None, error)
     section, line, error = broadcast_from_main(decision)
@@ -294,20 +294,20 @@ def planned_checkpointing_of(saved_spec: Path, spec: Spec) -> dict | None:
     made (its resolved spec's section), which the resume keeps: a new probe could time the blocks
     differently and choose another plan, whose compiled graphs would not compute the same bits.
     None when the spec is not `auto` or the saved spec has no plan."""
-    if spec.parallel["activation_checkpointing"]["mode"] != "auto" or not Path(saved_spec).is_file():
+    if spec.settings.parallel.activation_checkpointing.mode != "auto" or not Path(saved_spec).is_file():
         return None
     saved = (yaml.safe_load(Path(saved_spec).read_text(encoding="utf-8")) or {}).get("parallel", {}).get("activation_checkpointing")
     return saved if isinstance(saved, dict) and saved.get("mode") not in (None, "auto") else None
 
 
 def _with_checkpointing(spec: Spec, section: dict) -> Spec:
-    return dataclasses.replace(spec, parallel={**spec.parallel, "activation_checkpointing": section})
+    return spec.replaced("parallel.activation_checkpointing", section)
 
 
 def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, logger, build_loader) -> TrainResult:
-    cfg = spec.train
-    total_steps = int(cfg["steps"])
-    seed_everything(int(cfg["seed"]))
+    cfg = spec.settings.train
+    total_steps = cfg.steps
+    seed_everything(cfg.seed)
 
     loader = build_loader(spec, rank=world.rank, world_size=world.world_size)
     logger.message(f"data: {loader.describe()}")  # plans the first window: bad data there stops us before the model is built
@@ -319,8 +319,8 @@ def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, lo
     counts = parameter_counts(model)
     logger.message(counts.describe())
     logger.summary({"parameters": counts.to_dict()})
-    optimizer = build_optimizer(model, cfg["optimizer"])
-    scheduler = build_lr_schedule(optimizer, cfg["schedule"], total_steps)
+    optimizer = build_optimizer(model, cfg.optimizer)
+    scheduler = build_lr_schedule(optimizer, cfg.schedule, total_steps)
 
     start_step, last_checkpoint = 0, None
     if resume_from is not None:
@@ -331,10 +331,10 @@ def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, lo
     logger.truncate_after(start_step)
     logger.message(f"run folder: {run_dir}")
 
-    every = int(cfg["checkpoint"]["every"])
-    keep_last = int(cfg["checkpoint"]["keep_last"])
-    log_every = max(int(cfg["log_every"]), 1)
-    accumulation = int(cfg["grad_accumulation"])
+    every = cfg.checkpoint.every
+    keep_last = cfg.checkpoint.keep_last
+    log_every = max(cfg.log_every, 1)
+    accumulation = cfg.grad_accumulation
     batches: Iterator[dict[str, Any]] = iter(loader)
     timer: StepTimer | None = None
     losses: dict[int, float] = {}
@@ -366,10 +366,10 @@ def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, lo
             raise DataError(f"step {step}: {error}\n{kept}; fix the record or set data.on_error: skip, then run again") from None
         if timer is None:
             seq_len = micro_batches[0]["input_ids"].shape[-1]
-            timer = StepTimer(flops_per_token(model, spec.model["text"], seq_len), peak_flops(world.device))
+            timer = StepTimer(flops_per_token(model, spec.settings.model.text, seq_len), peak_flops(world.device))
         step_start = time.perf_counter()
         try:
-            outcome = training_step(model, optimizer, scheduler, micro_batches, world=world, grad_clip=float(cfg["grad_clip"]))
+            outcome = training_step(model, optimizer, scheduler, micro_batches, world=world, grad_clip=float(cfg.grad_clip))
         except NonFiniteStep as bad:
             kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
             raise NonFiniteLossError(
@@ -400,10 +400,10 @@ def _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, lo
         logger.message(f"steady state ({steady.describe()}), peak memory {peak_memory_gib(world.device):.1f} GiB")
         logger.summary({"steady_state": {**steady.to_dict(), "peak_memory_gib": peak_memory_gib(world.device)}})
     hf_export = None
-    if cfg["export_hf"]:
+    if cfg.export_hf:
         hf_export = export_hf(model, spec, run_dir / HF_EXPORT_FOLDER)
-        logger.message(f"HF export: {hf_export}" + (" (adapters merged)" if cfg["adapters"] is not None else ""))
-        if cfg["adapters"] is not None:
+        logger.message(f"HF export: {hf_export}" + (" (adapters merged)" if cfg.adapters is not None else ""))
+        if cfg.adapters is not None:
             from assembler.adapters.peft_folder import save_adapter_folder
 
             adapter = save_adapter_folder(model, run_dir / ADAPTER_EXPORT_FOLDER, spec, overwrite=True, inputs=_export_inputs(spec))
@@ -417,12 +417,13 @@ def export_hf(model: nn.Module, spec: Spec, out_dir: Path) -> Path:
     from assembler.hf.checkpoint import save_hf_checkpoint
     from assembler.hf.checkpoint.dtype_policy import model_export_dtype
 
-    source_dir = spec.resolve_path(spec.train["init_from"]) if spec.train.get("init_from") else None
+    source_dir = spec.resolve_path(spec.settings.train.init_from) if spec.settings.train.init_from else None
     return save_hf_checkpoint(model, out_dir, spec, source_dir=source_dir, dtype=model_export_dtype(spec), overwrite=True)
 
 
 def _export_inputs(spec: Spec) -> tuple[Path, ...]:
     """Folders the run's exports read from (they may not replace them): `train.init_from` and
     `train.adapters.init_from`."""
-    adapters = spec.train["adapters"] or {}
-    return tuple(spec.resolve_path(path) for path in (spec.train.get("init_from"), adapters.get("init_from")) if path)
+    train = spec.settings.train
+    adapter_init = train.adapters.init_from if train.adapters is not None else None
+    return tuple(spec.resolve_path(path) for path in (train.init_from, adapter_init) if path)

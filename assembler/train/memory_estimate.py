@@ -57,7 +57,7 @@ class StepMemory:
         if self.activations > GIB:
             ways.append(f"lower train.tokens_per_step (now {train['tokens_per_step']}; the logits alone take "
                         f"{self.logits / GIB:.1f} GiB)")
-        if spec.parallel["activation_checkpointing"]["mode"] == "none" and self.activations - self.logits > GIB:
+        if spec.settings.parallel.activation_checkpointing.mode == "none" and self.activations - self.logits > GIB:
             ways.append("checkpoint the activations: -o parallel.activation_checkpointing.mode=full")
         ways.append(("train on a GPU, or " if device_type == "cpu" else "")
                     + "shard the weights, gradients and AdamW states over more GPUs: torchrun --nproc-per-node N $(which assemble) train ...")
@@ -72,8 +72,9 @@ def estimate_step_memory(spec: Spec, device: torch.device, world_size: int = 1) 
     sharded = device.type == "cuda" or world_size > 1  # FSDP2 over the world (assembler.distributed)
     model = build_model(spec, device="meta")
     choose_trained_parameters(model, spec, device="meta", initialize_adapters=False)
-    base_bytes = DTYPES[spec.train["dtype"]].itemsize
-    adapter_bytes = DTYPES[spec.train["adapters"]["dtype"]].itemsize if spec.train["adapters"] else base_bytes
+    train = spec.settings.train
+    base_bytes = DTYPES[train.dtype].itemsize
+    adapter_bytes = DTYPES[train.adapters.dtype].itemsize if train.adapters else base_bytes
     weights = trained = 0
     for name, parameter in model.named_parameters():
         size = parameter.numel() * (adapter_bytes if ".lora_" in name else base_bytes)
@@ -89,18 +90,18 @@ def _activation_bytes(spec: Spec, sharded: bool) -> tuple[int, int]:
     """(the LM head's logits, the text layers' kept activations) of one micro-batch, in bytes."""
     from assembler.model.build import compute_dtype
 
-    text = spec.model["text"]
-    tokens = int(spec.train["tokens_per_step"])
+    text, ops = spec.settings.model.text, spec.settings.ops
+    tokens = spec.settings.train.tokens_per_step
     compute = DTYPES[compute_dtype(spec, sharded=sharded)].itemsize
-    cross_entropy = spec.ops["overrides"].get("cross_entropy", spec.ops["backend"])
-    logits = 0 if cross_entropy == "fast" else tokens * text["vocab_size"] * (compute + 4)
+    cross_entropy = ops.overrides.get("cross_entropy", ops.backend)
+    logits = 0 if cross_entropy == "fast" else tokens * text.vocab_size * (compute + 4)
     per_token = 0
-    for layer_type in text["layers"]:
-        if spec.parallel["activation_checkpointing"]["mode"] == "none":
-            intermediate = text["layer_types"][layer_type]["mlp"].get("intermediate_size", 0)
-            per_token += 4 * text["hidden_size"] + 2 * intermediate
+    for layer_type in text.layers:
+        if spec.settings.parallel.activation_checkpointing.mode == "none":
+            intermediate = text.layer_types[layer_type]["mlp"].get("intermediate_size", 0)  # the MLP block's own setting
+            per_token += 4 * text.hidden_size + 2 * intermediate
         else:
-            per_token += text["hidden_size"]
+            per_token += text.hidden_size
     return logits, tokens * per_token * compute
 
 

@@ -16,6 +16,7 @@ import math
 import resource
 import sys
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -25,6 +26,7 @@ from torch import nn
 
 from assembler.common.durations import format_duration  # noqa: F401 (also metrics' public name)
 from assembler.common.durable_files import replace_durably
+from assembler.spec.sections import TextSettings
 from blocks.registry import get_block
 
 METRICS_FILE = "metrics.jsonl"
@@ -66,7 +68,7 @@ def matmul_weight_flops_per_token(model: nn.Module) -> int:
     return total
 
 
-def flops_per_token(model: nn.Module, text_spec: dict, seq_len: int) -> float:
+def flops_per_token(model: nn.Module, text_spec: TextSettings | Mapping, seq_len: int) -> float:
     """Training flops per token: the matmuls' (`matmul_weight_flops_per_token`: 6·N with every
     weight trained) + the text layers' own (forward + backward). A model with a multi-token-prediction
     head (`model.mtp`) adds its layers' own and a second pass through the LM head (6·V·H: N counts
@@ -79,20 +81,29 @@ def flops_per_token(model: nn.Module, text_spec: dict, seq_len: int) -> float:
     return float(total)
 
 
-def attention_flops_per_token(text_spec: dict, seq_len: int) -> float:
+def attention_flops_per_token(text_spec: TextSettings | Mapping, seq_len: int) -> float:
     """The training flops per token that 6·N does not count, summed over the text layers: each
     block of a layer (mixer, mlp) counts its own by its class's `flops_per_token(settings,
     hidden_size, seq_len)` (softmax attention: the score and value matmuls, 12·H·d_head·S;
     linear-attention kernels are not counted, conservatively). A block class without that method
     adds nothing (warned once)."""
-    per_layer_type = {name: _layer_type_flops_per_token(text_spec, name, seq_len) for name in text_spec["layer_types"]}
-    return float(sum(per_layer_type[name] for name in text_spec["layers"]))
+    layers, layer_types, _ = _tower_shape(text_spec)
+    per_layer_type = {name: _layer_type_flops_per_token(text_spec, name, seq_len) for name in layer_types}
+    return float(sum(per_layer_type[name] for name in layers))
 
 
-def _layer_type_flops_per_token(text_spec: dict, layer_type: str, seq_len: int) -> float:
+def _layer_type_flops_per_token(text_spec: TextSettings | Mapping, layer_type: str, seq_len: int) -> float:
     """What one layer of `layer_type` (its mixer and MLP blocks) counts beyond 6·N."""
-    sections = text_spec["layer_types"][layer_type]
-    return sum(_block_flops_per_token(kind, section, text_spec["hidden_size"], seq_len) for kind, section in sections.items())
+    _, layer_types, hidden_size = _tower_shape(text_spec)
+    return sum(_block_flops_per_token(kind, section, hidden_size, seq_len) for kind, section in layer_types[layer_type].items())
+
+
+def _tower_shape(text: TextSettings | Mapping) -> tuple[Sequence[str], Mapping[str, Mapping], int]:
+    """(layers, layer_types, hidden_size) of the text tower: a loaded spec's `spec.settings.model.text`,
+    or a mapping with those keys (a test's hand-written partial section)."""
+    if isinstance(text, TextSettings):
+        return text.layers, text.layer_types, text.hidden_size
+    return text["layers"], text["layer_types"], text["hidden_size"]
 
 
 _WARNED_WITHOUT_FLOPS: set[type] = set()  # block classes already warned about

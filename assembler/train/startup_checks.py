@@ -29,10 +29,10 @@ RANDOM_BASE = ("train.adapters trains LoRA adapters on a random-init base (train
 
 def spec_warnings(spec: Spec) -> list[str]:
     """What keeps the spec from training as written, or makes the run useless, one line each."""
-    warnings = []
-    if not spec.data["sources"]:
+    warnings, train = [], spec.settings.train
+    if not spec.settings.data.sources:
         warnings.append(NO_DATA)
-    if spec.train["adapters"] is not None and not spec.train["init_from"]:
+    if train.adapters is not None and not train.init_from:
         warnings.append(RANDOM_BASE)
     return warnings
 
@@ -41,14 +41,14 @@ def check_can_start(spec: Spec, device: torch.device, world_size: int = 1, ranks
     """StartupError when the run cannot start: no data, `train.init_from` missing, or one step
     needing more memory than this device (a GPU) or host (the CPU, shared by `ranks_per_host`
     processes) has. Builds on the meta device only."""
-    if not spec.data["sources"]:
+    if not spec.settings.data.sources:
         raise StartupError(NO_DATA)
-    init_from = spec.train["init_from"]
+    init_from = spec.settings.train.init_from
     if init_from and not spec.resolve_path(init_from).is_dir():
         raise StartupError(f"train.init_from: {spec.resolve_path(init_from)} is not a folder; point it at the HF model folder "
                            "to start from (paths in a spec are relative to the spec file, on the command line to the "
                            "working directory)")
-    if spec.parallel["fsdp"]["cpu_offload"]:
+    if spec.settings.parallel.fsdp.cpu_offload:
         return  # the weights live in host memory then: the estimate below would not say where
     needed = estimate_step_memory(spec, device, world_size)
     available, where = available_memory(device)

@@ -20,9 +20,10 @@ def choose_trained_parameters(model: nn.Module, spec: Spec, *, device: torch.dev
     once allocated) and freeze; SpecError naming a glob that matches nothing, or a spec that would
     train nothing."""
     prepare_adapters(model, spec, device=device, initialize=initialize_adapters)
-    freeze_parameters(model, list(spec.train["freeze"]))
+    freeze = list(spec.settings.train.freeze)
+    freeze_parameters(model, freeze)
     if not any(p.requires_grad for p in model.parameters()):
-        raise SpecError(Problem(path="train.freeze", value=spec.train["freeze"], message="freezes every parameter: nothing would train",
+        raise SpecError(Problem(path="train.freeze", value=freeze, message="freezes every parameter: nothing would train",
                                 hint="leave some parameters out of it (or train adapters: train.adapters)"))
 
 
@@ -30,6 +31,6 @@ def check_trained_parameters(spec: Spec) -> None:
     """`choose_trained_parameters` on the spec's model built on the meta device (allocates nothing)."""
     from assembler.model.build import build_model
 
-    if spec.train["adapters"] is None and not spec.train["freeze"]:
+    if spec.settings.train.adapters is None and not spec.settings.train.freeze:
         return
     choose_trained_parameters(build_model(spec, device="meta"), spec, initialize_adapters=False)

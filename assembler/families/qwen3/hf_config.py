@@ -86,30 +86,30 @@ def model_from_hf(config: dict, where: str | None) -> tuple[dict, list[Problem]]
 def hf_config_from_spec(spec: Spec, dtype: str = "bfloat16") -> dict:
     """The config.json dict transformers' Qwen3ForCausalLM loads for `spec.model`."""
     mixer, mlp = _refuse_unrepresentable(spec)
-    text = spec.model["text"]
+    text = spec.settings.model.text
     return {
         "architectures": [ARCHITECTURE],
         "model_type": MODEL_TYPE,
         "dtype": dtype,
-        "vocab_size": text["vocab_size"],
-        "hidden_size": text["hidden_size"],
+        "vocab_size": text.vocab_size,
+        "hidden_size": text.hidden_size,
         "intermediate_size": mlp["intermediate_size"],
-        "num_hidden_layers": text["num_hidden_layers"],
+        "num_hidden_layers": text.num_hidden_layers,
         "num_attention_heads": mixer["num_attention_heads"],
         "num_key_value_heads": mixer["num_key_value_heads"],
         "head_dim": mixer["head_dim"],
         "hidden_act": "silu",
-        "max_position_embeddings": text["max_position_embeddings"],
-        "initializer_range": text["initializer_range"],
-        "rms_norm_eps": text["rms_norm_eps"],
-        "tie_word_embeddings": text["tie_word_embeddings"],
-        "rope_parameters": {"rope_type": "default", "rope_theta": text["rope"]["rope_theta"]},
+        "max_position_embeddings": text.max_position_embeddings,
+        "initializer_range": text.initializer_range,
+        "rms_norm_eps": text.rms_norm_eps,
+        "tie_word_embeddings": text.tie_word_embeddings,
+        "rope_parameters": {"rope_type": "default", "rope_theta": text.rope["rope_theta"]},
         "attention_bias": False,
         "attention_dropout": 0.0,
         "use_sliding_window": False,
         "sliding_window": None,
-        "layer_types": [HF_LAYER_TYPE] * text["num_hidden_layers"],
-        "eos_token_id": spec.model["tokens"]["eos"],
+        "layer_types": [HF_LAYER_TYPE] * text.num_hidden_layers,
+        "eos_token_id": spec.settings.model.tokens.eos,
         "bos_token_id": None,
         "pad_token_id": None,
     }
@@ -126,16 +126,16 @@ def _refuse_unrepresentable(spec: Spec) -> tuple[dict, dict]:
     """(the attention mixer, the MLP) of a spec transformers' Qwen3ForCausalLM can load: one layer
     type, gated attention without the gate and with q/k norms, SwiGLU, default norms, plain RoPE,
     no vision tower; otherwise SpecError naming the fields."""
-    text = spec.model["text"]
+    text = spec.settings.model.text
     problems = []
 
     def refuse(path: str, value: Any, wanted: Any, why: str) -> None:
         problems.append(Problem(path, f"{value!r} has no HF Qwen3 equivalent", why, value, repr(wanted)))
 
-    used = list(dict.fromkeys(text["layers"]))
+    used = list(dict.fromkeys(text.layers))
     if len(used) != 1:
         refuse("model.text.layers", used, [used[0]], "transformers' Qwen3 has one kind of decoder layer")
-    layer_type = text["layer_types"][used[0]]
+    layer_type = text.layer_types[used[0]]
     mixer, mlp = layer_type["mixer"], layer_type["mlp"]
     for key, wanted in {"block": "gated_attention", "qk_norm": True, "output_gate": False}.items():
         if mixer.get(key) != wanted:
@@ -143,13 +143,13 @@ def _refuse_unrepresentable(spec: Spec) -> tuple[dict, dict]:
     if mlp["block"] != "swiglu":
         refuse(f"model.text.layer_types.{used[0]}.mlp.block", mlp["block"], "swiglu", "Qwen3's MLP is SwiGLU")
     for key in ("layer", "qk", "final"):
-        if text["norms"][key] != "default":
-            refuse(f"model.text.norms.{key}", text["norms"][key], "default", "Qwen3's RMSNorms are x̂·w")
-    wanted_rope = _rope(text["rope"]["rope_theta"], mixer.get("head_dim", 0))
+        if text.norms[key] != "default":
+            refuse(f"model.text.norms.{key}", text.norms[key], "default", "Qwen3's RMSNorms are x̂·w")
+    wanted_rope = _rope(text.rope["rope_theta"], mixer.get("head_dim", 0))
     for key, wanted in wanted_rope.items():
-        if text["rope"][key] != wanted:
-            refuse(f"model.text.rope.{key}", text["rope"][key], wanted, "Qwen3 rotates the whole head with plain RoPE")
-    if spec.model.get("vision"):
+        if text.rope[key] != wanted:
+            refuse(f"model.text.rope.{key}", text.rope[key], wanted, "Qwen3 rotates the whole head with plain RoPE")
+    if spec.settings.model.vision:
         refuse("model.vision", "a vision tower", None, "Qwen3ForCausalLM is a text-only model: remove model.vision")
     if problems:
         raise SpecError(problems).with_file(str(spec.source)) if spec.source else SpecError(problems)

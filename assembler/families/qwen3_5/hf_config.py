@@ -53,21 +53,22 @@ def model_from_hf(config: dict, where: str | None) -> tuple[dict, list[Problem]]
 def hf_config_from_spec(spec: Spec, dtype: str = "bfloat16") -> dict:
     """The config.json dict transformers' Qwen3_5ForConditionalGeneration loads for `spec.model`."""
     linear, full, mlp = _refuse_unrepresentable(spec)
-    text, vision, tokens = spec.model["text"], spec.model["vision"], spec.model["tokens"]
-    rope = text["rope"]
-    mixer_of = {name: lt["mixer"]["block"] for name, lt in text["layer_types"].items()}
+    model = spec.settings.model
+    text, vision, tokens = model.text, model.vision, model.tokens
+    rope = text.rope
+    mixer_of = {name: lt["mixer"]["block"] for name, lt in text.layer_types.items()}
     text_config = {
-        "vocab_size": text["vocab_size"],
-        "hidden_size": text["hidden_size"],
+        "vocab_size": text.vocab_size,
+        "hidden_size": text.hidden_size,
         "intermediate_size": mlp["intermediate_size"],
-        "num_hidden_layers": text["num_hidden_layers"],
+        "num_hidden_layers": text.num_hidden_layers,
         "num_attention_heads": full["num_attention_heads"],
         "num_key_value_heads": full["num_key_value_heads"],
         "hidden_act": "silu",
-        "max_position_embeddings": text["max_position_embeddings"],
-        "initializer_range": text["initializer_range"],
-        "rms_norm_eps": text["rms_norm_eps"],
-        "tie_word_embeddings": text["tie_word_embeddings"],
+        "max_position_embeddings": text.max_position_embeddings,
+        "initializer_range": text.initializer_range,
+        "rms_norm_eps": text.rms_norm_eps,
+        "tie_word_embeddings": text.tie_word_embeddings,
         "rope_parameters": {
             "rope_type": "default",
             "rope_theta": rope["rope_theta"],
@@ -83,13 +84,13 @@ def hf_config_from_spec(spec: Spec, dtype: str = "bfloat16") -> dict:
         "linear_value_head_dim": linear["value_head_dim"],
         "linear_num_key_heads": linear["num_key_heads"],
         "linear_num_value_heads": linear["num_value_heads"],
-        "layer_types": [_HF_LAYER_TYPE_OF_MIXER[mixer_of[name]] for name in text["layers"]],
+        "layer_types": [_HF_LAYER_TYPE_OF_MIXER[mixer_of[name]] for name in text.layers],
         "pad_token_id": None,
-        "eos_token_id": tokens["eos"],
+        "eos_token_id": tokens.eos,
         "model_type": "qwen3_5_text",
     }
-    if spec.model.get("mtp") is not None:  # vLLM / SGLang read these to build the head from `mtp.*`
-        text_config["mtp_num_hidden_layers"] = spec.model["mtp"]["num_hidden_layers"]
+    if model.mtp is not None:  # vLLM / SGLang read these to build the head from `mtp.*`
+        text_config["mtp_num_hidden_layers"] = model.mtp.num_hidden_layers
         text_config["mtp_use_dedicated_embeddings"] = False  # it reads the model's own embedding
     vision_config = {
         "depth": vision["depth"],
@@ -112,11 +113,11 @@ def hf_config_from_spec(spec: Spec, dtype: str = "bfloat16") -> dict:
         "dtype": dtype,
         "text_config": text_config,
         "vision_config": vision_config,
-        "image_token_id": tokens["image"],
-        "video_token_id": tokens["video"],
-        "vision_start_token_id": tokens["vision_start"],
-        "vision_end_token_id": tokens["vision_end"],
-        "tie_word_embeddings": text["tie_word_embeddings"],
+        "image_token_id": tokens.image,
+        "video_token_id": tokens.video,
+        "vision_start_token_id": tokens.vision_start,
+        "vision_end_token_id": tokens.vision_end,
+        "tie_word_embeddings": text.tie_word_embeddings,
         "model_type": "qwen3_5",
     }
 
@@ -147,9 +148,9 @@ def _refuse_unrepresentable(spec: Spec) -> tuple[dict, dict, dict]:
         if value != fixed:
             problems.append(Problem("model." + ".".join(path), f"{value!r} has no HF Qwen3.5 equivalent",
                                     f"transformers' Qwen3.5 always uses {fixed!r}", value, repr(fixed)))
-    layer_types = spec.model["text"]["layer_types"]
+    layer_types = spec.settings.model.text.layer_types
     by_mixer: dict[str, list[str]] = {}
-    for name in dict.fromkeys(spec.model["text"]["layers"]):  # the layer types in use, in order
+    for name in dict.fromkeys(spec.settings.model.text.layers):  # the layer types in use, in order
         by_mixer.setdefault(layer_types[name]["mixer"]["block"], []).append(name)
     for block, names in by_mixer.items():
         if block not in _HF_LAYER_TYPE_OF_MIXER or len(names) > 1:
@@ -168,11 +169,11 @@ def _refuse_unrepresentable(spec: Spec) -> tuple[dict, dict, dict]:
     if len(distinct) > 1 or any(m["block"] != "swiglu" for m in mlps.values()):
         problems.append(Problem("model.text.layer_types", f"the layer types' MLPs differ or are not SwiGLU: {mlps}",
                                 "transformers' Qwen3.5 has one SwiGLU MLP for every layer", mlps, "one swiglu mlp"))
-    mtp = spec.model.get("mtp")
-    if mtp is not None and by_mixer.get("gated_attention") != [mtp["layer_type"]]:
-        problems.append(Problem("model.mtp.layer_type", f"{mtp['layer_type']!r} is not the tower's gated-attention layer type",
+    mtp = spec.settings.model.mtp
+    if mtp is not None and by_mixer.get("gated_attention") != [mtp.layer_type]:
+        problems.append(Problem("model.mtp.layer_type", f"{mtp.layer_type!r} is not the tower's gated-attention layer type",
                                 "the released Qwen3.5 MTP layer is the text tower's full-attention layer",
-                                mtp["layer_type"], " or ".join(by_mixer.get("gated_attention", [])) or "a gated_attention layer type"))
+                                mtp.layer_type, " or ".join(by_mixer.get("gated_attention", [])) or "a gated_attention layer type"))
     if problems:
         raise SpecError(problems).with_file(str(spec.source)) if spec.source else SpecError(problems)
     mixers = {block: layer_types[names[0]]["mixer"] for block, names in by_mixer.items()}

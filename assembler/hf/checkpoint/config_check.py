@@ -35,7 +35,7 @@ def check_config_matches_spec(config: dict, spec, config_path: Path) -> None:
     except SpecError as err:
         raise CheckpointError(f"{config_path}: not a config a spec can describe:\n{err}") from None
     ignored = IGNORED_FIELDS
-    if not spec.model.get("vision"):  # a text-only model reads no vision token, so its ids cannot disagree
+    if not spec.settings.model.vision:  # a text-only model reads no vision token, so its ids cannot disagree
         ignored = ignored | {f"model.tokens.{key}" for key in VISION_TOKEN_KEYS}
     # A spec's `model.mtp` has no counterpart in the config a spec is read from (import keeps the
     # head as carried tensors); whether the folder holds the head it describes is the tensor check's.

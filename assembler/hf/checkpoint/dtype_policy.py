@@ -21,7 +21,7 @@ def model_export_dtype(spec) -> torch.dtype:  # noqa: ANN001 (Spec)
     bf16 for the 4B and for an HF folder read without a spec, as released)."""
     from blocks.constants import DTYPES
 
-    return DTYPES[spec.parallel["fsdp"]["param_dtype"]]
+    return DTYPES[spec.settings.parallel.fsdp.param_dtype]
 
 
 def export_dtype(name: str, default: torch.dtype = EXPORT_DTYPE, *, fp32_suffixes: tuple[str, ...]) -> torch.dtype:

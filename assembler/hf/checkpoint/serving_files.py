@@ -30,6 +30,7 @@ would index past the embedding on them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import importlib.metadata
@@ -42,7 +43,6 @@ from assembler.data.loader import SPEC_TOKEN_NAMES, check_tokenizer
 from assembler.data.records import DataError
 from assembler.data.tokenizer import QWEN3_5_PACKAGE_MODEL, Tokenizer
 from assembler.hf.checkpoint.errors import CheckpointError
-from assembler.spec.sections import DataSettings
 
 TOKENIZER_FILE = "tokenizer.json"
 # Added tokens that are not special, as in Qwen's own tokenizers: text markup the model writes
@@ -65,7 +65,7 @@ def serving_files(spec) -> dict[str, str]:
     Raises CheckpointError when the tokenizer does not fit the model (ids or vocabulary size).
     """
     tokenizer_json, tokenizer = _tokenizer(spec)
-    tokens = spec.model["tokens"]
+    model, tokens = spec.settings.model, spec.settings.model.tokens
     im_end, endoftext = (_token_id(tokenizer, name) for name in (IM_END, ENDOFTEXT))
     files = {
         TOKENIZER_FILE: tokenizer_json,
@@ -76,7 +76,7 @@ def serving_files(spec) -> dict[str, str]:
             "clean_up_tokenization_spaces": False,
             "eos_token": IM_END,
             "errors": "replace",
-            "model_max_length": spec.model["text"]["max_position_embeddings"],
+            "model_max_length": model.text.max_position_embeddings,
             "pad_token": ENDOFTEXT,
             "split_special_tokens": False,
             "tokenizer_class": "Qwen2Tokenizer",
@@ -84,13 +84,13 @@ def serving_files(spec) -> dict[str, str]:
         },
         "chat_template.jinja": CHAT_TEMPLATE_FILE.read_text(encoding="utf-8"),
         "generation_config.json": {
-            "eos_token_id": list(dict.fromkeys([im_end, tokens["eos"]])),
+            "eos_token_id": list(dict.fromkeys([im_end, tokens.eos])),
             "pad_token_id": endoftext,
         },
     }
-    vision = spec.model.get("vision")
+    vision = model.vision
     if vision:  # the processor files, and the tokenizer's vision tokens, of a model that sees images
-        images = spec.data["images"]
+        images, videos = spec.settings.data.images, spec.settings.data.videos
         processor = {"patch_size": vision["patch_size"], "temporal_patch_size": vision["temporal_patch_size"],
                      "merge_size": vision["spatial_merge_size"], "image_mean": IMAGE_MEAN, "image_std": IMAGE_STD,
                      "processor_class": PROCESSOR_CLASS}
@@ -98,10 +98,9 @@ def serving_files(spec) -> dict[str, str]:
             extra_special_tokens={role: SPEC_TOKEN_NAMES[key] for role, key in VISION_TOKEN_ROLES.items()},
             processor_class=PROCESSOR_CLASS)
         files["preprocessor_config.json"] = {
-            **processor, "size": {"shortest_edge": images["min_pixels"], "longest_edge": images["max_pixels"]},
+            **processor, "size": {"shortest_edge": images.min_pixels, "longest_edge": images.max_pixels},
             "image_processor_type": "Qwen2VLImageProcessorFast",
         }
-        videos = DataSettings.of(spec.data).videos
         files["video_preprocessor_config.json"] = {
             **processor, "size": {"shortest_edge": videos.min_pixels, "longest_edge": videos.max_pixels},
             "fps": videos.fps, "min_frames": videos.min_frames, "max_frames": videos.max_frames,
@@ -112,7 +111,7 @@ def serving_files(spec) -> dict[str, str]:
 
 def _tokenizer(spec) -> tuple[str, Tokenizer]:
     """(tokenizer.json text, the data pipeline's Tokenizer) of the spec, checked against the model."""
-    folder = spec.data.get("tokenizer")
+    folder = spec.settings.data.tokenizer
     try:
         if folder is None:
             tokenizer, text = Tokenizer.qwen3_5_default(), None
@@ -121,8 +120,8 @@ def _tokenizer(spec) -> tuple[str, Tokenizer]:
             file = path / TOKENIZER_FILE if path.is_dir() else path
             tokenizer = Tokenizer.from_folder(file)  # a DataError naming the file if it is missing or bad
             text = file.read_text(encoding="utf-8")
-        check_tokenizer(tokenizer, spec.model["tokens"], spec.model["text"]["vocab_size"],
-                        has_vision=bool(spec.model.get("vision")))
+        model = spec.settings.model
+        check_tokenizer(tokenizer, dataclasses.asdict(model.tokens), model.text.vocab_size, has_vision=bool(model.vision))
     except DataError as error:
         raise CheckpointError(
             f"the export's tokenizer does not fit the model: {error}. A server would feed the model token "

@@ -97,7 +97,7 @@ def save_hf_checkpoint(
     if source_dir is None:  # the folder the model was loaded from, if any: its mtp.* and side files
         source_dir = getattr(model, HF_SOURCE_ATTRIBUTE, None)
     limit = parse_size(shard_size)
-    tie = bool(spec.model["text"]["tie_word_embeddings"])
+    tie = spec.settings.model.text.tie_word_embeddings
     # A LoRA model exports merged: each adapted weight is written as W + (alpha / r) B A (_merged).
     tensors_by_name = {name: entry for name, entry in model_tensors(model).items() if not is_adapter_tensor(name)}
     _check_model_matches_spec(tensors_by_name, spec)
