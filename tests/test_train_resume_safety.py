@@ -218,3 +218,12 @@ def test_resume_keeps_the_auto_plan_of_the_run(run):
     resolved = yaml.safe_load((run / "resolved_spec.yaml").read_text())
     assert resolved["parallel"]["activation_checkpointing"] == plan
     assert "no device memory to plan for" not in result.output  # the CPU's own `auto` answer was not asked
+
+
+def test_resume_with_auto_names_a_damaged_saved_spec(run):
+    """Reading the checkpoint's plan must not turn a damaged resolved_spec.yaml into a traceback:
+    the resume refuses it by name, as without `auto`."""
+    (_step(run, 3) / "resolved_spec.yaml").write_text("parallel: [unclosed")
+    result = _train(run, "-o", "train.steps=4", "-o", "parallel.activation_checkpointing.mode=auto")
+    assert result.exit_code == 2, result.output
+    assert "resolved_spec.yaml" in result.output and "Traceback" not in result.output

@@ -296,8 +296,13 @@ def planned_checkpointing_of(saved_spec: Path, spec: Spec) -> dict | None:
     None when the spec is not `auto` or the saved spec has no plan."""
     if spec.settings.parallel.activation_checkpointing.mode != "auto" or not Path(saved_spec).is_file():
         return None
-    saved = (yaml.safe_load(Path(saved_spec).read_text(encoding="utf-8")) or {}).get("parallel", {}).get("activation_checkpointing")
-    return saved if isinstance(saved, dict) and saved.get("mode") not in (None, "auto") else None
+    try:
+        saved = yaml.safe_load(Path(saved_spec).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError):
+        return None  # resume_changes reads the same file next and names the damage
+    parallel = saved.get("parallel") if isinstance(saved, dict) else None
+    section = parallel.get("activation_checkpointing") if isinstance(parallel, dict) else None
+    return section if isinstance(section, dict) and section.get("mode") not in (None, "auto") else None
 
 
 def _with_checkpointing(spec: Spec, section: dict) -> Spec:
