@@ -81,5 +81,6 @@ def test_a_bad_row_is_named_by_file_and_row(tmp_path):
     with pytest.raises(DataError, match=rf"{path}:row 2: messages\[0\]: role 'narrator' is not one of"):
         next(build_loader(load_spec(TINY, [f"data.sources=[{{path: {path}}}]"])))
     report = CliRunner().invoke(assemble, ["data", str(TINY), "-o", f"data.sources=[{{path: {path}}}]"])
-    assert report.exit_code == 0 and f"{path}:row 2: messages[0]: role 'narrator'" in report.output
+    # exit 2: `assemble train` would stop on this record (data.on_error: raise), and the report says where
+    assert report.exit_code == 2 and f"{path}:row 2: messages[0]: role 'narrator'" in report.output
     assert f"{path}: 2 records" in report.output
