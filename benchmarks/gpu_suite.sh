@@ -153,7 +153,7 @@ run_part() {
       echo "== the real CLI and the bench on the realistic set (benchmarks/make_large_dataset.py --median-words 500)"
       python3 benchmarks/make_large_dataset.py /root/ds_realistic --records 20000 --image-share 0.1 --image-size 448 --median-words 500
       sources='data.sources=[{"path":"/root/ds_realistic/records.jsonl"}]'
-      timeout "$(t realistic 600)" python3 benchmarks/gpu_e2e.py --out "$OUT" --cells one/fast/images \
+      timeout "$(t realistic 600)" python3 benchmarks/gpu_e2e.py --out "$OUT/realistic" --runs /root/e2e_runs_realistic --cells one/fast/images \
         --override "$sources" --override "data.workers=${REALISTIC_WORKERS:-2}" 2>&1 | tail -30
       timeout "$(t realistic 600)" python3 cli.py bench benchmarks/specs/e2e_4b.yaml -o ops.backend=fast -o "$sources" \
         --seq 8192 --layout packed --layout data --steps $STEPS --warmup $WARMUP \
