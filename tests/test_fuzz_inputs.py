@@ -163,13 +163,9 @@ def test_fuzzed_records_and_media_read_without_a_traceback(media, file, on_error
     kind, content = file
     with tempfile.TemporaryDirectory(dir=media.parent) as folder:
         data = Path(folder)
-        source = data / f"data.{kind}"
-        if kind == "jsonl":
-            source.write_bytes(content)
-        elif not _write_table(source, content):
+        source = _write_data_folder(data, media, kind, content)
+        if source is None:
             return
-        for name in os.listdir(media):  # relative paths in the records resolve beside the data file
-            os.symlink(media / name, data / name)
         spec = data / "spec.yaml"
         shutil.copy(REPO / "specs" / "qwen3_5_tiny.yaml", spec)
         before = {**file_states(data), **file_states(media)}
@@ -308,13 +304,9 @@ def test_fuzzed_checkpoint_init_from_and_records_train_without_a_traceback(train
 def _train_on_fuzzed_records(trained: dict[str, Path], media: Path, kind: str, content: bytes | list, on_error: str) -> None:
     with tempfile.TemporaryDirectory(dir=media.parent) as folder:
         data = Path(folder)
-        source = data / f"data.{kind}"
-        if kind == "jsonl":
-            source.write_bytes(content)
-        elif not _write_table(source, content):
+        source = _write_data_folder(data, media, kind, content)
+        if source is None:
             return
-        for name in os.listdir(media):
-            os.symlink(media / name, data / name)
         before = {**file_states(data), **file_states(media), **file_states(trained["spec"].parent, top_level_only=True)}
         run_cli(["train", str(trained["spec"]), *TRAIN_ONE_STEP, "-o", f"data.sources=[{{path: {source}}}]",
                  "-o", f"data.on_error={on_error}", "--output-dir", str(data / "run")])
@@ -332,3 +324,16 @@ def test_the_damage_helpers_change_what_they_say(tmp_path):
         _damage(copy, action, how)
         assert copy.read_bytes() != original.read_bytes()
     assert json.loads((tmp_path / "mutate.json").read_text()) != json.loads(original.read_text())
+
+
+def _write_data_folder(data: Path, media: Path, kind: str, content: bytes | list) -> Path | None:
+    """The fuzzed records as `data/data.KIND`, the media linked beside them (relative paths in the
+    records resolve beside the data file); None when a table cannot be written from `content`."""
+    source = data / f"data.{kind}"
+    if kind == "jsonl":
+        source.write_bytes(content)
+    elif not _write_table(source, content):
+        return None
+    for name in os.listdir(media):
+        os.symlink(media / name, data / name)
+    return source
