@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from assembler.bench.host_gaps import Span, spans_of_profile
+
 # (op category, substrings of kernel names) — order matters: the first match wins.
 KERNEL_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("conv1d (fla)", ("causal_conv1d",)),
@@ -37,19 +39,24 @@ def categorize(kernel_name: str) -> str:
     return OTHER
 
 
-def kernel_breakdown(step: Callable[[], None], top: int = 12) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
-    """Profile one call of `step`: ([(op category, ms)], [(kernel, ms)] of the `top` kernels), largest first."""
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+def profiled_spans(step: Callable[[], None]) -> list[Span]:
+    """One call of `step` under the profiler, host ops and GPU activity both (host_gaps.py reads the former)."""
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         step()
         torch.cuda.synchronize()
+    return spans_of_profile(prof)
+
+
+def kernel_breakdown(spans: list[Span], top: int = 12) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """([(op category, ms)], [(kernel, ms)] of the `top` kernels) of one profiled step, largest first."""
     by_category: dict[str, float] = defaultdict(float)
     by_kernel: dict[str, float] = defaultdict(float)
-    for event in prof.events():
-        if getattr(event, "device_type", None) != torch.autograd.DeviceType.CUDA:
+    for span in spans:
+        if not span.on_gpu:
             continue
-        ms = (event.time_range.end - event.time_range.start) / 1000.0
-        by_category[categorize(event.name)] += ms
-        by_kernel[event.name] += ms
+        ms = (span.end - span.start) / 1000.0
+        by_category[categorize(span.name)] += ms
+        by_kernel[span.name] += ms
     ordered = sorted(by_category.items(), key=lambda item: -item[1])
     kernels = sorted(by_kernel.items(), key=lambda item: -item[1])[:top]
     return ordered, [(name[:120], ms) for name, ms in kernels]

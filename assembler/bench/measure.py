@@ -2,7 +2,7 @@
 
 Warm-up steps first (compile, autotuning, optimizer state), then `steps` timed steps between two
 device synchronisations; the peak is the allocator's peak over the timed steps; one more step
-runs under the profiler for the per-op breakdown, and, when asked, one more with the allocator's
+runs under the profiler for the per-op breakdown and the host gaps (host_gaps.py), and, when asked, one more with the allocator's
 history on, for what is alive at the memory peak (`memory_peak.py`). Benchmarks print numbers,
 tests never assert on them.
 
@@ -19,7 +19,8 @@ from typing import Callable
 
 import torch
 
-from assembler.bench.breakdown import kernel_breakdown
+from assembler.bench.breakdown import kernel_breakdown, profiled_spans
+from assembler.bench.host_gaps import HostGaps, host_gaps
 from assembler.bench.memory_peak import MemoryPeak, record_memory_peak
 from assembler.train.metrics import peak_flops
 
@@ -39,6 +40,7 @@ class Measurement:
     breakdown: list[tuple[str, float]] = field(default_factory=list)  # (op category, ms per step)
     top_kernels: list[tuple[str, float]] = field(default_factory=list)  # (kernel name, ms per step)
     memory_peak: MemoryPeak | None = None  # what is alive at the peak, by allocation site
+    host_gaps: HostGaps | None = None  # where the profiled step left the GPU idle, and what the host did
     error: str | None = None
 
     def to_dict(self) -> dict:
@@ -80,7 +82,9 @@ def measure_training_step(
         result.mfu = flops_per_step / elapsed / peak if peak else None
         result.peak_gib = torch.cuda.max_memory_allocated() / 2**30
         if profile:
-            result.breakdown, result.top_kernels = kernel_breakdown(step)
+            spans = profiled_spans(step)
+            result.breakdown, result.top_kernels = kernel_breakdown(spans)
+            result.host_gaps = host_gaps(spans)
         if memory_peak:
             result.memory_peak = record_memory_peak(step)
     except torch.OutOfMemoryError:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from assembler.bench.measure import Measurement
+from assembler.bench.host_gaps import Gap, HostGaps, format_host_gaps
 from assembler.bench.memory_peak import MemoryPeak
 
 
@@ -35,6 +36,8 @@ def format_breakdown(result: Measurement) -> str:
     lines += [f"  {category:<40} {ms:>9.1f} ms {ms / total:>6.1%}" for category, ms in result.breakdown]
     lines.append("  top kernels:")
     lines += [f"    {ms:>8.1f} ms  {name}" for name, ms in result.top_kernels]
+    if result.host_gaps is not None:
+        lines.append(format_host_gaps(result.host_gaps, f"{result.label} @ {result.tokens_per_step:,} tokens"))
     return "\n".join(lines)
 
 
@@ -79,13 +82,20 @@ def load(path: str | Path) -> list[Measurement]:
     rows = json.loads(Path(path).read_text())
     return [Measurement(**{**row, "breakdown": [tuple(x) for x in row["breakdown"]],
                            "top_kernels": [tuple(x) for x in row["top_kernels"]],
-                           "memory_peak": _memory_peak(row.get("memory_peak"))}) for row in rows]
+                           "memory_peak": _memory_peak(row.get("memory_peak")),
+                           "host_gaps": _host_gaps(row.get("host_gaps"))}) for row in rows]
 
 
 def _memory_peak(saved: dict | None) -> MemoryPeak | None:
     if saved is None:
         return None
     return MemoryPeak(**{**saved, "sites": [tuple(site) for site in saved["sites"]]})
+
+
+def _host_gaps(saved: dict | None) -> HostGaps | None:
+    if saved is None:
+        return None
+    return HostGaps(**{**saved, "largest": [Gap(**gap) for gap in saved["largest"]]})
 
 
 def save(results: list[Measurement], path: str | Path) -> None:
