@@ -52,6 +52,7 @@ from assembler.train.checkpoint import (
     resolve_resume_path,
     save_checkpoint,
 )
+from assembler.train.compile_history import keep_compile_decisions_with_run, save_compile_job
 from assembler.train.freeze import parameter_counts
 from assembler.train.metrics import METRICS_FILE, MetricsLogger, StepTimer, flops_per_token, peak_flops, peak_memory_gib
 from assembler.train.optim import build_lr_schedule, build_optimizer
@@ -178,6 +179,7 @@ def train(
     cfg = spec.settings.train
     run_dir = run_folder(spec.name, output_dir if output_dir is not None else cfg.output_dir)
     checkpoints_dir = run_dir / CHECKPOINTS_FOLDER
+    compile_job = keep_compile_decisions_with_run(run_dir)  # before anything compiles (the auto plan's probe included)
     resolved_yaml = spec.to_yaml()
     new_run_dir = not run_dir.exists()  # a run that fails before its first step leaves none behind
     # Rank 0 decides (what to resume, whether the folder is this model's) and every rank follows,
@@ -220,6 +222,7 @@ def train(
                     "delete it when you no longer need it)"
                 )
             save_resolved_spec(run_dir, resolved_yaml)
+            save_compile_job(run_dir, compile_job)
             decision = (resume_from, None, notes, kept_plan)
         except UserError as error:
             decision = (None, error, [], None)
