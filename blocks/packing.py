@@ -12,6 +12,15 @@ from dataclasses import dataclass
 import torch
 
 
+def host_to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """`tensor` on `device`. A copy from the host to a GPU is queued without waiting for the GPU
+    (`non_blocking`): a blocking one synchronizes the stream, so the host could not queue the next
+    step's work while the GPU still runs this one's (the optimizer step, say). Safe from any host
+    memory: pinned memory is kept alive by PyTorch's host allocator until the copy is done, and
+    CUDA stages pageable memory before the call returns. Other copies (to the host) block as usual."""
+    return tensor.to(device, non_blocking=torch.device(device).type == "cuda" and tensor.device.type == "cpu")
+
+
 @dataclass(frozen=True)
 class PackingContext:
     """Document layout of a batch of shape [B, T].
@@ -38,12 +47,18 @@ class PackingContext:
         return (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).tolist()
 
     def to(self, device: torch.device | str) -> "PackingContext":
+        """The context on `device`; a host-to-GPU copy does not wait for the GPU (see `host_to_device`)."""
         return PackingContext(
-            cu_seqlens=self.cu_seqlens.to(device),
+            cu_seqlens=host_to_device(self.cu_seqlens, device),
             max_seqlen=self.max_seqlen,
-            seq_idx=self.seq_idx.to(device),
-            position_ids=self.position_ids.to(device),
+            seq_idx=host_to_device(self.seq_idx, device),
+            position_ids=host_to_device(self.position_ids, device),
         )
+
+    def pin_memory(self) -> "PackingContext":
+        """The context in page-locked host memory (the DataLoader calls this with `pin_memory=True`)."""
+        return PackingContext(cu_seqlens=self.cu_seqlens.pin_memory(), max_seqlen=self.max_seqlen,
+                              seq_idx=self.seq_idx.pin_memory(), position_ids=self.position_ids.pin_memory())
 
     @staticmethod
     def from_document_lengths(lengths_per_row: list[list[int]], position_ids: torch.Tensor | None = None) -> "PackingContext":

@@ -1,7 +1,8 @@
 """Per-patch layout of a batch of images: where each patch sits, and which patches attend together.
 
 Everything here is a pure function of `grid_thw` (no weights), computed once per vision forward on
-the host side of the tower (it uses `.tolist()`), outside the per-block compiled regions. The three
+the host, from a host copy of the grid (it uses `.tolist()`), outside the per-block compiled
+regions; the tower queues the results to its device. The three
 functions reproduce transformers' `vision_utils` helpers that Qwen3.5's vision model calls
 (`get_vision_interpolation_indices_and_weights`, `get_vision_position_ids`,
 `get_vision_attention_seqlens`) in plain PyTorch, op for op, so the results are bitwise equal.

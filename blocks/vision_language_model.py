@@ -203,7 +203,7 @@ class VisionLanguageModel(nn.Module):
         visual = self.model.visual
         weight = visual.patch_embed.proj.weight  # [hidden, C, tp, p, p]
         merge = self.spatial_merge_size
-        grid_thw = torch.tensor([[1, merge, merge]], dtype=torch.long, device=device)
+        grid_thw = torch.tensor([[1, merge, merge]], dtype=torch.long)  # a host tensor, as the tower reads it
         pixel_values = torch.zeros(merge * merge, weight.shape[1:].numel(), dtype=weight.dtype, device=device)
         return visual(pixel_values, grid_thw).sum() * 0
 

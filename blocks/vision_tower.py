@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from blocks.ops import OpTable
+from blocks.packing import host_to_device
 from blocks.registry import register
 from blocks.settings import SettingProblem, divisors
 from blocks.vision_block import VisionBlock
@@ -198,18 +199,25 @@ class VisionTower(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         """pixel_values [N, C*tp*p*p] (N = sum of t*h*w), grid_thw [I, 3] int -> [N / merge**2, out_hidden]."""
+        # The layout (which table entries, rotary positions and attention spans each patch has) is
+        # host work on a few integers per image: computed on the host from a host copy of the grid
+        # (none is made for the training step's, which stays on the host) and queued to the device,
+        # so the GPU is never waited for here. On a GPU copy each of its reads would wait for the
+        # GPU and leave it idle while the host then queues the tower's tiny kernels one by one.
+        grid_thw = grid_thw.cpu()
         num_patches = int((grid_thw[:, 0] * grid_thw[:, 1] * grid_thw[:, 2]).sum())
         if pixel_values.shape[0] != num_patches:
             raise ValueError(
                 f"vision tower: pixel_values has {pixel_values.shape[0]} patches but grid_thw {grid_thw.tolist()} "
                 f"describes {num_patches}; pass the processor's pixel_values and image_grid_thw together"
             )
-        # Host-side layout, computed once here and only read by the blocks.
+        device = pixel_values.device
         taps, tap_weights = position_embedding_taps(
             grid_thw, num_grid_per_side=self.num_grid_per_side, spatial_merge_size=self.spatial_merge_size
         )
-        position_ids = rotary_position_ids(grid_thw, spatial_merge_size=self.spatial_merge_size)
-        ctx = vision_packing_context(grid_thw)
+        taps, tap_weights = host_to_device(taps, device), host_to_device(tap_weights, device)
+        position_ids = host_to_device(rotary_position_ids(grid_thw, spatial_merge_size=self.spatial_merge_size), device)
+        ctx = vision_packing_context(grid_thw).to(device)
 
         hidden_states = self.patch_embed(pixel_values)
         # fp32 weights: the weighted sum runs in fp32 even for a bf16 table, then is cast (as HF).

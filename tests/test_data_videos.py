@@ -490,7 +490,7 @@ def test_ranks_with_images_or_videos_make_the_same_number_of_vision_calls(monkey
                 "pixel_values": torch.zeros(1) if image else None, "pixel_values_videos": torch.zeros(1) if video else None}
 
     ranks = [[batch(True, False), batch(False, False)], [batch(False, True), batch(False, False)]]
-    flags = lambda micro_batches: step._step_totals(micro_batches, torch.device("cpu"), count_mtp_targets=False)  # noqa: E731
+    flags = lambda micro_batches: step._step_totals(micro_batches, torch.device("cpu"), count_mtp_targets=False, world_size=2)  # noqa: E731
     local = []
     monkeypatch.setattr(step, "all_reduce_sum", lambda t: local.append(t) or t)
     for micro_batches in ranks:

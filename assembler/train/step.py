@@ -23,9 +23,13 @@ from assembler.parallel.distributed import World, all_reduce_sum
 from assembler.parallel.parallelize import reduce_replicated_gradients
 from blocks.constants import IGNORE_INDEX
 from blocks.multi_token_prediction import next_next_token_labels
+from blocks.packing import PackingContext, host_to_device
 
 MODEL_INPUTS = ("input_ids", "shift_labels", "pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw",
                 "packing")
+# Inputs the model reads on the host: the vision tower lays out its patches from the grids with
+# host code (`blocks/vision_grid.py`), which on a GPU copy would wait for the GPU at every read.
+HOST_INPUTS = ("image_grid_thw", "video_grid_thw")
 
 
 @dataclass(frozen=True)
@@ -50,8 +54,12 @@ class NonFiniteStep(Exception):
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """The collator's row (the model's keyword arguments) on `device`."""
-    return {key: (value.to(device) if value is not None else None) for key, value in batch.items() if key in MODEL_INPUTS}
+    """The collator's row (the model's keyword arguments) on `device`, queued without waiting for
+    the GPU (`host_to_device`), so the host runs ahead into the step while the GPU finishes the
+    last one. The patch grids stay on the host (HOST_INPUTS)."""
+    return {key: (None if value is None else value if key in HOST_INPUTS else
+                  value.to(device) if isinstance(value, PackingContext) else host_to_device(value, device))
+            for key, value in batch.items() if key in MODEL_INPUTS}
 
 
 def training_step(
@@ -69,7 +77,8 @@ def training_step(
     gradient norm. `on_phase("backward" | "optimizer")` is called as each phase starts (the
     benchmark's memory report uses it to say where the peak falls)."""
     has_mtp = getattr(model, "mtp", None) is not None
-    num_items, num_mtp_items, vision_calls = _step_totals(micro_batches, world.device, count_mtp_targets=has_mtp)
+    num_items, num_mtp_items, vision_calls = _step_totals(micro_batches, world.device, count_mtp_targets=has_mtp,
+                                                          world_size=world.world_size)
     mtp_kwargs = {"num_mtp_items_in_batch": num_mtp_items.clamp_min(1)} if has_mtp else {}
     num_items = num_items.clamp_min(1)
     lr = scheduler.get_last_lr()[0]
@@ -105,7 +114,7 @@ def training_step(
 
 
 def _step_totals(
-    micro_batches: list[dict[str, Any]], device: torch.device, *, count_mtp_targets: bool
+    micro_batches: list[dict[str, Any]], device: torch.device, *, count_mtp_targets: bool, world_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """One all-reduce per step: the next-token targets and (`count_mtp_targets`) the MTP targets of
     the whole step (every micro-batch on every rank, [] int64 tensors; 0 when not counted), and for
@@ -115,8 +124,10 @@ def _step_totals(
     local.append(sum(int((next_next_token_labels(mb["shift_labels"], mb["packing"].seq_idx) != IGNORE_INDEX).sum())
                      for mb in micro_batches) if count_mtp_targets else 0)
     local += [int(mb.get(key) is not None) for mb in micro_batches for key in ("pixel_values", "pixel_values_videos")]
-    totals = all_reduce_sum(torch.tensor(local, dtype=torch.int64, device=device)).tolist()
-    as_tensor = lambda count: torch.tensor(count, dtype=torch.int64, device=device)  # noqa: E731
+    # Counted on the host (the collator's rows are host tensors): with one rank there is nothing to
+    # sum, and a round trip through the GPU would wait for it to finish the previous step.
+    totals = local if world_size == 1 else all_reduce_sum(torch.tensor(local, dtype=torch.int64, device=device)).tolist()
+    as_tensor = lambda count: host_to_device(torch.tensor(count, dtype=torch.int64), device)  # noqa: E731
     calls = [int(images > 0) + int(videos > 0) for images, videos in zip(totals[2::2], totals[3::2])]
     return as_tensor(totals[0]), as_tensor(totals[1]), calls
 
