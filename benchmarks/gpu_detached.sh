@@ -2,7 +2,8 @@
 # Run GPU work longer than one device call allows, on a lent machine whose calls last at most 10
 # minutes: `start` copies the tree to /root/detached/src and runs PLAN there in the background,
 # detached from the call; `wait SECONDS` (the next calls) waits for it and copies its results
-# into $OUT. Learned on the H200 of 2026-12-01:
+# into $OUT (progress.txt, session.log and results.tgz: unpack with `tar xzf`). Learned on the H200
+# of 2026-12-01:
 # - the machine is given back 30 s after a call returns, so the next `wait` must come at once;
 # - each call empties $OUT (/root/out there) and replaces the working tree, so the run keeps its
 #   own copy of the tree and writes under /root/detached, never into $OUT.
@@ -30,7 +31,13 @@ case "${1:-}" in
     echo "started: $# suite runs; logs in $HOME_DIR/out" ;;
   wait)
     for _ in $(seq "${2:-560}"); do [ -f "$HOME_DIR/out/DONE" ] && break; sleep 1; done
-    [ -n "${OUT:-}" ] && [ "$OUT" != "$HOME_DIR/out" ] && cp -r "$HOME_DIR/out/." "$OUT/" && find "$OUT" -size +8M -delete
+    # At most 8 files come back from a call, 16 MiB each, no deeper than $OUT/a/b: the progress,
+    # the session log and one archive of everything else (files under 8 MiB; the logs and tables).
+    if [ -n "${OUT:-}" ] && [ "$OUT" != "$HOME_DIR/out" ]; then
+      cp "$HOME_DIR/out/progress.txt" "$HOME_DIR/out/session.log" "$OUT/" 2>/dev/null
+      (cd "$HOME_DIR/out" && find . -type f -size -8M ! -name session.log ! -name progress.txt -print0 |
+        tar czf "$OUT/results.tgz" --null -T -)
+    fi
     cat "$HOME_DIR/out/progress.txt"
     [ -f "$HOME_DIR/out/DONE" ] && echo "DONE" || echo "still running"
     grep -E "^\[|^==|passed|failed" "$HOME_DIR/out/session.log" | tail -40 ;;
