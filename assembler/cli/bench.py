@@ -41,6 +41,7 @@ def bench_command(spec_path: str, overrides: tuple[str, ...], seq_lens: tuple[in
     from assembler import load_spec
     from assembler.parallel import distributed
     from assembler.model.build import check_ops_can_train
+    from assembler.parallel.float8 import check_precision_can_run
     from assembler.bench.report import format_breakdown, format_memory_peak, format_rows, save
     from assembler.bench.run import bench_spec
     from assembler.bench.workload import ImageSpec
@@ -60,6 +61,7 @@ def bench_command(spec_path: str, overrides: tuple[str, ...], seq_lens: tuple[in
     if not torch.cuda.is_available():
         raise UserError("assemble bench measures GPU training steps and this machine has no CUDA device: run it on a GPU machine")
     check_ops_can_train(spec, "cuda")
+    check_precision_can_run(spec, "cuda")
     try:
         results = bench_spec(spec, list(seq_lens), layouts=layouts, steps=steps, warmup=warmup, images=image_spec,
                              profile=profile, memory_peak=memory_peak, label=label, memory_cap_gib=memory_cap_gib,

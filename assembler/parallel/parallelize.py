@@ -1,7 +1,8 @@
 """Apply the spec's `parallel:` policies to a built model, from outside the model (as torchtitan does).
 
-Order (ARCHITECTURE.md): activation checkpointing → `torch.compile` per block → FSDP2
-`fully_shard` per decoder layer, per vision block, embeddings, root. A "block" is one text decoder
+Order (ARCHITECTURE.md): float8 matmuls (`parallel.precision`, text layers; assembler.parallel.float8)
+→ activation checkpointing → `torch.compile` per block → FSDP2 `fully_shard` per decoder layer,
+per vision block, embeddings, root. A "block" is one text decoder
 layer (type `linear` or `full`) or one vision block (type `vision`).
 
 Checkpointing is full (a block keeps its input and recomputes its forward) or op-level (torch's
@@ -46,8 +47,10 @@ from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from assembler.model.family import family_of_model
+from assembler.parallel.float8 import FLOAT8_ROWWISE, apply_float8
 from assembler.spec import Spec
 from assembler.spec.sections import CheckpointingSettings, FsdpSettings
+from assembler.spec.validation import VISION_BLOCK_TYPE
 from blocks.constants import DTYPES
 
 
@@ -72,6 +75,7 @@ class BlockPolicy:
     compiled: bool = False
     fullgraph: bool = False
     compile_mode: str | None = None  # torch.compile mode; None = its default
+    float8: bool = False  # its linear layers multiply in float8 (parallel.precision.matmul)
     sharded: bool = False  # an FSDP2 unit
     replicated: list[str] = field(default_factory=list)  # its parameters FSDP2 leaves whole (fp32-kept), relative names
 
@@ -99,8 +103,11 @@ def parallelize(model: nn.Module, spec: Spec, *, mesh: "dist.device_mesh.DeviceM
     checkpointed = blocks_to_checkpoint(blocks, ac_spec)
     op_level = blocks_to_checkpoint(blocks, ac_spec, key="op_level")
     checkpoint_around_compile = ac_spec.placement == "around_compile"
+    float8 = policy.precision.matmul == FLOAT8_ROWWISE
     for name, block, block_type in blocks:
         record = BlockPolicy(name=name, block_type=block_type)
+        if float8 and block_type != VISION_BLOCK_TYPE:  # the module swap comes before any wrapper
+            record.float8 = bool(apply_float8(block))
         record.checkpointed, record.op_level = name in checkpointed, name in op_level
         # Op-level checkpointing chooses by aten op, so it must see the ops: always inside compile.
         if record.op_level or (record.checkpointed and not checkpoint_around_compile):

@@ -252,6 +252,14 @@ class OpsSettings(SpecSection):
 
 
 @dataclass(frozen=True)
+class PrecisionSettings(SpecSection):
+    """`parallel.precision`: matmul `param_dtype` (as the parameters compute) or `float8_rowwise`."""
+
+    PATH: ClassVar[str] = "parallel.precision"
+    matmul: str
+
+
+@dataclass(frozen=True)
 class ParallelSettings(SpecSection):
     """`parallel`. compile: block type -> its settings, as the spec lists them (`compile_of`)."""
 
@@ -259,6 +267,7 @@ class ParallelSettings(SpecSection):
     fsdp: FsdpSettings
     activation_checkpointing: CheckpointingSettings
     compile: dict
+    precision: PrecisionSettings
 
     def compile_of(self, block_type: str) -> CompileSettings:
         """The compile settings of `block_type` (the schema's defaults when the spec names none)."""

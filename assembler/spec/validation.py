@@ -355,6 +355,14 @@ def _check_mtp(spec: dict) -> Iterable[Problem]:
                       mtp["layer_type"], f"one of {declared}")
 
 
+def _check_precision(spec: dict) -> Iterable[Problem]:
+    """Float8 matmuls are for full training: LoRA's rank-r matmuls gain nothing from float8."""
+    if spec["parallel"]["precision"]["matmul"] == "float8_rowwise" and spec.get("train", {}).get("adapters") is not None:
+        yield Problem("parallel.precision.matmul", "float8_rowwise cannot be combined with LoRA adapters (train.adapters)",
+                      "train the adapters with parallel.precision.matmul: param_dtype, or drop train.adapters for full "
+                      "training in float8", "float8_rowwise", "param_dtype with train.adapters")
+
+
 def _check_vision(spec: dict) -> Iterable[Problem]:
     if not spec["model"].get("vision"):
         return
@@ -458,6 +466,7 @@ _SEMANTIC_CHECKS: tuple[Callable[[dict], Iterable[Problem]], ...] = (
     _check_mrope_sections,
     _check_family,
     _check_mtp,
+    _check_precision,
     _check_vision,
     _check_token_ids,
     _check_activation_checkpointing,

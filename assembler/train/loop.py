@@ -36,6 +36,7 @@ from assembler.adapters.lora import initialize_spec_adapters
 from assembler.model.build import build_model, check_ops_can_train, decide_auto_ops, resolve_spec_ops
 from assembler.data.records import DataError
 from assembler.parallel.distributed import World, broadcast_from_main, init_world, shared_by_every_rank
+from assembler.parallel.float8 import FLOAT8_DESCRIPTION, FLOAT8_ROWWISE, check_precision_can_run
 from assembler.parallel.parallelize import replicated_parameters
 from assembler.spec import Spec
 from assembler.spec.errors import UserError
@@ -169,6 +170,7 @@ def train(
 
     world = world or init_world()
     check_ops_can_train(spec, world.device.type, sharded=world.is_distributed)
+    check_precision_can_run(spec, world.device.type)
     spec, ops_choice = decide_auto_ops(spec, world.device.type, sharded=world.is_distributed)
     try:  # before the run folder and before any allocation: every rank checks alike
         check_can_start(spec, world.device, world.world_size, ranks_per_host=int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
@@ -242,6 +244,8 @@ def train(
             logger.message(ops_choice)
         # What each op runs here, including the kernels its backend picks per call (OpTable.backends).
         logger.message("kernels per op:\n" + "\n".join("  " + line for line in resolve_spec_ops(spec).describe().splitlines()))
+        if spec.settings.parallel.precision.matmul == FLOAT8_ROWWISE:
+            logger.message(f"matmuls: {FLOAT8_DESCRIPTION}")
         try:
             return _train(spec, world, run_dir, checkpoints_dir, resolved_yaml, resume_from, logger, build_loader)
         except (torch.OutOfMemoryError, RuntimeError) as error:
