@@ -17,6 +17,7 @@
 # (packed and the set's own rows) of the e2e spec on a generated set shaped like real use (issue 22);
 # "longctx": one document of LONG_SEQS tokens per step through `assemble train` (issue 22); "masters":
 # fp32 against bf16 master parameters, MASTERS_STEPS steps of the realistic set, both loss curves;
+# "fp8": float8 rowwise matmuls against the shipped precision, bench rows and FP8_STEPS-step curves;
 # "titan": torchtitan 0.3.0's own Qwen3.5 4B trained its way (benchmarks/torchtitan_anchor.py: its
 # compile, FSDP2, full AC and CUDA graph; wheels from benchmarks/titan_wheels.sh) at BASE_SEQS, an
 # anchor row in baseline_torchtitan.json, again without the CUDA graph if that run leaves no row;
@@ -172,6 +173,31 @@ run_part() {
       done
       python3 benchmarks/compare_loss_curves.py /root/masters_float32/metrics.jsonl /root/masters_bfloat16/metrics.jsonl \
         --labels "fp32 masters" "bf16 masters" | tee "$OUT/masters_curves.txt" ;;
+    fp8)
+      # Issue 22: float8 rowwise matmuls (torchao; `.whl/torchao-*.whl` from `bash ../shared/gpu/wheels.sh
+      # torchao==0.18.0`) against the shipped precision: `assemble bench` on the realistic set's own
+      # rows, both in this call, then FP8_STEPS (default 200) steps of `assemble train` each and
+      # both loss curves (the masters part's float32 run is the bf16-matmul curve when it ran).
+      python3 -c "import torchao" 2>/dev/null || { echo "torchao is not installed: add its wheel to .whl"; return; }
+      python3 benchmarks/make_large_dataset.py /root/ds_realistic --records 20000 --image-share 0.1 --image-size 448 --median-words 500
+      sources='data.sources=[{"path":"/root/ds_realistic/records.jsonl"}]'
+      for matmul in param_dtype float8_rowwise; do
+        timeout "$(t fp8 600)" python3 cli.py bench benchmarks/specs/e2e_4b.yaml -o ops.backend=fast -o "$sources" \
+          -o parallel.precision.matmul=$matmul --layout data --steps $STEPS --warmup $WARMUP \
+          --label "matmuls $matmul, realistic set" --json "$OUT/fp8_bench_$matmul.json" 2>&1 | tail -40
+      done
+      for matmul in param_dtype float8_rowwise; do
+        [ "$matmul" = param_dtype ] && [ -f /root/masters_float32/metrics.jsonl ] && continue
+        echo "== the real CLI, matmuls $matmul, ${FP8_STEPS:-200} steps of the realistic set"
+        timeout "$(t fp8 900)" python3 cli.py train benchmarks/specs/e2e_4b.yaml -o ops.backend=fast -o "$sources" \
+          -o data.workers=2 -o parallel.precision.matmul=$matmul -o train.steps=${FP8_STEPS:-200} -o train.log_every=1 \
+          -o "train.schedule={name: cosine, warmup_steps: 20, min_lr_ratio: 0.1}" \
+          --output-dir /root/fp8_$matmul > "$OUT/fp8_$matmul.log" 2>&1
+        tail -2 "$OUT/fp8_$matmul.log"
+      done
+      reference=/root/masters_float32/metrics.jsonl; [ -f "$reference" ] || reference=/root/fp8_param_dtype/metrics.jsonl
+      python3 benchmarks/compare_loss_curves.py "$reference" /root/fp8_float8_rowwise/metrics.jsonl \
+        --labels "bf16 matmuls" "float8 rowwise matmuls" | tee "$OUT/fp8_curves.txt" ;;
     longctx)
       # Issue 22: one document per row of LONG_SEQS tokens (default 32k 64k 128k) through `assemble
       # train` with the shipped defaults (activation checkpointing auto under the card's memory); a
