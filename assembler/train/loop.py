@@ -53,7 +53,7 @@ from assembler.train.checkpoint import (
     resolve_resume_path,
     save_checkpoint,
 )
-from assembler.train.compile_history import keep_compile_decisions_with_run, save_compile_job
+from assembler.train.compile_history import compile_as_job, new_compile_job, save_compile_job, saved_compile_job
 from assembler.train.freeze import parameter_counts
 from assembler.train.metrics import METRICS_FILE, MetricsLogger, StepTimer, flops_per_token, peak_flops, peak_memory_gib
 from assembler.train.optim import build_lr_schedule, build_optimizer
@@ -181,13 +181,12 @@ def train(
     cfg = spec.settings.train
     run_dir = run_folder(spec.name, output_dir if output_dir is not None else cfg.output_dir)
     checkpoints_dir = run_dir / CHECKPOINTS_FOLDER
-    compile_job = keep_compile_decisions_with_run(run_dir)  # before anything compiles (the auto plan's probe included)
     resolved_yaml = spec.to_yaml()
     new_run_dir = not run_dir.exists()  # a run that fails before its first step leaves none behind
     # Rank 0 decides (what to resume, whether the folder is this model's) and every rank follows,
     # so a refusal stops all ranks instead of leaving the others waiting in a collective. Every
     # check comes before the first write to the run folder.
-    decision: tuple[Path | None, UserError | None, list[str], dict | None] = (None, None, [], None)
+    decision: tuple[Path | None, UserError | None, list[str], dict | None, str | None] = (None, None, [], None, None)
     if world.is_main:
         notes: list[str] = []
         kept_plan = None
@@ -224,13 +223,15 @@ def train(
                     "delete it when you no longer need it)"
                 )
             save_resolved_spec(run_dir, resolved_yaml)
+            compile_job = saved_compile_job(run_dir) or new_compile_job()  # see compile_history.py
             save_compile_job(run_dir, compile_job)
-            decision = (resume_from, None, notes, kept_plan)
+            decision = (resume_from, None, notes, kept_plan, compile_job)
         except UserError as error:
-            decision = (None, error, [], None)
-    resume_from, error, notes, kept_plan = broadcast_from_main(decision)
+            decision = (None, error, [], None, None)
+    resume_from, error, notes, kept_plan, compile_job = broadcast_from_main(decision)
     if error is not None:
         raise shared_by_every_rank(error)
+    compile_as_job(compile_job)  # before anything compiles (the auto plan's probe included)
     if kept_plan is not None and not world.is_main:
         spec = _with_checkpointing(spec, kept_plan)
         resolved_yaml = spec.to_yaml()
