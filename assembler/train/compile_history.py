@@ -22,6 +22,12 @@ The job is the run: a new id when a run starts in a folder without one, kept in 
 kept `TORCHINDUCTOR_CACHE_DIR` (see the README's "Restarts"), compiles as the run did. A new run,
 even in the path of a deleted one, starts from static graphs like any fresh run: two fresh runs of
 one spec in two folders compute the same bits.
+
+The limit: the resumed process knows every dimension the run found dynamic before it stopped,
+also those it found after the step resumed from. A dimension that first varied between that step
+and the stop (rare: a packed row's document count and longest document vary from step 2, a vision
+call's patch count from the second image row) makes the resumed steps before that point compute
+with a more general graph than the run did.
 """
 
 from __future__ import annotations
