@@ -46,8 +46,14 @@ class _NoWaitingForTheGpu:
         torch.cuda.synchronize()
 
 
-def test_a_step_moves_its_row_and_counts_its_targets_without_waiting_for_the_gpu():
+@pytest.mark.parametrize("pinned", [False, True], ids=["pageable", "pinned"])
+def test_a_step_moves_its_row_and_counts_its_targets_without_waiting_for_the_gpu(pinned):
     _, row = _row()
+    if pinned:  # as the loader's workers hand rows over (DataLoader pin_memory=True)
+        from torch.utils.data._utils.pin_memory import pin_memory
+
+        row = pin_memory(row)
+        assert row["input_ids"].is_pinned() and row["packing"].cu_seqlens.is_pinned()
     with _NoWaitingForTheGpu():
         batch = to_device(row, CUDA)
         num_items, _, calls = _step_totals([row], CUDA, count_mtp_targets=False, world_size=1)
