@@ -65,3 +65,26 @@ def test_a_profile_becomes_host_spans_on_the_cpu():
     spans = spans_of_profile(prof)
     assert any(s.name == "aten::mm" and not s.on_gpu and s.end >= s.start for s in spans)
     assert host_gaps(spans).wall_ms == 0.0  # no GPU activity: nothing to say
+
+
+def test_idle_time_is_split_by_the_phase_the_host_was_in():
+    """Gaps (µs) during a vision FSDP hook in forward (200), during an autograd node (100), during
+    the optimizer's step (60), with no host op active (80), and in the vision tower's range (190)."""
+    spans = [
+        Span("gemm", 0, 100, on_gpu=True),
+        Span("FSDP::pre_forward (model.visual.blocks.3)", 90, 310, on_gpu=False),
+        Span("gemm", 300, 400, on_gpu=True),
+        Span("autograd::engine::evaluate_function: MmBackward0", 390, 510, on_gpu=False),
+        Span("gemm", 500, 600, on_gpu=True),
+        Span("Optimizer.step#AdamW.step", 595, 670, on_gpu=False),
+        Span("gemm", 660, 700, on_gpu=True),
+        Span("gemm", 780, 800, on_gpu=True),
+        Span("vision tower", 800, 1000, on_gpu=False),  # the tower's own range (blocks/vision_tower.py)
+        Span("gemm", 990, 1000, on_gpu=True),
+    ]
+    phases = host_gaps(spans).idle_by_phase
+    assert {phase: round(ms * 1000) for phase, ms in phases.items()} == {
+        "forward": 390, "backward": 100, "optimizer": 60, "unattributed": 80, "vision": 390}
+    text = format_breakdown(Measurement(label="ours", tokens_per_step=1, tokens_per_s=1.0, mfu=0.1, step_s=1.0, peak_gib=1.0,
+                                        breakdown=[("matmul", 0.4)], top_kernels=[("gemm", 0.4)], host_gaps=host_gaps(spans)))
+    assert "idle by phase (ms): forward 0.4, backward 0.1, optimizer 0.1, unattributed 0.1; in the vision tower 0.4" in text

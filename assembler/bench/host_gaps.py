@@ -19,6 +19,8 @@ import heapq
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from blocks.vision_tower import PROFILER_RANGE as VISION_TOWER_RANGE
+
 # Host calls that wait for the GPU: after one returns, the GPU has nothing queued.
 # (`.item()` is aten::_local_scalar_dense; `.tolist()` and `.cpu()` end in cudaStreamSynchronize.)
 SYNC_CALLS = frozenset({"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy",
@@ -26,6 +28,22 @@ SYNC_CALLS = frozenset({"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaE
 MIN_GAP_MS = 0.05  # shorter idle spans are the launch latency between back-to-back kernels
 NAME_CHARS = 70
 SYNC_SLACK_US = 5.0
+# The phase a gap falls in, read from the host ops active during it (outermost first): the
+# optimizer's step, an autograd node (backward), any other op (forward, the loss and the step's
+# host code), or none at all (between profiled ops).
+PHASES = ("forward", "backward", "optimizer", "unattributed")
+# A gap inside the vision tower: its forward is a profiler range, and FSDP2 names its hooks after
+# the unit (`FSDP::pre_backward (model.visual.blocks.3)`).
+VISION = "vision"
+
+
+def phase_of(host_ops: list[str]) -> str:
+    """The step phase of a gap whose active host ops are `host_ops`."""
+    if any(op.startswith("Optimizer.") for op in host_ops):
+        return "optimizer"
+    if any(op.startswith("autograd::engine::evaluate_function") or "backward" in op.lower() for op in host_ops):
+        return "backward"
+    return "forward" if host_ops else "unattributed"
 
 
 @dataclass(frozen=True)
@@ -55,7 +73,8 @@ class Gap:
 class HostGaps:
     """The step's `wall_ms` (first host event to last GPU activity), `busy_ms` of GPU activity,
     `idle_ms` = wall − busy, of it `idle_after_sync_ms` in gaps that follow a synchronisation,
-    `gaps` the number of idle stretches longer than MIN_GAP_MS, `largest` the longest of them."""
+    `gaps` the number of idle stretches longer than MIN_GAP_MS, `largest` the longest of them,
+    `idle_by_phase` their time by the step's phase (`phase_of`) and, apart, in the vision tower."""
 
     wall_ms: float
     busy_ms: float
@@ -63,6 +82,7 @@ class HostGaps:
     idle_after_sync_ms: float
     gaps: int
     largest: list[Gap]
+    idle_by_phase: dict[str, float] = field(default_factory=dict)  # PHASES -> ms, plus VISION (a part of them)
 
 
 def host_gaps(spans: Iterable[Span], *, top: int = 15) -> HostGaps:
@@ -96,8 +116,13 @@ def host_gaps(spans: Iterable[Span], *, top: int = 15) -> HostGaps:
     _fill_active_host_ops(host, gaps, begin)
     after_sync = sum(g.ms for g in gaps if g.after_sync)
     largest = sorted(gaps, key=lambda g: -g.ms)[:top]
+    by_phase = dict.fromkeys((*PHASES, VISION), 0.0)
+    for gap in gaps:
+        by_phase[phase_of(gap.host)] += gap.ms
+        if any(op == VISION_TOWER_RANGE or ".visual." in op for op in gap.host):
+            by_phase[VISION] += gap.ms
     return HostGaps(wall_ms=(end - begin) / 1000.0, busy_ms=busy / 1000.0, idle_ms=(end - begin - busy) / 1000.0,
-                    idle_after_sync_ms=after_sync, gaps=len(gaps), largest=largest)
+                    idle_after_sync_ms=after_sync, gaps=len(gaps), largest=largest, idle_by_phase=by_phase)
 
 
 def _chain(host: list[Span], inner: Span) -> list[str]:
@@ -143,6 +168,9 @@ def format_host_gaps(gaps: HostGaps, label: str) -> str:
     lines = [f"host gaps, {label}: GPU busy {gaps.busy_ms:.1f} of {gaps.wall_ms:.1f} ms of the profiled step; "
              f"idle {gaps.idle_ms:.1f} ms in {gaps.gaps} gaps over {MIN_GAP_MS} ms, "
              f"{gaps.idle_after_sync_ms:.1f} ms of it right after a synchronisation"]
+    if gaps.idle_by_phase:
+        phases = ", ".join(f"{phase} {gaps.idle_by_phase.get(phase, 0.0):.1f}" for phase in PHASES)
+        lines.append(f"  idle by phase (ms): {phases}; in the vision tower {gaps.idle_by_phase.get(VISION, 0.0):.1f}")
     for gap in gaps.largest:
         lines.append(f"  {gap.ms:7.2f} ms at {gap.at_ms:7.1f} ms; host: {' > '.join(gap.host[-5:]) or '(nothing profiled)'}")
         if gap.after_sync:
