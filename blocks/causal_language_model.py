@@ -15,6 +15,7 @@ from blocks.lm_loss import LanguageModelOutput, lm_output
 from blocks.ops import OpTable
 from blocks.packing import PackingContext
 from blocks.text_tower import TextTower
+from blocks.vision_grid import VisionLayout
 
 
 class CausalLanguageModel(nn.Module):
@@ -56,14 +57,16 @@ class CausalLanguageModel(nn.Module):
         idle_vision: bool = False,
         pixel_values_videos: torch.Tensor | None = None,
         video_grid_thw: torch.Tensor | None = None,
+        image_layout: VisionLayout | None = None,
+        video_layout: VisionLayout | None = None,
     ) -> LanguageModelOutput:
         """Forward pass, transformers-compatible for unpacked input (see `lm_output` for the targets).
 
         packing: the batch's document layout; None means one document per row, positions 0..T-1.
-        pixel_values / image_grid_thw / pixel_values_videos / video_grid_thw: refused (a text-only model); `idle_vision` is accepted and
-            ignored, so the training step calls every model alike.
+        pixel_values / image_grid_thw / pixel_values_videos / video_grid_thw / image_layout / video_layout: refused (a
+            text-only model); `idle_vision` is accepted and ignored, so the training step calls every model alike.
         """
-        if any(x is not None for x in (pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)):
+        if any(x is not None for x in (pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw, image_layout, video_layout)):
             raise ValueError("this model has no vision tower, but pixel_values were given")
         if packing is None:
             batch, length = input_ids.shape

@@ -14,10 +14,18 @@ col in block), so that every `merge**2` consecutive patches are one merged token
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from blocks.packing import PackingContext
+from blocks.packing import PackingContext, host_to_device
+
+
+def position_grid_side(num_position_embeddings: int) -> int:
+    """The side of the square learned position table of `num_position_embeddings` entries."""
+    return math.isqrt(num_position_embeddings)
 
 
 def position_embedding_taps(
@@ -101,3 +109,45 @@ def vision_packing_context(grid_thw: torch.Tensor) -> PackingContext:
     """
     frame_lengths = torch.repeat_interleave(grid_thw[:, 1] * grid_thw[:, 2], grid_thw[:, 0]).tolist()
     return PackingContext.from_document_lengths([frame_lengths]).to(grid_thw.device)
+
+
+@dataclass(frozen=True)
+class VisionLayout:
+    """Everything one vision-tower call reads of its images' grids, computed on the host once per
+    batch (by the collator, in the data workers; or by the tower from a host copy of the grid), so
+    the tower never reads a GPU tensor back: N = sum of t·h·w patches.
+
+    taps:         [N, 4] int64, the learned position table's entries each patch interpolates
+    tap_weights:  [N, 4] fp32, their bilinear weights (`position_embedding_taps`)
+    position_ids: [N, 2] int64, each patch's (row, col) for the rotary embedding
+    packing:      one document per frame (`vision_packing_context`)
+    """
+
+    taps: torch.Tensor
+    tap_weights: torch.Tensor
+    position_ids: torch.Tensor
+    packing: PackingContext
+
+    @property
+    def num_patches(self) -> int:
+        return self.taps.shape[0]
+
+    @staticmethod
+    def of_grid(grid_thw: torch.Tensor, *, num_grid_per_side: int, spatial_merge_size: int) -> "VisionLayout":
+        """The layout of `grid_thw` [I, 3] (t, h, w per image), computed on the host."""
+        grid_thw = grid_thw.cpu()
+        taps, tap_weights = position_embedding_taps(grid_thw, num_grid_per_side=num_grid_per_side,
+                                                    spatial_merge_size=spatial_merge_size)
+        return VisionLayout(taps=taps, tap_weights=tap_weights,
+                            position_ids=rotary_position_ids(grid_thw, spatial_merge_size=spatial_merge_size),
+                            packing=vision_packing_context(grid_thw))
+
+    def to(self, device: torch.device | str) -> "VisionLayout":
+        """The layout on `device`; a host-to-GPU copy does not wait for the GPU (`host_to_device`)."""
+        return VisionLayout(taps=host_to_device(self.taps, device), tap_weights=host_to_device(self.tap_weights, device),
+                            position_ids=host_to_device(self.position_ids, device), packing=self.packing.to(device))
+
+    def pin_memory(self) -> "VisionLayout":
+        """The layout in page-locked host memory (the DataLoader calls this with `pin_memory=True`)."""
+        return VisionLayout(taps=self.taps.pin_memory(), tap_weights=self.tap_weights.pin_memory(),
+                            position_ids=self.position_ids.pin_memory(), packing=self.packing.pin_memory())

@@ -19,6 +19,7 @@ from blocks.ops import OpTable
 from blocks.packing import PackingContext
 from blocks.position_ids import mrope_position_ids
 from blocks.text_tower import TextTower
+from blocks.vision_grid import VisionLayout
 
 
 VisionLanguageModelOutput = LanguageModelOutput  # the name callers and tests know
@@ -89,6 +90,8 @@ class VisionLanguageModel(nn.Module):
         idle_vision: bool | int = False,
         pixel_values_videos: torch.Tensor | None = None,
         video_grid_thw: torch.Tensor | None = None,
+        image_layout: VisionLayout | None = None,
+        video_layout: VisionLayout | None = None,
     ) -> VisionLanguageModelOutput:
         """Forward pass, transformers-compatible for unpacked input.
 
@@ -99,6 +102,8 @@ class VisionLanguageModel(nn.Module):
                         in order; `<|video_pad|>` tokens are replaced by their features.
         video_grid_thw: [V, 3] (t, h, w) patch grid of each video (t frame groups, each its own run
                         of h·w / merge² `<|video_pad|>` tokens).
+        image_layout / video_layout: the grids' VisionLayout, made on the host by the collator so
+                        the tower reads no GPU tensor back; None: the tower makes it from the grid.
         labels:         [B, T] as in transformers: shifted here (label t+1 is the target of token t).
         shift_labels:   [B, T] already-aligned next-token targets (what the packing collator
                         makes: the last token of every document is IGNORE_INDEX). Give one of the two.
@@ -124,7 +129,8 @@ class VisionLanguageModel(nn.Module):
         inputs_embeds = text.embed_tokens(input_ids)
         if pixel_values is not None or pixel_values_videos is not None:
             inputs_embeds = self._splice_vision_features(
-                input_ids, inputs_embeds, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw
+                input_ids, inputs_embeds, (pixel_values, image_grid_thw, image_layout),
+                (pixel_values_videos, video_grid_thw, video_layout),
             )
         if idle_vision and self.model.visual is not None:
             for _ in range(int(idle_vision)):
@@ -167,25 +173,23 @@ class VisionLanguageModel(nn.Module):
         self,
         input_ids: torch.Tensor,
         inputs_embeds: torch.Tensor,
-        pixel_values: torch.Tensor | None,
-        image_grid_thw: torch.Tensor | None,
-        pixel_values_videos: torch.Tensor | None,
-        video_grid_thw: torch.Tensor | None,
+        images: tuple[torch.Tensor | None, torch.Tensor | None, VisionLayout | None],
+        videos: tuple[torch.Tensor | None, torch.Tensor | None, VisionLayout | None],
     ) -> torch.Tensor:
         """The image features, then the video features (one vision-tower call each, as the reference
-        makes them), scattered into the `<|image_pad|>` and then the `<|video_pad|>` positions."""
+        makes them), scattered into the `<|image_pad|>` and then the `<|video_pad|>` positions.
+        `images`, `videos`: (pixel values, grid_thw, layout or None)."""
         if self.model.visual is None:
             raise ValueError("this model has no vision tower, but pixel_values were given")
         visual = self.model.visual
         dtype = visual.patch_embed.proj.weight.dtype
         splices = []
-        for name, pixels, grid_thw, token in (("image", pixel_values, image_grid_thw, self.tokens.image),
-                                               ("video", pixel_values_videos, video_grid_thw, self.tokens.video)):
+        for name, (pixels, grid_thw, layout), token in (("image", images, self.tokens.image), ("video", videos, self.tokens.video)):
             if pixels is None:
                 continue
             if grid_thw is None:
                 raise ValueError(f"{name} pixel values need {name}_grid_thw")
-            splices.append((name, visual(pixels.type(dtype), grid_thw), grid_thw, input_ids == token))
+            splices.append((name, visual(pixels.type(dtype), grid_thw, layout), grid_thw, input_ids == token))
         for name, features, grid_thw, mask in splices:
             n_tokens = int(mask.sum())
             if n_tokens != features.shape[0]:

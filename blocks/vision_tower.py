@@ -16,11 +16,10 @@ import torch
 from torch import nn
 
 from blocks.ops import OpTable
-from blocks.packing import host_to_device
 from blocks.registry import register
 from blocks.settings import SettingProblem, divisors
 from blocks.vision_block import VisionBlock
-from blocks.vision_grid import position_embedding_taps, rotary_position_ids, vision_packing_context
+from blocks.vision_grid import VisionLayout, position_grid_side
 from blocks.vision_rope import VisionRotaryEmbedding
 
 
@@ -176,7 +175,7 @@ class VisionTower(nn.Module):
         activation: str = "gelu_pytorch_tanh",
     ):
         super().__init__()
-        self.num_grid_per_side = int(num_position_embeddings**0.5)
+        self.num_grid_per_side = position_grid_side(num_position_embeddings)
         if self.num_grid_per_side**2 != num_position_embeddings:
             raise ValueError(
                 f"vision tower: num_position_embeddings={num_position_embeddings} must be a square "
@@ -200,31 +199,31 @@ class VisionTower(nn.Module):
         )
         self.merger = merger
 
-    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        """pixel_values [N, C*tp*p*p] (N = sum of t*h*w), grid_thw [I, 3] int -> [N / merge**2, out_hidden]."""
-        with torch.profiler.record_function(PROFILER_RANGE):  # a profile's name for the tower's forward
-            return self._forward(pixel_values, grid_thw)
+    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, layout: VisionLayout | None = None) -> torch.Tensor:
+        """pixel_values [N, C*tp*p*p] (N = sum of t*h*w), grid_thw [I, 3] int -> [N / merge**2, out_hidden].
 
-    def _forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        `layout`: the grid's VisionLayout when the caller has it (the collator makes one per row),
+        else it is computed here from a host copy of the grid."""
+        with torch.profiler.record_function(PROFILER_RANGE):  # a profile's name for the tower's forward
+            return self._forward(pixel_values, grid_thw, layout)
+
+    def layout_of(self, grid_thw: torch.Tensor) -> VisionLayout:
+        """The VisionLayout of `grid_thw` for this tower's position table and merge size (host work)."""
+        return VisionLayout.of_grid(grid_thw, num_grid_per_side=self.num_grid_per_side, spatial_merge_size=self.spatial_merge_size)
+
+    def _forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, layout: VisionLayout | None) -> torch.Tensor:
         # The layout (which table entries, rotary positions and attention spans each patch has) is
-        # host work on a few integers per image: computed on the host from a host copy of the grid
-        # (none is made for the training step's, which stays on the host) and queued to the device,
-        # so the GPU is never waited for here. On a GPU copy each of its reads would wait for the
-        # GPU and leave it idle while the host then queues the tower's tiny kernels one by one.
-        grid_thw = grid_thw.cpu()
-        num_patches = int((grid_thw[:, 0] * grid_thw[:, 1] * grid_thw[:, 2]).sum())
-        if pixel_values.shape[0] != num_patches:
+        # host work on a few integers per image, done before the tower runs and queued to the
+        # device, so the GPU is never waited for here: each host read of a GPU tensor would leave
+        # the GPU idle while the host then queues the tower's tiny kernels one by one.
+        layout = layout if layout is not None else self.layout_of(grid_thw)
+        if pixel_values.shape[0] != layout.num_patches:
             raise ValueError(
                 f"vision tower: pixel_values has {pixel_values.shape[0]} patches but grid_thw {grid_thw.tolist()} "
-                f"describes {num_patches}; pass the processor's pixel_values and image_grid_thw together"
+                f"describes {layout.num_patches}; pass the processor's pixel_values and image_grid_thw together"
             )
-        device = pixel_values.device
-        taps, tap_weights = position_embedding_taps(
-            grid_thw, num_grid_per_side=self.num_grid_per_side, spatial_merge_size=self.spatial_merge_size
-        )
-        taps, tap_weights = host_to_device(taps, device), host_to_device(tap_weights, device)
-        position_ids = host_to_device(rotary_position_ids(grid_thw, spatial_merge_size=self.spatial_merge_size), device)
-        ctx = vision_packing_context(grid_thw).to(device)
+        layout = layout.to(pixel_values.device)
+        taps, tap_weights, position_ids, ctx = layout.taps, layout.tap_weights, layout.position_ids, layout.packing
 
         hidden_states = self.patch_embed(pixel_values)
         # fp32 weights: the weighted sum runs in fp32 even for a bf16 table, then is cast (as HF).

@@ -19,6 +19,7 @@ from assembler.data.packing import collate_row
 from assembler.model.family import family_of_model
 from assembler.spec.sections import TextSettings
 from assembler.train.metrics import attention_flops_per_token, matmul_weight_flops_per_token
+from blocks.vision_grid import position_grid_side
 
 TEXT_TOKEN_RANGE = 150_000  # ordinary token ids, clear of Qwen3.5's special tokens
 
@@ -80,6 +81,7 @@ def synthetic_row(
     row = collate_row(
         samples, budget=seq_len, pad_token_id=tokens["eos"], image_token_id=tokens["image"],
         spatial_merge_size=merge, image_processor=_RandomPixels(model_spec, generator) if count else None,
+        num_grid_per_side=position_grid_side(vision["num_position_embeddings"]) if vision else None,
     )
     patches = 0 if row["pixel_values"] is None else row["pixel_values"].shape[0]
     return row, patches

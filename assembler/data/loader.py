@@ -44,6 +44,7 @@ from assembler.data.videos import VideoProcessor
 from assembler.data.windows import InMemorySamples, SampleWindows, StreamedSources, WindowSamples, derived_seed
 from assembler.spec.sections import DataSettings
 from blocks.constants import VISION_TOKEN_KEYS
+from blocks.vision_grid import position_grid_side
 
 # The spec's model.tokens key -> the tokenizer's special token it must equal.
 SPEC_TOKEN_NAMES = {"image": IMAGE_PAD, "video": "<|video_pad|>", "vision_start": VISION_START,
@@ -91,6 +92,7 @@ class PackedBatchLoader:
         weights: list[float] | None = None,
         video_token_id: int | None = None,
         video_processor: VideoProcessor | None = None,
+        num_grid_per_side: int | None = None,
     ):
         if isinstance(windows, list):
             windows = InMemorySamples(windows, sources, weights)
@@ -105,7 +107,8 @@ class PackedBatchLoader:
         self.world_size = world_size
         self._collate_args = dict(budget=budget, pad_token_id=pad_token_id, image_token_id=image_token_id,
                                   spatial_merge_size=spatial_merge_size, image_processor=image_processor,
-                                  video_token_id=video_token_id, video_processor=video_processor)
+                                  video_token_id=video_token_id, video_processor=video_processor,
+                                  num_grid_per_side=num_grid_per_side)
         self.position: Position = (0, 0, 0)
         self._plan_cache: tuple[int, int, WindowPlan] | None = None
 
@@ -364,6 +367,7 @@ def build_loader_from_sections(
         world_size=world_size, pad_token_id=tokenizer.token_id(ENDOFTEXT), image_token_id=tokens["image"],
         spatial_merge_size=vision["spatial_merge_size"] if vision else 1, image_processor=windows.encode.image_processor,
         workers=settings.workers, video_token_id=tokens.get("video"), video_processor=windows.encode.video_processor,
+        num_grid_per_side=position_grid_side(vision["num_position_embeddings"]) if vision else None,
     )
 
 

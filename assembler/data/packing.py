@@ -24,6 +24,7 @@ from assembler.data.images import ImageProcessor
 from assembler.data.records import DataError
 from assembler.data.videos import VideoProcessor
 from blocks.packing import PackingContext
+from blocks.vision_grid import VisionLayout
 from blocks.position_ids import mrope_position_ids
 
 OVERLONG = ("truncate", "drop")
@@ -127,8 +128,11 @@ def collate_row(
     image_processor: ImageProcessor | None,
     video_token_id: int | None = None,
     video_processor: VideoProcessor | None = None,
+    num_grid_per_side: int | None = None,
 ) -> dict:
     """Pack `samples` (total length <= budget) into one row of exactly `budget` tokens.
+    `num_grid_per_side`: the vision tower's learned position grid (√ num_position_embeddings), for
+    the rows' VisionLayouts; None: none are made (the tower makes them from the grids).
 
     Returns the model's keyword arguments:
       input_ids           [1, T] int64
@@ -137,7 +141,11 @@ def collate_row(
       image_grid_thw      [I, 3] int64, or None
       pixel_values_videos [N_video_patches, C·tp·p·p] fp32, or None when the row has no video
       video_grid_thw      [V, 3] int64, or None
+      image_layout        VisionLayout of image_grid_thw (blocks/vision_grid.py), or None
+      video_layout        VisionLayout of video_grid_thw, or None
       packing             PackingContext (cu_seqlens, max_seqlen, seq_idx, position_ids [3, 1, T])
+    The layouts are made here, on the host and in the data workers when there are any, so the
+    training step's vision tower reads no GPU tensor back to lay out its patches.
     """
     used = sum(len(s) for s in samples)
     if used > budget:
@@ -167,6 +175,12 @@ def collate_row(
 
     pixel_values, image_grid_thw = _media(samples, "images", "image_grids", image_processor)
     pixel_values_videos, video_grid_thw = _media(samples, "videos", "video_grids", video_processor)
+
+    def layout(grid_thw: torch.Tensor | None) -> VisionLayout | None:
+        if grid_thw is None or num_grid_per_side is None:
+            return None
+        return VisionLayout.of_grid(grid_thw, num_grid_per_side=num_grid_per_side, spatial_merge_size=spatial_merge_size)
+
     return {
         "input_ids": torch.tensor([input_ids], dtype=torch.long),
         "shift_labels": torch.tensor([labels], dtype=torch.long),
@@ -174,6 +188,8 @@ def collate_row(
         "image_grid_thw": image_grid_thw,
         "pixel_values_videos": pixel_values_videos,
         "video_grid_thw": video_grid_thw,
+        "image_layout": layout(image_grid_thw),
+        "video_layout": layout(video_grid_thw),
         "packing": packing,
     }
 

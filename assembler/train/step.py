@@ -24,12 +24,10 @@ from assembler.parallel.parallelize import reduce_replicated_gradients
 from blocks.constants import IGNORE_INDEX
 from blocks.multi_token_prediction import next_next_token_labels
 from blocks.packing import PackingContext, host_to_device
+from blocks.vision_grid import VisionLayout
 
 MODEL_INPUTS = ("input_ids", "shift_labels", "pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw",
-                "packing")
-# Inputs the model reads on the host: the vision tower lays out its patches from the grids with
-# host code (`blocks/vision_grid.py`), which on a GPU copy would wait for the GPU at every read.
-HOST_INPUTS = ("image_grid_thw", "video_grid_thw")
+                "image_layout", "video_layout", "packing")
 
 
 @dataclass(frozen=True)
@@ -54,11 +52,13 @@ class NonFiniteStep(Exception):
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """The collator's row (the model's keyword arguments) on `device`, queued without waiting for
-    the GPU (`host_to_device`), so the host runs ahead into the step while the GPU finishes the
-    last one. The patch grids stay on the host (HOST_INPUTS)."""
-    return {key: (None if value is None else value if key in HOST_INPUTS else
-                  value.to(device) if isinstance(value, PackingContext) else host_to_device(value, device))
+    """The collator's row (the model's keyword arguments) on `device`, every tensor in it included,
+    queued without waiting for the GPU (`host_to_device`), so the host runs ahead into the step
+    while the GPU finishes the last one. (A host tensor left among the arguments would be copied by
+    FSDP2's root pre-forward, with a copy that waits.) The vision tower reads the row's
+    VisionLayouts, made on the host by the collator, never the grids on the GPU."""
+    return {key: (None if value is None else
+                  value.to(device) if isinstance(value, (PackingContext, VisionLayout)) else host_to_device(value, device))
             for key, value in batch.items() if key in MODEL_INPUTS}
 
 

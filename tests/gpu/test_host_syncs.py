@@ -58,15 +58,16 @@ def test_a_step_moves_its_row_and_counts_its_targets_without_waiting_for_the_gpu
         batch = to_device(row, CUDA)
         num_items, _, calls = _step_totals([row], CUDA, count_mtp_targets=False, world_size=1)
     assert batch["input_ids"].device.type == "cuda" and batch["packing"].cu_seqlens.device.type == "cuda"
-    assert batch["image_grid_thw"].device.type == "cpu"  # read on the host by the vision tower
+    # Nothing left on the host for FSDP2's root pre-forward to copy (with a copy that waits).
+    assert batch["image_grid_thw"].device.type == "cuda" and batch["image_layout"].taps.device.type == "cuda"
     assert int(num_items) == int((row["shift_labels"] != -100).sum()) and calls == [1]
 
 
 def test_the_vision_tower_queues_its_forward_without_waiting_for_the_gpu():
     spec, row = _row()
     visual = build_model(spec, device=CUDA, dtype=torch.bfloat16, seed=0).model.visual
-    pixels = row["pixel_values"].to(CUDA, torch.bfloat16)
-    expected = visual(pixels, row["image_grid_thw"].to(CUDA))  # a GPU grid (as transformers passes it) works too
+    pixels, grid = row["pixel_values"].to(CUDA, torch.bfloat16), row["image_grid_thw"].to(CUDA)
+    expected = visual(pixels, grid)  # as transformers calls it: the tower lays out a host copy of the grid
     with _NoWaitingForTheGpu():
-        features = visual(pixels, row["image_grid_thw"])
+        features = visual(pixels, grid, row["image_layout"])  # the collator's layout
     assert torch.equal(features, expected)
