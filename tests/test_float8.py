@@ -99,3 +99,10 @@ def test_float8_with_lora_adapters_is_a_spec_error():
         load_spec(ROOT / "specs" / "qwen3_5_tiny_lora.yaml", [FLOAT8])
     result = CliRunner().invoke(assemble, ["validate", str(ROOT / "specs" / "qwen3_5_tiny_lora.yaml"), "-o", FLOAT8])
     assert result.exit_code == 2 and "parallel.precision.matmul" in result.output
+
+
+def test_op_level_checkpointing_keeps_float8_matmul_outputs_as_it_keeps_bf16_ones():
+    from assembler.parallel.parallelize import KEPT_OP_PREFIXES
+
+    for matmul in (torch.ops.aten.mm.default, torch.ops.aten._scaled_mm.default):
+        assert str(matmul).startswith(KEPT_OP_PREFIXES), matmul

@@ -54,12 +54,12 @@ from assembler.spec.validation import VISION_BLOCK_TYPE
 from blocks.constants import DTYPES
 
 
-# Op-level checkpointing keeps the outputs of these ops (by name prefix: matmuls, attention and the
-# fast backend's kernels) and recomputes everything else (norms, activations, gates, casts) in
+# Op-level checkpointing keeps the outputs of these ops (by name prefix: matmuls, float8 ones
+# included, attention and the fast backend's kernels) and recomputes everything else (norms, activations, gates, casts) in
 # backward, as torchtitan's selective AC does: most of the time is in the first, most of the
 # activation bytes of a block in the second.
 KEPT_OP_PREFIXES = (
-    "aten.mm.", "aten.addmm.", "aten.bmm.", "aten.baddbmm.", "aten._scaled_dot_product_", "aten._flash_attention_forward.",
+    "aten.mm.", "aten.addmm.", "aten.bmm.", "aten.baddbmm.", "aten._scaled_mm.", "aten._scaled_dot_product_", "aten._flash_attention_forward.",
     "aten._efficient_attention_forward.", "aten._cudnn_attention_forward.", "flash_attn.", "torch_attn.", "assemble.",
 )
 
