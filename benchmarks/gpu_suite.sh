@@ -177,7 +177,8 @@ run_part() {
       # Issue 22: float8 rowwise matmuls (torchao; `.whl/torchao-*.whl` from `bash ../shared/gpu/wheels.sh
       # torchao==0.18.0`) against the shipped precision: `assemble bench` on the realistic set's own
       # rows, both in this call, then FP8_STEPS (default 200) steps of `assemble train` each and
-      # both loss curves (the masters part's float32 run is the bf16-matmul curve when it ran).
+      # both loss curves (the masters part's float32 run is the bf16-matmul curve when it ran;
+      # FP8_STEPS=0: the bench rows only).
       python3 -c "import torchao" 2>/dev/null || { echo "torchao is not installed: add its wheel to .whl"; return; }
       python3 benchmarks/make_large_dataset.py /root/ds_realistic --records 20000 --image-share 0.1 --image-size 448 --median-words 500
       sources='data.sources=[{"path":"/root/ds_realistic/records.jsonl"}]'
@@ -186,6 +187,7 @@ run_part() {
           -o parallel.precision.matmul=$matmul --layout data --steps $STEPS --warmup $WARMUP \
           --label "matmuls $matmul, realistic set" --json "$OUT/fp8_bench_$matmul.json" 2>&1 | tail -40
       done
+      [ "${FP8_STEPS:-200}" = 0 ] && return  # the bench rows only
       for matmul in param_dtype float8_rowwise; do
         [ "$matmul" = param_dtype ] && [ -f /root/masters_float32/metrics.jsonl ] && continue
         echo "== the real CLI, matmuls $matmul, ${FP8_STEPS:-200} steps of the realistic set"
