@@ -24,8 +24,8 @@ from assembler.data.images import ImageProcessor
 from assembler.data.records import DataError
 from assembler.data.videos import VideoProcessor
 from blocks.packing import PackingContext
-from blocks.vision_grid import VisionLayout
 from blocks.position_ids import mrope_position_ids
+from blocks.vision_grid import VisionLayout
 
 OVERLONG = ("truncate", "drop")
 
