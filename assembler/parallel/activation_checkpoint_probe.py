@@ -30,11 +30,10 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from assembler.parallel.activation_checkpoint_plan import BlockCost, MemoryModel, PlanDoesNotFit, describe, plan_checkpointing, plan_section
-from assembler.parallel.float8 import FLOAT8_ROWWISE, apply_float8
+from assembler.parallel.float8 import apply_float8, multiplies_in_float8
 from assembler.parallel.parallelize import KEPT_OP_PREFIXES, iter_blocks, keep_fp32_params
 from assembler.spec import Spec
 from assembler.spec.errors import UserError
-from assembler.spec.validation import VISION_BLOCK_TYPE
 from blocks.constants import DTYPES
 
 FRAGMENTATION_MARGIN = 0.08  # the share of the card left to the caching allocator's fragmentation
@@ -79,10 +78,9 @@ def measure_memory_model(spec: Spec, first_batch: dict[str, Any], device: torch.
     fp32_patterns = spec.settings.parallel.fsdp.fp32_params
     probe = build_model(_one_block_per_type(spec), device=device, dtype=dtype, seed=0)
     keep_fp32_params(probe, fp32_patterns)
-    if spec.settings.parallel.precision.matmul == FLOAT8_ROWWISE:  # measured as the run computes
-        for _, block, block_type in iter_blocks(probe):
-            if block_type != VISION_BLOCK_TYPE:
-                apply_float8(block)
+    for _, block, block_type in iter_blocks(probe):  # measured as the run computes
+        if multiplies_in_float8(spec, block_type):
+            apply_float8(block)
     inputs = _capture_block_inputs(probe, to_device(first_batch, device), dtype)
     counts = _block_counts(spec)
     blocks, transient = {}, 0.0

@@ -26,6 +26,7 @@ from torch import nn
 
 from assembler.spec import Spec
 from assembler.spec.errors import UserError
+from assembler.spec.validation import VISION_BLOCK_TYPE
 
 FLOAT8_ROWWISE = "float8_rowwise"
 FLOAT8_DESCRIPTION = ("float8 with rowwise scales (torchao) in the text decoder layers' linear layers whose dimensions "
@@ -54,6 +55,11 @@ def check_precision_can_run(spec: Spec, device_type: str) -> None:
         reason = float8_unavailable(device_type)
         if reason is not None:
             raise UserError(f"{spec.source or spec.name}: {reason}")
+
+
+def multiplies_in_float8(spec: Spec, block_type: str) -> bool:
+    """Whether `spec` asks float8 matmuls of a block of `block_type` (the text layers, not vision)."""
+    return spec.settings.parallel.precision.matmul == FLOAT8_ROWWISE and block_type != VISION_BLOCK_TYPE
 
 
 def has_float8_shape(module: nn.Module, _name: str = "") -> bool:

@@ -47,10 +47,9 @@ from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from assembler.model.family import family_of_model
-from assembler.parallel.float8 import FLOAT8_ROWWISE, apply_float8
+from assembler.parallel.float8 import apply_float8, multiplies_in_float8
 from assembler.spec import Spec
 from assembler.spec.sections import CheckpointingSettings, FsdpSettings
-from assembler.spec.validation import VISION_BLOCK_TYPE
 from blocks.constants import DTYPES
 
 
@@ -103,10 +102,9 @@ def parallelize(model: nn.Module, spec: Spec, *, mesh: "dist.device_mesh.DeviceM
     checkpointed = blocks_to_checkpoint(blocks, ac_spec)
     op_level = blocks_to_checkpoint(blocks, ac_spec, key="op_level")
     checkpoint_around_compile = ac_spec.placement == "around_compile"
-    float8 = policy.precision.matmul == FLOAT8_ROWWISE
     for name, block, block_type in blocks:
         record = BlockPolicy(name=name, block_type=block_type)
-        if float8 and block_type != VISION_BLOCK_TYPE:  # the module swap comes before any wrapper
+        if multiplies_in_float8(spec, block_type):  # the module swap comes before any wrapper
             record.float8 = bool(apply_float8(block))
         record.checkpointed, record.op_level = name in checkpointed, name in op_level
         # Op-level checkpointing chooses by aten op, so it must see the ops: always inside compile.
